@@ -1,0 +1,1 @@
+"""fluxrelay receiver: the verified HTTP ingress that stores webhooks on NATS JetStream."""

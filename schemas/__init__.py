@@ -1,0 +1,1 @@
+"""fluxrelay wire contract: JSON Schemas, subjects, codecs and CDEvents shared by both sides."""
