@@ -1,0 +1,297 @@
+"""Proves the real-Kubernetes test harness: API server, CRDs, fault proxy and Flux stand-in.
+
+Everything here runs against a real kube-apiserver v1.20.2 + etcd (tests/support/kubeapi.py).
+Where Flux's reaction is needed, the Flux controller stand-in (tests/support/fluxstandin.py)
+writes status the way Flux would; no real Flux controller runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+from kubernetes_asyncio import client as k8s_client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from tests.support.kubeapi import MERGE_PATCH, KubeAPI, load_crds
+
+pytestmark = pytest.mark.kube
+
+KS_GROUP, KS_VERSION, KS_PLURAL = "kustomize.toolkit.fluxcd.io", "v1", "kustomizations"
+REQUESTED_AT = "reconcile.fluxcd.io/requestedAt"
+
+
+def kustomization(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{KS_GROUP}/{KS_VERSION}",
+        "kind": "Kustomization",
+        "metadata": {"name": name, "labels": labels or {}},
+        "spec": {"interval": "10m", "path": "./deploy", "prune": True},
+    }
+
+
+async def create_kustomization(
+    api: k8s_client.ApiClient, namespace: str, name: str, labels: dict[str, str] | None = None
+) -> dict[str, Any]:
+    created: dict[str, Any] = await k8s_client.CustomObjectsApi(
+        api
+    ).create_namespaced_custom_object(
+        KS_GROUP, KS_VERSION, namespace, KS_PLURAL, kustomization(name, labels)
+    )
+    return created
+
+
+# ------------------------------------------------------------------------------ API server
+
+
+def test_apiserver_is_ready_and_is_v1_20(kube: KubeAPI) -> None:
+    status, body = kube.request("GET", "/readyz", expect=None)
+    assert status == 200
+    assert body == "ok"
+    _, version = kube.request("GET", "/version")
+    assert version["gitVersion"].startswith("v1.20.2")
+
+
+def test_every_stand_in_crd_is_established_and_served(kube: KubeAPI) -> None:
+    crds = load_crds()
+    assert len(crds) == 13
+    for crd in crds:
+        _, live = kube.request(
+            "GET",
+            f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}",
+        )
+        established = [c for c in live["status"]["conditions"] if c["type"] == "Established"]
+        assert established
+        assert established[0]["status"] == "True"
+        for version in crd["spec"]["versions"]:
+            _, discovery = kube.request("GET", f"/apis/{crd['spec']['group']}/{version['name']}")
+            served = {r["name"] for r in discovery["resources"]}
+            plural = crd["spec"]["names"]["plural"]
+            assert {plural, f"{plural}/status"} <= served
+
+
+def test_unauthenticated_requests_are_rejected(kube: KubeAPI) -> None:
+    status, _ = kube.request("GET", "/api/v1/namespaces", token="not-a-token", expect=None)
+    assert status == 401
+
+
+async def test_merge_patch_sets_requested_at_annotation(
+    kube_client: k8s_client.ApiClient, kube_namespace: str
+) -> None:
+    await create_kustomization(kube_client, kube_namespace, "apps")
+    api = k8s_client.CustomObjectsApi(kube_client)
+    patched = await api.patch_namespaced_custom_object(
+        KS_GROUP,
+        KS_VERSION,
+        kube_namespace,
+        KS_PLURAL,
+        "apps",
+        {"metadata": {"annotations": {REQUESTED_AT: "2025-01-01T00:00:00Z"}}},
+        **MERGE_PATCH,
+    )
+    assert patched["metadata"]["annotations"][REQUESTED_AT] == "2025-01-01T00:00:00Z"
+    assert patched["spec"]["path"] == "./deploy"  # merge patch kept the rest
+
+
+async def test_dict_patch_without_content_type_is_rejected_by_the_real_server(
+    kube_client: k8s_client.ApiClient, kube_namespace: str
+) -> None:
+    """The trap: kubernetes-asyncio sends a dict body as JSON Patch unless told otherwise.
+
+    ``patch_namespaced_custom_object`` picks ``application/json-patch+json`` for custom objects;
+    a JSON Patch must be a list of operations, so the real server refuses a merge-patch dict.
+    Mocks such as kmock accept it, which is why this runs against a real server.
+    """
+    await create_kustomization(kube_client, kube_namespace, "apps")
+    api = k8s_client.CustomObjectsApi(kube_client)
+    with pytest.raises(ApiException) as caught:
+        await api.patch_namespaced_custom_object(
+            KS_GROUP,
+            KS_VERSION,
+            kube_namespace,
+            KS_PLURAL,
+            "apps",
+            {"metadata": {"annotations": {REQUESTED_AT: "2025-01-01T00:00:00Z"}}},
+        )
+    assert caught.value.status == 400
+    current = await api.get_namespaced_custom_object(
+        KS_GROUP, KS_VERSION, kube_namespace, KS_PLURAL, "apps"
+    )
+    assert REQUESTED_AT not in (current["metadata"].get("annotations") or {})
+
+
+async def test_label_selector_filters_custom_objects(
+    kube_client: k8s_client.ApiClient, kube_namespace: str
+) -> None:
+    await create_kustomization(kube_client, kube_namespace, "a", {"team": "red", "tier": "web"})
+    await create_kustomization(kube_client, kube_namespace, "b", {"team": "red"})
+    await create_kustomization(kube_client, kube_namespace, "c", {"team": "blue"})
+    api = k8s_client.CustomObjectsApi(kube_client)
+
+    async def names(selector: str) -> set[str]:
+        listing = await api.list_namespaced_custom_object(
+            KS_GROUP, KS_VERSION, kube_namespace, KS_PLURAL, label_selector=selector
+        )
+        return {item["metadata"]["name"] for item in listing["items"]}
+
+    assert await names("team=red") == {"a", "b"}
+    assert await names("team=red,tier=web") == {"a"}
+    assert await names("team!=red") == {"c"}
+    assert await names("team in (blue,green)") == {"c"}
+
+
+async def test_status_subresource_ignores_status_on_main_resource(
+    kube_client: k8s_client.ApiClient, kube_namespace: str
+) -> None:
+    await create_kustomization(kube_client, kube_namespace, "apps")
+    api = k8s_client.CustomObjectsApi(kube_client)
+    await api.patch_namespaced_custom_object(
+        KS_GROUP,
+        KS_VERSION,
+        kube_namespace,
+        KS_PLURAL,
+        "apps",
+        {"status": {"lastHandledReconcileAt": "ignored"}},
+        **MERGE_PATCH,
+    )
+    through_status = await api.patch_namespaced_custom_object_status(
+        KS_GROUP,
+        KS_VERSION,
+        kube_namespace,
+        KS_PLURAL,
+        "apps",
+        {"status": {"lastHandledReconcileAt": "kept"}},
+        **MERGE_PATCH,
+    )
+    assert through_status["status"]["lastHandledReconcileAt"] == "kept"
+
+
+def test_ocirepository_is_served_as_v1_and_v1beta2(kube: KubeAPI, kube_namespace: str) -> None:
+    manifest: dict[str, Any] = {
+        "apiVersion": "source.toolkit.fluxcd.io/v1beta2",
+        "kind": "OCIRepository",
+        "metadata": {"name": "podinfo", "namespace": kube_namespace},
+        "spec": {"url": "oci://ghcr.io/stefanprodan/manifests/podinfo", "interval": "5m"},
+    }
+    kube.apply(manifest)
+    _, as_v1 = kube.request(
+        "GET",
+        f"/apis/source.toolkit.fluxcd.io/v1/namespaces/{kube_namespace}/ocirepositories/podinfo",
+    )
+    assert as_v1["apiVersion"] == "source.toolkit.fluxcd.io/v1"
+    assert as_v1["spec"]["url"] == manifest["spec"]["url"]
+
+
+def test_apply_replaces_an_existing_object(kube: KubeAPI, kube_namespace: str) -> None:
+    config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}}
+    kube.apply({**config, "data": {"k": "1"}}, namespace=kube_namespace)
+    kube.apply({**config, "data": {"k": "2"}}, namespace=kube_namespace)
+    _, live = kube.request("GET", f"/api/v1/namespaces/{kube_namespace}/configmaps/cfg")
+    assert live["data"] == {"k": "2"}
+
+
+def test_deleted_namespace_is_gone_with_its_objects(kube: KubeAPI) -> None:
+    kube.create_namespace("t-harness-cleanup")
+    kube.apply(kustomization("apps"), namespace="t-harness-cleanup")
+    kube.delete_namespace("t-harness-cleanup")
+    status, _ = kube.request("GET", "/api/v1/namespaces/t-harness-cleanup", expect=None)
+    assert status == 404
+    status, _ = kube.request(
+        "GET",
+        f"/apis/{KS_GROUP}/{KS_VERSION}/namespaces/t-harness-cleanup/{KS_PLURAL}/apps",
+        expect=None,
+    )
+    assert status == 404
+
+
+async def test_restart_apiserver_keeps_data_and_ends_open_watches(
+    kube: KubeAPI, kube_namespace: str
+) -> None:
+    kube.apply(kustomization("survivor"), namespace=kube_namespace)
+    async with await kube.api_client() as api:
+        custom = k8s_client.CustomObjectsApi(api)
+        response = await custom.list_namespaced_custom_object(
+            KS_GROUP,
+            KS_VERSION,
+            kube_namespace,
+            KS_PLURAL,
+            watch=True,
+            timeout_seconds=60,
+            _preload_content=False,
+        )
+        first = json.loads(await response.content.readline())
+        assert first["type"] == "ADDED"
+        old_pid = kube.apiserver_pid
+        await asyncio.to_thread(kube.restart_apiserver)
+        # The open watch stream ends when its server goes away: it does not hang.
+        try:
+            while await response.content.readline():
+                pass
+            assert response.content.at_eof()
+        except aiohttp.ClientPayloadError:
+            pass  # the server vanished in the middle of a chunk: also an end
+        response.release()
+        assert kube.apiserver_pid not in (None, old_pid)
+        survivor = await custom.get_namespaced_custom_object(
+            KS_GROUP, KS_VERSION, kube_namespace, KS_PLURAL, "survivor"
+        )
+    assert survivor["spec"]["path"] == "./deploy"
+
+
+async def test_token_request_gives_a_service_account_that_rbac_restricts(
+    kube: KubeAPI, kube_namespace: str
+) -> None:
+    token = kube.create_service_account_token(kube_namespace, "relay")
+    subject = {"kind": "ServiceAccount", "name": "relay", "namespace": kube_namespace}
+    kube.apply_manifests(
+        [
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {"name": "read-kustomizations"},
+                "rules": [
+                    {
+                        "apiGroups": [KS_GROUP],
+                        "resources": [KS_PLURAL],
+                        "verbs": ["get", "list", "watch"],
+                    }
+                ],
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": "relay-reads"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": "read-kustomizations",
+                },
+                "subjects": [subject],
+            },
+        ],
+        namespace=kube_namespace,
+    )
+    kube.apply(kustomization("apps"), namespace=kube_namespace)
+    async with await kube.api_client(token=token) as api:
+        custom = k8s_client.CustomObjectsApi(api)
+        listing = await custom.list_namespaced_custom_object(
+            KS_GROUP, KS_VERSION, kube_namespace, KS_PLURAL
+        )
+        assert [i["metadata"]["name"] for i in listing["items"]] == ["apps"]
+        with pytest.raises(ApiException) as caught:
+            await custom.patch_namespaced_custom_object(
+                KS_GROUP,
+                KS_VERSION,
+                kube_namespace,
+                KS_PLURAL,
+                "apps",
+                {"metadata": {"annotations": {REQUESTED_AT: "now"}}},
+                **MERGE_PATCH,
+            )
+        assert caught.value.status == 403
+        with pytest.raises(ApiException) as other_ns:
+            await custom.list_namespaced_custom_object(KS_GROUP, KS_VERSION, "default", KS_PLURAL)
+        assert other_ns.value.status == 403
