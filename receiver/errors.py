@@ -1,0 +1,78 @@
+"""The receiver's error tree: every refusal carries its HTTP status and a short reason.
+
+Handlers and providers raise these; one middleware turns them into JSON responses, so the
+status code for each kind of failure is decided once (Flux-compatible where Flux decides).
+"""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """Receivers or settings that cannot be served; raised at load time, never per request."""
+
+
+class Rejected(Exception):
+    """A delivery refused with ``status``; ``code`` is a stable machine-readable reason."""
+
+    status: int = 400
+    code: str = "bad_request"
+
+    def __init__(self, reason: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.headers = headers or {}
+
+
+class SignatureInvalid(Rejected):
+    """Authenticity could not be proven (bad or missing signature, token or credentials)."""
+
+    code = "signature_invalid"
+
+
+class PayloadInvalid(Rejected):
+    """The body is not what the provider sends (bad JSON, wrong shape, missing fields)."""
+
+    code = "payload_invalid"
+
+
+class EventNotAllowed(Rejected):
+    """The event type is not in the Receiver's ``spec.events`` (Flux answers 400 too)."""
+
+    code = "event_not_allowed"
+
+
+class HookNotFound(Rejected):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(Rejected):
+    status = 405
+    code = "method_not_allowed"
+
+
+class BodyTooLarge(Rejected):
+    status = 413
+    code = "body_too_large"
+
+
+class UnsupportedMediaType(Rejected):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class RateLimited(Rejected):
+    status = 429
+    code = "rate_limited"
+
+
+class Suspended(Rejected):
+    status = 503
+    code = "suspended"
+
+
+class NotStored(Rejected):
+    """JetStream did not acknowledge the event: nothing was accepted, the sender should retry."""
+
+    status = 503
+    code = "not_stored"

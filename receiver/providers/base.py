@@ -1,0 +1,72 @@
+"""What a provider is: a pure, synchronous verify-then-parse pair over raw bytes.
+
+Providers see no aiohttp types, so they are table-tested and fuzzed without a server, and
+the ingress can call them on the raw body before anything is parsed. ``verify`` proves
+authenticity (and nothing else); ``parse`` turns the verified body into one or more
+envelope fragments. Both raise :mod:`receiver.errors` types only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from receiver.receivers import ReceiverSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """The parts of an HTTP request a provider may look at."""
+
+    headers: CIMultiDictProxy[str]
+    body: bytes = field(repr=False)
+    content_type: str = ""
+    """Media type, lower-cased, without parameters."""
+    remote: str | None = None
+
+    @classmethod
+    def of(cls, headers: Mapping[str, str], body: bytes, remote: str | None = None) -> Request:
+        """Build from plain values (tests, fuzzers, the ``send`` helper)."""
+        proxy = CIMultiDictProxy(CIMultiDict(headers))
+        content_type = proxy.get("Content-Type", "").split(";", 1)[0].strip().lower()
+        return cls(proxy, body, content_type, remote)
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One message to store: its dedup id and the envelope fields the provider extracted."""
+
+    delivery_id: str
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """A verified delivery, understood.
+
+    ``event`` is matched against ``spec.events``; ``ping`` deliveries are answered 200 and
+    never stored; ``items`` is usually one, several for envelopes of events (distribution).
+    """
+
+    event: str
+    items: tuple[Item, ...]
+    payload: Any
+    ping: bool = False
+
+
+class Provider(Protocol):
+    """A webhook source. Instances are stateless and shared by all requests."""
+
+    name: str
+
+    def validate(self, spec: ReceiverSpec) -> None:
+        """Raise ConfigError if ``spec`` lacks what this provider needs (Secret keys...)."""
+
+    def verify(self, spec: ReceiverSpec, request: Request) -> None:
+        """Raise SignatureInvalid unless the request is proven to come from the provider."""
+
+    def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
+        """Normalise a verified request; raise PayloadInvalid/UnsupportedMediaType."""

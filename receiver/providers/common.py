@@ -1,0 +1,194 @@
+"""Checks every provider shares, written once: constant-time comparisons, HMAC signature
+headers, JSON decoding with bounded nesting, and typed field access that turns any shape
+mismatch into a 400 instead of a crash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from receiver.errors import ConfigError, PayloadInvalid, SignatureInvalid
+from receiver.receivers import ReceiverSpec
+
+MAX_JSON_DEPTH = 64
+"""Deeper JSON is refused before parsing: no provider nests this deep, attackers do."""
+
+HASHES = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
+
+
+def equal(a: bytes | str, b: bytes | str) -> bool:
+    """Constant-time equality of two secrets (str is UTF-8 encoded first)."""
+    left = a.encode() if isinstance(a, str) else a
+    right = b.encode() if isinstance(b, str) else b
+    return hmac.compare_digest(left, right)
+
+
+def require_secret(spec: ReceiverSpec, *keys: str) -> None:
+    """Fail at load when the Receiver's Secret lacks a key the provider needs."""
+    for key in keys:
+        if not spec.secret.get(key):
+            raise ConfigError(
+                f"Receiver {spec.key} ({spec.type}): Secret {spec.namespace}/{spec.secret_name}: "
+                f"key {key!r} required"
+            )
+
+
+def hmac_hex_matches(key: bytes, body: bytes, algorithm: str, given_hex: str) -> bool:
+    """True if ``given_hex`` (either case) is the HMAC of ``body``; compared as bytes."""
+    try:
+        given = bytes.fromhex(given_hex)
+    except ValueError:
+        return False
+    expected = hmac.new(key, body, HASHES[algorithm]).digest()
+    return hmac.compare_digest(expected, given)
+
+
+def verify_prefixed_hmac(
+    header_value: str | None, key: bytes, body: bytes, allowed: tuple[str, ...], header: str
+) -> None:
+    """Verify ``<algo>=<hex>`` (algorithm prefix case-sensitive, hex either case)."""
+    if not header_value:
+        raise SignatureInvalid(f"missing {header} header")
+    algorithm, sep, hex_digest = header_value.strip().partition("=")
+    if not sep or algorithm not in allowed:
+        raise SignatureInvalid(f"{header}: unsupported signature format")
+    if not hmac_hex_matches(key, body, algorithm, hex_digest):
+        raise SignatureInvalid(f"{header}: signature does not match")
+
+
+def _depth_ok(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Cheap pre-scan bounding nesting, so json.loads never recurses deeply."""
+    depth = 0
+    in_string = False
+    escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return False
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return True
+
+
+def load_json(body: bytes | str, what: str = "body") -> Any:
+    """Decode JSON, refusing empty, non-UTF-8, too deeply nested or malformed input."""
+    raw = body.encode() if isinstance(body, str) else body
+    if not raw.strip():
+        raise PayloadInvalid(f"{what}: empty, JSON expected")
+    if not _depth_ok(raw):
+        raise PayloadInvalid(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH}")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise PayloadInvalid(f"{what}: invalid JSON") from e
+
+
+def load_object(body: bytes | str, what: str = "body") -> dict[str, Any]:
+    doc = load_json(body, what)
+    if not isinstance(doc, dict):
+        raise PayloadInvalid(f"{what}: JSON object expected")
+    return doc
+
+
+def field_path(doc: Any, path: str) -> Any:
+    """Walk dotted ``path``; None when absent; 400 when an intermediate is not an object."""
+    node = doc
+    walked: list[str] = []
+    for part in path.split("."):
+        if node is None:
+            return None
+        if not isinstance(node, Mapping):
+            raise PayloadInvalid(f"{'.'.join(walked) or 'body'}: object expected")
+        node = node.get(part)
+        walked.append(part)
+    return node
+
+
+def opt_str(doc: Any, path: str) -> str | None:
+    value = field_path(doc, path)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise PayloadInvalid(f"{path}: string expected")
+    return value
+
+
+def req_str(doc: Any, path: str) -> str:
+    value = opt_str(doc, path)
+    if not value:
+        raise PayloadInvalid(f"{path}: required")
+    return value
+
+
+def opt_bool(doc: Any, path: str) -> bool:
+    value = field_path(doc, path)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise PayloadInvalid(f"{path}: boolean expected")
+    return value
+
+
+def opt_list(doc: Any, path: str) -> list[Any]:
+    value = field_path(doc, path)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise PayloadInvalid(f"{path}: array expected")
+    return value
+
+
+def opt_int(doc: Any, path: str) -> int | None:
+    value = field_path(doc, path)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PayloadInvalid(f"{path}: integer expected")
+    return value
+
+
+def body_digest(body: bytes) -> str:
+    """Delivery id for providers that give none: identical bodies are the same delivery."""
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def repository(
+    http: str | None, ssh: str | None, web: str | None, full_name: str | None = None
+) -> dict[str, Any] | None:
+    """The envelope's repository block: every URL form given, deduplicated, in order."""
+    urls: list[str] = []
+    for url in (http, ssh, web):
+        if url and url not in urls:
+            urls.append(url)
+    if not urls:
+        return None
+    return {"urls": urls, "http": http, "ssh": ssh, "web": web, "full_name": full_name}
+
+
+def commit_paths(commits: list[Any], what: str = "commits") -> list[str]:
+    """Union of added/modified/removed over a GitHub-shaped commit list, order kept."""
+    seen: dict[str, None] = {}
+    for i, commit in enumerate(commits):
+        if not isinstance(commit, Mapping):
+            raise PayloadInvalid(f"{what}[{i}]: object expected")
+        for key in ("added", "modified", "removed"):
+            paths = commit.get(key) or []
+            if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+                raise PayloadInvalid(f"{what}[{i}].{key}: array of strings expected")
+            for path in paths:
+                seen.setdefault(path, None)
+    return list(seen)

@@ -1,0 +1,122 @@
+"""GitHub webhooks: HMAC-signed (X-Hub-Signature-256, legacy X-Hub-Signature), JSON or form.
+
+A push becomes repository URLs (clone, ssh, web), ref, before/after, created/deleted/forced
+and the changed paths. GitHub puts at most 20 commits in a push payload, so a list of 20 (or a
+forced, created or deleted ref) is marked incomplete and consumers never narrow by it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs
+
+from receiver.errors import PayloadInvalid, UnsupportedMediaType
+from receiver.providers import common
+from receiver.providers.base import Item, Parsed, Request
+from receiver.receivers import ReceiverSpec
+
+MAX_PAYLOAD_COMMITS = 20
+CONTENT_TYPES = ("application/json", "application/x-www-form-urlencoded")
+
+
+def push_fields(doc: dict[str, Any], total_commits: int | None = None) -> dict[str, Any]:
+    """Envelope fields of a GitHub-shaped push (shared by Gitea/Forgejo, which copy it).
+
+    ``total_commits`` is the provider's count when it gives one: then completeness is known.
+    """
+    commits = common.opt_list(doc, "commits")
+    forced = common.opt_bool(doc, "forced")
+    created = common.opt_bool(doc, "created")
+    deleted = common.opt_bool(doc, "deleted")
+    if total_commits is not None:
+        within = len(commits) >= total_commits
+    else:
+        within = len(commits) < MAX_PAYLOAD_COMMITS
+    return {
+        "repository": common.repository(
+            common.opt_str(doc, "repository.clone_url"),
+            common.opt_str(doc, "repository.ssh_url"),
+            common.opt_str(doc, "repository.html_url"),
+            common.opt_str(doc, "repository.full_name"),
+        ),
+        "ref": common.req_str(doc, "ref"),
+        "revision": common.opt_str(doc, "after"),
+        "previous_revision": common.opt_str(doc, "before"),
+        "created": created,
+        "deleted": deleted,
+        "forced": forced,
+        "changed_paths": common.commit_paths(commits),
+        "paths_complete": within and not (forced or created or deleted),
+    }
+
+
+def other_fields(doc: dict[str, Any], event: str) -> dict[str, Any]:
+    """Best-effort fields for non-push events: the repository, and the tag of a release."""
+    fields: dict[str, Any] = {
+        "repository": common.repository(
+            common.opt_str(doc, "repository.clone_url"),
+            common.opt_str(doc, "repository.ssh_url"),
+            common.opt_str(doc, "repository.html_url"),
+            common.opt_str(doc, "repository.full_name"),
+        )
+    }
+    if event == "release":
+        tag = common.opt_str(doc, "release.tag_name")
+        if tag:
+            fields["ref"] = f"refs/tags/{tag}"
+    return fields
+
+
+class GitHub:
+    """``github``: Flux-compatible, including form-encoded payloads and sha1/sha512 fallbacks."""
+
+    name = "github"
+    event_header = "X-GitHub-Event"
+    delivery_header = "X-GitHub-Delivery"
+
+    def validate(self, spec: ReceiverSpec) -> None:
+        common.require_secret(spec, "token")
+
+    def verify(self, spec: ReceiverSpec, request: Request) -> None:
+        modern = request.headers.get("X-Hub-Signature-256")
+        if modern is not None:
+            common.verify_prefixed_hmac(
+                modern, spec.token, request.body, ("sha256",), "X-Hub-Signature-256"
+            )
+            return
+        common.verify_prefixed_hmac(
+            request.headers.get("X-Hub-Signature"),
+            spec.token,
+            request.body,
+            ("sha1", "sha256", "sha512"),
+            "X-Hub-Signature",
+        )
+
+    def decode(self, request: Request) -> dict[str, Any]:
+        if request.content_type == "application/x-www-form-urlencoded":
+            try:
+                form = parse_qs(
+                    request.body.decode("utf-8"), strict_parsing=True, max_num_fields=16
+                )
+            except (UnicodeDecodeError, ValueError) as e:
+                raise PayloadInvalid("form body: invalid encoding") from e
+            values = form.get("payload")
+            if not values or len(values) != 1:
+                raise PayloadInvalid("form body: exactly one 'payload' field expected")
+            return common.load_object(values[0], "payload")
+        if request.content_type in ("application/json", ""):
+            return common.load_object(request.body)
+        raise UnsupportedMediaType(
+            f"content type {request.content_type!r} not supported; use {' or '.join(CONTENT_TYPES)}"
+        )
+
+    def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
+        event = request.headers.get(self.event_header, "").strip()
+        if not event:
+            raise PayloadInvalid(f"missing {self.event_header} header")
+        doc = self.decode(request)
+        delivery = request.headers.get(self.delivery_header) or common.body_digest(request.body)
+        if event == "ping":
+            return Parsed(event, (), doc, ping=True)
+        fields = push_fields(doc) if event == "push" else other_fields(doc, event)
+        return Parsed(event, (Item(delivery, fields),), doc)

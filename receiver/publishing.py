@@ -1,0 +1,184 @@
+"""Storing events on JetStream: the stream is ensured at start, every publish awaits PubAck.
+
+The receiver answers 202 only after this module returns, so "accepted" always means "on
+disk in the stream". ``Nats-Msg-Id`` lets the stream drop a provider's redelivery inside the
+duplicate window. While NATS is unreachable publishing fails fast (no buffering that could
+later store what was already answered 503; a retried delivery is deduplicated anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client
+from nats.errors import Error as NatsError
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import Error as JetStreamError
+from nats.js.errors import NotFoundError
+
+from receiver.errors import NotStored
+from receiver.settings import StreamSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What JetStream acknowledged."""
+
+    stream: str
+    seq: int
+    duplicate: bool
+
+
+def stream_configs(settings: StreamSettings) -> list[StreamConfig]:
+    """The events stream and the dead-letter stream, as configured."""
+    storage = StorageType.FILE if settings.storage == "file" else StorageType.MEMORY
+
+    def config(name: str, prefix: str) -> StreamConfig:
+        return StreamConfig(
+            name=name,
+            subjects=[f"{prefix}.>"],
+            storage=storage,
+            num_replicas=settings.replicas,
+            retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.OLD,
+            max_age=settings.max_age,
+            duplicate_window=settings.duplicate_window,
+            max_bytes=settings.max_bytes,
+        )
+
+    return [
+        config(settings.name, settings.subject_prefix),
+        config(settings.dead_name, settings.dead_subject_prefix),
+    ]
+
+
+async def ensure_streams(js: nats.js.JetStreamContext, settings: StreamSettings) -> None:
+    """Create the streams, or update them to the configured settings."""
+    for config in stream_configs(settings):
+        try:
+            await js.stream_info(config.name or "")
+        except NotFoundError:
+            await js.add_stream(config)
+            log.info("created stream %s", config.name)
+        else:
+            await js.update_stream(config)
+            log.info("updated stream %s", config.name)
+
+
+class Publisher:
+    """A NATS connection that stays up across server restarts and stores with PubAck."""
+
+    def __init__(self, servers: str, settings: StreamSettings, timeout: float) -> None:
+        self._servers = [s.strip() for s in servers.split(",") if s.strip()]
+        self._settings = settings
+        self._timeout = timeout
+        self._nc: Client | None = None
+        self._streams_ready = asyncio.Event()
+        self._ensure_task: asyncio.Task[None] | None = None
+        self.max_payload = 1024 * 1024
+
+    @property
+    def ready(self) -> bool:
+        return self.connected and self._streams_ready.is_set()
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    async def start(self) -> None:
+        """Connect and ensure the streams; if NATS is not up yet, keep trying in the
+        background (readiness stays false until both are done)."""
+        self._ensure_task = asyncio.create_task(self._connect_and_ensure(), name="nats-connect")
+        await asyncio.sleep(0)
+
+    async def _connect_and_ensure(self) -> None:
+        delay = 0.2
+        while self._nc is None:
+            try:
+                self._nc = await nats.connect(
+                    servers=self._servers,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    connect_timeout=2,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                    error_cb=self._on_error,
+                )
+            except (NatsError, OSError, TimeoutError) as e:
+                log.warning("cannot connect to NATS yet: %s", e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        await self._ensure_loop()
+
+    def _schedule_ensure(self) -> None:
+        if self._ensure_task is None or self._ensure_task.done():
+            self._ensure_task = asyncio.create_task(self._ensure_loop(), name="ensure-streams")
+
+    async def _ensure_loop(self) -> None:
+        delay = 0.2
+        while True:
+            nc = self._nc
+            if nc is not None and nc.is_connected:
+                try:
+                    await ensure_streams(nc.jetstream(timeout=self._timeout), self._settings)
+                    self.max_payload = nc.max_payload
+                    self._streams_ready.set()
+                    return
+                except (NatsError, JetStreamError, TimeoutError) as e:
+                    log.warning("cannot ensure streams yet: %s", e)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _on_disconnected(self) -> None:
+        log.warning("disconnected from NATS")
+
+    async def _on_reconnected(self) -> None:
+        log.info("reconnected to NATS")
+        # A memory-backed stream is gone after a server restart: recreate it.
+        self._schedule_ensure()
+
+    async def _on_error(self, e: Exception) -> None:
+        log.warning("NATS: %s", e)
+
+    async def publish(self, subject: str, payload: bytes, headers: Mapping[str, str]) -> Stored:
+        """Store one event or raise :class:`NotStored`; never returns without a PubAck."""
+        return await self._store(self._settings.name, subject, payload, headers)
+
+    async def publish_dead(
+        self, subject: str, payload: bytes, headers: Mapping[str, str]
+    ) -> Stored:
+        """Store a dead letter, with the same guarantee, on the dead-letter stream."""
+        return await self._store(self._settings.dead_name, subject, payload, headers)
+
+    async def _store(
+        self, stream: str, subject: str, payload: bytes, headers: Mapping[str, str]
+    ) -> Stored:
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            raise NotStored("event store unavailable")
+        if len(payload) > nc.max_payload:
+            raise NotStored(f"event of {len(payload)} bytes exceeds NATS max_payload")
+        js = nc.jetstream(timeout=self._timeout)
+        try:
+            ack = await js.publish(
+                subject, payload, timeout=self._timeout, stream=stream, headers=dict(headers)
+            )
+        except (NatsError, JetStreamError, TimeoutError, OSError) as e:
+            raise NotStored(f"event store did not acknowledge: {type(e).__name__}") from e
+        return Stored(ack.stream, ack.seq, bool(ack.duplicate))
+
+    async def close(self) -> None:
+        if self._ensure_task is not None:
+            self._ensure_task.cancel()
+        if self._nc is not None and not self._nc.is_closed:
+            try:
+                await self._nc.drain()
+            except (NatsError, TimeoutError):
+                await self._nc.close()

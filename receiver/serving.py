@@ -1,0 +1,86 @@
+"""Running the receiver process: sources, NATS, two HTTP sites, signals, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from aiohttp import web
+
+from receiver.app import create_app, create_metrics_app
+from receiver.errors import ConfigError
+from receiver.metrics import IngressMetrics
+from receiver.publishing import Publisher
+from receiver.registry import ReceiverTable
+from receiver.settings import ReceiverSettings
+from receiver.sources import FileSource, ReceiverSource
+from receiver.state import IngressState
+
+log = logging.getLogger(__name__)
+
+
+def make_source(settings: ReceiverSettings, metrics: IngressMetrics) -> ReceiverSource:
+    """The configured Receiver source (file or Kubernetes)."""
+    if settings.kubernetes:
+        from receiver.watching import KubernetesSource
+
+        return KubernetesSource(settings, metrics)
+    if settings.config is None:
+        raise ConfigError("either --config FILE or --kubernetes is required")
+    return FileSource(
+        settings.config,
+        settings.reload_interval,
+        lambda result: metrics.reloads.labels(result).inc(),
+    )
+
+
+async def serve(settings: ReceiverSettings, stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or ``stop``); raise ConfigError if Receivers are invalid."""
+    metrics = IngressMetrics()
+    source = make_source(settings, metrics)
+    table = await source.load()
+    publisher = Publisher(settings.nats_url, settings.stream, settings.publish_timeout)
+    state = IngressState(settings, publisher, metrics, table, loaded=True)
+    log.info("serving %d receiver(s)", len(table))
+
+    def apply(new: ReceiverTable) -> None:
+        state.table = new
+
+    stop = stop or asyncio.Event()
+    reload = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, reload.set)
+
+    await publisher.start()
+    ingress_runner = web.AppRunner(create_app(state), access_log=None, shutdown_timeout=10)
+    metrics_runner = web.AppRunner(create_metrics_app(state), access_log=None)
+    await ingress_runner.setup()
+    await metrics_runner.setup()
+    await web.TCPSite(
+        ingress_runner, settings.listen_host, settings.listen_port, backlog=1024
+    ).start()
+    await web.TCPSite(metrics_runner, settings.metrics_host, settings.metrics_port).start()
+    log.info(
+        "listening on %s:%d (metrics %s:%d)",
+        settings.listen_host,
+        settings.listen_port,
+        settings.metrics_host,
+        settings.metrics_port,
+    )
+    watcher = asyncio.create_task(source.run(apply, reload), name="receiver-source")
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping: finishing requests in flight")
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        await ingress_runner.cleanup()
+        await publisher.close()
+        await metrics_runner.cleanup()

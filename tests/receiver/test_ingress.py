@@ -1,0 +1,108 @@
+"""The ingress edge, provider-independent: body cap (exactly 3 MiB accepted, one byte more
+413, also on unknown paths), 404 for unknown hooks and odd paths, 405, suspension, probes."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+
+import pytest
+
+from receiver.settings import MiB
+from tests.support.ingress import Ingress, hmac_hex, path_of, receiver_docs, start_ingress
+from tests.support.natsd import NatsServer
+
+
+@pytest.fixture
+async def ingress(nats_session: NatsServer) -> AsyncIterator[Ingress]:
+    docs = receiver_docs("gen", "github") + receiver_docs("off", "github", suspend=True)
+    ing = await start_ingress(nats_session.url, docs)
+    yield ing
+    await ing.close()
+
+
+def push_headers(body: bytes) -> dict[str, str]:
+    return {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": "push",
+        "X-GitHub-Delivery": "d-1",
+        "X-Hub-Signature-256": "sha256=" + hmac_hex("s3cr3t", body),
+    }
+
+
+def json_of_size(size: int) -> bytes:
+    head = b'{"ref": "refs/heads/main", "pad": "'
+    tail = b'"}'
+    return head + b"x" * (size - len(head) - len(tail)) + tail
+
+
+async def test_a_body_of_exactly_the_cap_is_accepted(ingress: Ingress) -> None:
+    body = json_of_size(3 * MiB)
+    assert len(body) == 3 * MiB
+    resp = await ingress.client.post(
+        path_of("gen"), data=io.BytesIO(body), headers=push_headers(body)
+    )
+    assert resp.status == 202, await resp.text()
+    [stored] = await ingress.stored()
+    assert len(stored.envelope["payload"]["pad"]) > 3 * MiB - 100
+
+
+@pytest.mark.parametrize("path", [path_of("gen"), "/hook/" + "0" * 64, "/elsewhere"])
+async def test_one_byte_over_the_cap_is_413_on_any_path(ingress: Ingress, path: str) -> None:
+    body = json_of_size(3 * MiB + 1)
+    resp = await ingress.client.post(path, data=io.BytesIO(body), headers=push_headers(body))
+    assert resp.status == 413
+    assert (await resp.json())["code"] == "body_too_large"
+
+
+async def test_a_chunked_body_over_the_cap_is_cut_off_with_413(ingress: Ingress) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(4):
+            yield b"x" * MiB
+
+    resp = await ingress.client.post(path_of("gen"), data=chunks(), headers=push_headers(b""))
+    assert resp.status == 413
+    assert await ingress.stored() == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param("/hook/" + "0" * 64, id="unknown-digest"),
+        pytest.param(path_of("gen").upper().replace("/HOOK/", "/hook/"), id="upper-case-digest"),
+        pytest.param(path_of("gen") + "/", id="trailing-slash"),
+        pytest.param("/hook/", id="no-digest"),
+    ],
+)
+async def test_unknown_paths_are_404(ingress: Ingress, path: str) -> None:
+    resp = await ingress.client.post(path, data=b"{}")
+    assert resp.status == 404
+    assert (await resp.json())["code"] == "not_found"
+
+
+async def test_query_string_is_ignored_like_flux(ingress: Ingress) -> None:
+    body = json_of_size(200)
+    resp = await ingress.client.post(path_of("gen") + "?x=1", data=body, headers=push_headers(body))
+    assert resp.status == 202
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+async def test_other_methods_are_405(ingress: Ingress, method: str) -> None:
+    resp = await ingress.client.request(method, path_of("gen"))
+    assert resp.status == 405
+    assert resp.headers["Allow"] == "POST"
+
+
+async def test_a_suspended_receiver_answers_503(ingress: Ingress) -> None:
+    body = json_of_size(100)
+    resp = await ingress.client.post(path_of("off"), data=body, headers=push_headers(body))
+    assert resp.status == 503
+    assert (await resp.json())["code"] == "suspended"
+    assert await ingress.stored() == []
+
+
+async def test_probes(ingress: Ingress) -> None:
+    assert (await ingress.client.get("/healthz")).status == 200
+    ready = await ingress.client.get("/readyz")
+    assert ready.status == 200
+    assert (await ready.json())["receivers"] == 2
