@@ -6,9 +6,9 @@ status code for each kind of failure is decided once (Flux-compatible where Flux
 
 from __future__ import annotations
 
+from schemas.receivers import ConfigError
 
-class ConfigError(ValueError):
-    """Receivers or settings that cannot be served; raised at load time, never per request."""
+__all__ = ["ConfigError"]
 
 
 class Rejected(Exception):
