@@ -85,15 +85,16 @@ def resolve(
 
 def specs_from_documents(docs: Iterable[Any], source: str) -> list[ReceiverSpec]:
     """Resolve Receivers against the Secrets among ``docs`` (order does not matter)."""
-    found = split_documents(docs, source)
-    return [
-        resolve(d, found.secrets, f"{where} (Receiver {d.key})") for where, d in found.receivers
-    ]
+    return resolve_all(split_documents(docs, source))
 
 
 def load_file(path: Path) -> list[ReceiverSpec]:
     """Read a multi-document YAML file of Receiver and Secret manifests."""
-    found = read_documents(path)
+    return resolve_all(read_documents(path))
+
+
+def resolve_all(found: Documents) -> list[ReceiverSpec]:
+    """Every Receiver of ``found`` with its Secret; the first unresolvable one is an error."""
     return [
         resolve(d, found.secrets, f"{where} (Receiver {d.key})") for where, d in found.receivers
     ]
