@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.error
+import urllib.request
 from typing import Any
 
 import aiohttp
@@ -16,6 +18,7 @@ import pytest
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from tests.support.faultproxy import FaultProxy, FaultProxyThread
 from tests.support.kubeapi import MERGE_PATCH, KubeAPI, load_crds
 
 pytestmark = pytest.mark.kube
@@ -42,6 +45,21 @@ async def create_kustomization(
         KS_GROUP, KS_VERSION, namespace, KS_PLURAL, kustomization(name, labels)
     )
     return created
+
+
+async def request_reconcile(
+    api: k8s_client.ApiClient, namespace: str, name: str, at: str
+) -> dict[str, Any]:
+    patched: dict[str, Any] = await k8s_client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        KS_GROUP,
+        KS_VERSION,
+        namespace,
+        KS_PLURAL,
+        name,
+        {"metadata": {"annotations": {REQUESTED_AT: at}}},
+        **MERGE_PATCH,
+    )
+    return patched
 
 
 # ------------------------------------------------------------------------------ API server
@@ -295,3 +313,160 @@ async def test_token_request_gives_a_service_account_that_rbac_restricts(
         with pytest.raises(ApiException) as other_ns:
             await custom.list_namespaced_custom_object(KS_GROUP, KS_VERSION, "default", KS_PLURAL)
         assert other_ns.value.status == 403
+
+
+# ------------------------------------------------------------------------------ fault proxy
+
+
+async def test_proxy_forwards_and_records_requests(
+    kube: KubeAPI, kube_namespace: str, kube_proxy: FaultProxy
+) -> None:
+    async with await kube.api_client(server=kube_proxy.url) as api:
+        await create_kustomization(api, kube_namespace, "apps")
+        patched = await request_reconcile(api, kube_namespace, "apps", "t1")
+    assert patched["metadata"]["annotations"][REQUESTED_AT] == "t1"
+    assert kube_proxy.count("POST", f"/{KS_PLURAL}$") == 1
+    assert kube_proxy.count("PATCH") == 1
+    (patch,) = kube_proxy.matching("PATCH", f"/{KS_PLURAL}/apps$")
+    assert patch.content_type == "application/merge-patch+json"
+    assert json.loads(patch.body) == {"metadata": {"annotations": {REQUESTED_AT: "t1"}}}
+    assert patch.fault is None
+
+
+async def test_proxy_injects_429_with_retry_after_then_recovers(
+    kube: KubeAPI, kube_namespace: str, kube_proxy: FaultProxy
+) -> None:
+    kube.apply(kustomization("apps"), namespace=kube_namespace)
+    kube_proxy.fail(429, times=2, retry_after=7, method="PATCH")
+    async with await kube.api_client(server=kube_proxy.url) as api:
+        for attempt in ("t1", "t2"):
+            with pytest.raises(ApiException) as caught:
+                await request_reconcile(api, kube_namespace, "apps", attempt)
+            error = caught.value
+            assert error.status == 429
+            assert error.headers is not None
+            assert error.body is not None
+            assert error.headers["Retry-After"] == "7"
+            assert json.loads(error.body)["details"]["retryAfterSeconds"] == 7
+        patched = await request_reconcile(api, kube_namespace, "apps", "t3")
+    assert patched["metadata"]["annotations"][REQUESTED_AT] == "t3"
+    assert kube_proxy.count("PATCH") == 3
+    assert kube_proxy.count("PATCH", forwarded=True) == 1
+    assert [r.fault for r in kube_proxy.matching("PATCH")] == ["status:429", "status:429", None]
+
+
+async def test_proxy_fails_with_500_until_cleared(
+    kube: KubeAPI, kube_namespace: str, kube_proxy: FaultProxy
+) -> None:
+    kube.apply(kustomization("apps"), namespace=kube_namespace)
+    kube_proxy.fail(500, times=None, method="GET", path=f"/{KS_PLURAL}/apps$")
+    async with await kube.api_client(server=kube_proxy.url) as api:
+        custom = k8s_client.CustomObjectsApi(api)
+        for _ in range(3):
+            with pytest.raises(ApiException) as caught:
+                await custom.get_namespaced_custom_object(
+                    KS_GROUP, KS_VERSION, kube_namespace, KS_PLURAL, "apps"
+                )
+            assert caught.value.status == 500
+        listing = await custom.list_namespaced_custom_object(  # path does not match the rule
+            KS_GROUP, KS_VERSION, kube_namespace, KS_PLURAL
+        )
+        assert len(listing["items"]) == 1
+        kube_proxy.clear_faults()
+        got = await custom.get_namespaced_custom_object(
+            KS_GROUP, KS_VERSION, kube_namespace, KS_PLURAL, "apps"
+        )
+    assert got["metadata"]["name"] == "apps"
+    assert kube_proxy.count("GET", "/apps$", forwarded=False) == 3
+
+
+async def test_proxy_down_mode_fails_requests_then_recovers(
+    kube: KubeAPI, kube_namespace: str, kube_proxy: FaultProxy
+) -> None:
+    kube.apply(kustomization("apps"), namespace=kube_namespace)
+    async with await kube.api_client(server=kube_proxy.url) as api:
+        custom = k8s_client.CustomObjectsApi(api)
+
+        async def get() -> dict[str, Any]:
+            got: dict[str, Any] = await custom.get_namespaced_custom_object(
+                KS_GROUP, KS_VERSION, kube_namespace, KS_PLURAL, "apps"
+            )
+            return got
+
+        assert (await get())["metadata"]["name"] == "apps"  # leaves a keep-alive connection
+        await kube_proxy.go_down()
+        assert kube_proxy.down
+        for _ in range(2):  # first on the kept-alive connection, then a refused new one
+            with pytest.raises(aiohttp.ClientConnectionError):
+                await get()
+        await kube_proxy.come_up()
+        assert (await get())["metadata"]["name"] == "apps"
+
+
+async def test_proxy_streams_watches_and_can_drop_them(
+    kube: KubeAPI, kube_namespace: str, kube_proxy: FaultProxy
+) -> None:
+    async with await kube.api_client(server=kube_proxy.url) as api:
+        response = await k8s_client.CustomObjectsApi(api).list_namespaced_custom_object(
+            KS_GROUP,
+            KS_VERSION,
+            kube_namespace,
+            KS_PLURAL,
+            watch=True,
+            timeout_seconds=60,
+            _preload_content=False,
+        )
+        # Created after the watch started: the event can only arrive if the proxy streams.
+        await asyncio.to_thread(kube.apply, kustomization("late"), namespace=kube_namespace)
+        event = json.loads(await response.content.readline())
+        assert event["type"] == "ADDED"
+        assert event["object"]["metadata"]["name"] == "late"
+        await kube_proxy.drop_connections()
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.content.read()
+        response.release()
+
+
+async def test_proxy_latency_holds_requests_until_cleared(
+    kube: KubeAPI, kube_namespace: str, kube_proxy: FaultProxy
+) -> None:
+    kube.apply(kustomization("apps"), namespace=kube_namespace)
+    kube_proxy.delay(600, method="GET")
+    async with await kube.api_client(server=kube_proxy.url) as api:
+        custom = k8s_client.CustomObjectsApi(api)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await custom.get_namespaced_custom_object(
+                    KS_GROUP, KS_VERSION, kube_namespace, KS_PLURAL, "apps"
+                )
+        kube_proxy.clear_faults()
+        got = await custom.get_namespaced_custom_object(
+            KS_GROUP, KS_VERSION, kube_namespace, KS_PLURAL, "apps"
+        )
+    assert got["metadata"]["name"] == "apps"
+
+
+def test_threaded_proxy_serves_synchronous_clients(kube: KubeAPI) -> None:
+    def get_version(url: str) -> tuple[int, dict[str, str], bytes]:
+        req = urllib.request.Request(
+            url + "/version", headers={"Authorization": f"Bearer {kube.token}"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10) as rsp:
+                return rsp.status, dict(rsp.headers), rsp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, dict(err.headers), err.read()
+
+    with FaultProxyThread(kube.url, kube.ca_file) as proxy:
+        proxy.proxy.fail(429, retry_after=2, path="^/version$")
+        status, headers, _ = get_version(proxy.url)
+        assert (status, headers["Retry-After"]) == (429, "2")
+        status, _, body = get_version(proxy.url)
+        assert status == 200
+        assert json.loads(body)["gitVersion"].startswith("v1.20.2")
+        proxy.go_down()
+        with pytest.raises(urllib.error.URLError):
+            get_version(proxy.url)
+        proxy.come_up()
+        assert get_version(proxy.url)[0] == 200
+        assert proxy.proxy.count("GET", "^/version$") == 3  # refused connections never arrive

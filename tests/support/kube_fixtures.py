@@ -2,9 +2,10 @@
 
 This module owns how tests get a cluster: one etcd + kube-apiserver per test session (``kube``,
 with the stand-in Flux CRDs from deploy/crds applied), a fresh namespace per test
-(``kube_namespace``, emptied and removed afterwards) and a ready ``kubernetes_asyncio`` client
-(``kube_client``). The session fixture is synchronous on purpose, so it works with whatever event
-loop a test runs in. Tests that use ``kube`` are marked ``kube`` automatically.
+(``kube_namespace``, emptied and removed afterwards), a ready ``kubernetes_asyncio`` client
+(``kube_client``) and a fault proxy in front of the server (``kube_proxy``). The session fixture
+is synchronous on purpose, so it works with whatever event loop a test runs in. Tests that use
+``kube`` are marked ``kube`` automatically.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from kubernetes_asyncio import client as k8s_client
 
+from tests.support.faultproxy import FaultProxy
 from tests.support.kubeapi import KubeAPI
 
 
@@ -58,3 +60,14 @@ async def kube_client(kube: KubeAPI) -> AsyncIterator[k8s_client.ApiClient]:
     api = await kube.api_client()
     async with api:
         yield api
+
+
+@pytest.fixture
+async def kube_proxy(kube: KubeAPI) -> AsyncIterator[FaultProxy]:
+    """A fault proxy in front of the API server, on the test's loop.
+
+    Point a client at it with ``await kube.api_client(server=kube_proxy.url)`` or
+    ``kube.write_kubeconfig(path, server=kube_proxy.url)``.
+    """
+    async with FaultProxy(kube.url, kube.ca_file) as proxy:
+        yield proxy
