@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from receiver.errors import ConfigError, PayloadInvalid, SignatureInvalid
+from receiver.providers.base import Item
 from receiver.receivers import ReceiverSpec
 
 MAX_JSON_DEPTH = 64
@@ -20,11 +21,31 @@ MAX_JSON_DEPTH = 64
 HASHES = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
 
 
+def wire_bytes(value: str) -> bytes:
+    """The bytes a header value arrived as.
+
+    aiohttp decodes header values as UTF-8 with ``surrogateescape``, so a non-UTF-8 byte
+    becomes a lone surrogate that plain ``str.encode()`` refuses (a crash, i.e. a 500, on
+    attacker-chosen input). Reverse that decoding; any other lone surrogate (only possible
+    from in-process callers) is kept with ``surrogatepass`` so encoding never fails.
+    """
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogatepass")
+
+
 def equal(a: bytes | str, b: bytes | str) -> bool:
-    """Constant-time equality of two secrets (str is UTF-8 encoded first)."""
-    left = a.encode() if isinstance(a, str) else a
-    right = b.encode() if isinstance(b, str) else b
+    """Constant-time equality of two secrets (str is turned back into its wire bytes)."""
+    left = wire_bytes(a) if isinstance(a, str) else a
+    right = wire_bytes(b) if isinstance(b, str) else b
     return hmac.compare_digest(left, right)
+
+
+def is_zero_id(object_id: str | None) -> bool:
+    """True for the all-zeros object id Git providers use for "no commit" (SHA-1 or SHA-256
+    length alike): a ``before`` of zeros means the ref was created, an ``after`` deleted."""
+    return object_id is not None and object_id != "" and object_id.strip("0") == ""
 
 
 def require_secret(spec: ReceiverSpec, *keys: str) -> None:
@@ -192,3 +213,12 @@ def commit_paths(commits: list[Any], what: str = "commits") -> list[str]:
             for path in paths:
                 seen.setdefault(path, None)
     return list(seen)
+
+
+def items_per_change(delivery: str, changes: list[dict[str, Any]]) -> tuple[Item, ...]:
+    """One item per ref change of a push (a source follows one ref, so each is its own
+    event); with several, ``#<index>`` suffixes keep their delivery ids, hence their dedup
+    keys, apart while staying stable across redeliveries."""
+    if len(changes) == 1:
+        return (Item(delivery, changes[0]),)
+    return tuple(Item(f"{delivery}#{i}", fields) for i, fields in enumerate(changes))

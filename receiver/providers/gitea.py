@@ -1,0 +1,73 @@
+"""Gitea and Forgejo webhooks: one implementation, two providers differing in header names.
+
+Both sign the raw body with HMAC-SHA256 and send the bare hex digest (no ``sha256=`` prefix,
+either case accepted) in ``X-Gitea-Signature`` / ``X-Forgejo-Signature``, the event in
+``X-Gitea-Event`` / ``X-Forgejo-Event`` and a delivery UUID in ``X-Gitea-Delivery`` /
+``X-Forgejo-Delivery``. They also send GitHub-style headers, but Flux users pointing them at
+a ``github`` Receiver get no Gitea-specific handling; here each has its own type.
+
+The push payload is GitHub-shaped, so :func:`receiver.providers.github.push_fields` reads it,
+told the pushed commit count (``total_commits``) so completeness of the path list is known.
+Gitea has no ``created``/``deleted`` flags: they are derived from all-zero ``before`` /
+``after`` ids. Only JSON bodies are read: the form content type Gitea offers is answered 415
+(configure the webhook with ``application/json``), as the MAC over a form body is not
+documented.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from receiver.errors import PayloadInvalid, SignatureInvalid, UnsupportedMediaType
+from receiver.providers import common, github
+from receiver.providers.base import Item, Parsed, Request
+from receiver.receivers import ReceiverSpec
+
+
+def push_fields(doc: dict[str, Any]) -> dict[str, Any]:
+    """GitHub-shaped push fields with Gitea's commit count and zero-id created/deleted."""
+    fields = github.push_fields(doc, common.opt_int(doc, "total_commits"))
+    created = fields["created"] or common.is_zero_id(fields["previous_revision"])
+    deleted = fields["deleted"] or common.is_zero_id(fields["revision"])
+    fields["created"] = created
+    fields["deleted"] = deleted
+    fields["paths_complete"] = fields["paths_complete"] and not (created or deleted)
+    return fields
+
+
+class GiteaLike:
+    """A Gitea-family forge whose headers are prefixed ``X-<brand>-``."""
+
+    def __init__(self, name: str, brand: str) -> None:
+        self.name = name
+        self.signature_header = f"X-{brand}-Signature"
+        self.event_header = f"X-{brand}-Event"
+        self.delivery_header = f"X-{brand}-Delivery"
+
+    def validate(self, spec: ReceiverSpec) -> None:
+        common.require_secret(spec, "token")
+
+    def verify(self, spec: ReceiverSpec, request: Request) -> None:
+        given = request.headers.get(self.signature_header, "").strip()
+        if not given:
+            raise SignatureInvalid(f"missing {self.signature_header} header")
+        if not common.hmac_hex_matches(spec.token, request.body, "sha256", given):
+            raise SignatureInvalid(f"{self.signature_header}: signature does not match")
+
+    def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
+        event = request.headers.get(self.event_header, "").strip()
+        if not event:
+            raise PayloadInvalid(f"missing {self.event_header} header")
+        if request.content_type not in ("application/json", ""):
+            raise UnsupportedMediaType(
+                f"content type {request.content_type!r} not supported; use application/json"
+            )
+        doc = common.load_object(request.body)
+        delivery = request.headers.get(self.delivery_header, "").strip()
+        delivery = delivery or common.body_digest(request.body)
+        fields = push_fields(doc) if event == "push" else github.other_fields(doc, event)
+        return Parsed(event, (Item(delivery, fields),), doc)
+
+
+GITEA = GiteaLike("gitea", "Gitea")
+FORGEJO = GiteaLike("forgejo", "Forgejo")
