@@ -5,13 +5,20 @@ Adding a provider is adding a module and a line here; the ingress never branches
 
 from __future__ import annotations
 
+from receiver.providers.acr import ACR
 from receiver.providers.azuredevops import AzureDevOps
 from receiver.providers.base import Provider
 from receiver.providers.bitbucket import Bitbucket
+from receiver.providers.distribution import Distribution
+from receiver.providers.dockerhub import DockerHub
+from receiver.providers.gcr import GCR
 from receiver.providers.generic import Generic, GenericHmac
 from receiver.providers.gitea import FORGEJO, GITEA
 from receiver.providers.github import GitHub
 from receiver.providers.gitlab import GitLab
+from receiver.providers.harbor import Harbor
+from receiver.providers.nexus import Nexus
+from receiver.providers.quay import Quay
 
 PROVIDERS: dict[str, Provider] = {
     provider.name: provider
@@ -24,6 +31,13 @@ PROVIDERS: dict[str, Provider] = {
         AzureDevOps(),
         Generic(),
         GenericHmac(),
+        Harbor(),
+        DockerHub(),
+        Quay(),
+        Nexus(),
+        ACR(),
+        GCR(),
+        Distribution(),
     )
 }
 

@@ -1,0 +1,75 @@
+"""Harbor webhooks (the "Default" JSON payload format).
+
+Harbor sends the endpoint's configured auth header value as ``Authorization``; it must equal
+the Secret's ``token`` (compared in constant time, as bytes). The event is the body's
+``type`` (``PUSH_ARTIFACT``, ``DELETE_ARTIFACT``, ``SCANNING_COMPLETED``…), and every entry of
+``event_data.resources`` becomes its own message, with the artifact's registry host taken
+from its ``resource_url``. Harbor gives no delivery id: the body digest is the id (suffixed
+with the resource's index when there are several).
+
+An empty body is accepted, as Flux accepts it: it is stored with no artifact, so it concerns
+every resource of the Receiver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from receiver.errors import PayloadInvalid, SignatureInvalid
+from receiver.providers import common
+from receiver.providers.base import Item, Parsed, Request
+from receiver.providers.distribution import artifact, require_json, split_reference
+from receiver.receivers import ReceiverSpec
+
+
+def indexed_ids(base: str, count: int) -> list[str]:
+    """One delivery id per item: the base itself for one item, ``base#i`` for several."""
+    return [base] if count == 1 else [f"{base}#{i}" for i in range(count)]
+
+
+class Harbor:
+    """``harbor``: Authorization equals the token; one message per pushed resource."""
+
+    name = "harbor"
+
+    def validate(self, spec: ReceiverSpec) -> None:
+        common.require_secret(spec, "token")
+
+    def verify(self, spec: ReceiverSpec, request: Request) -> None:
+        given = request.headers.get("Authorization")
+        if given is None:
+            raise SignatureInvalid("missing Authorization header")
+        if not common.equal(given.encode("utf-8", "surrogateescape"), spec.token):
+            raise SignatureInvalid("Authorization: does not match the token")
+
+    def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
+        base = common.body_digest(request.body)
+        if not request.body.strip():
+            return Parsed("", (Item(base, {"artifact": None}),), None)
+        require_json(request)
+        doc = common.load_object(request.body)
+        event = common.opt_str(doc, "type") or ""
+        full_name = common.opt_str(doc, "event_data.repository.repo_full_name")
+        resources = common.opt_list(doc, "event_data.resources")
+        blocks: list[dict[str, Any] | None] = []
+        for i, resource in enumerate(resources):
+            if not isinstance(resource, Mapping):
+                raise PayloadInvalid(f"event_data.resources[{i}]: object expected")
+            url = common.opt_str(resource, "resource_url")
+            registry, from_url, _, _ = split_reference(url) if url else (None, None, None, None)
+            blocks.append(
+                artifact(
+                    full_name or from_url,
+                    registry=registry,
+                    tag=common.opt_str(resource, "tag"),
+                    digest=common.opt_str(resource, "digest"),
+                    url=url,
+                    what="event_data.repository.repo_full_name",
+                )
+            )
+        if not blocks:
+            blocks.append(artifact(full_name) if full_name else None)
+        ids = indexed_ids(base, len(blocks))
+        items = tuple(Item(i, {"artifact": b}) for i, b in zip(ids, blocks, strict=True))
+        return Parsed(event, items, doc)

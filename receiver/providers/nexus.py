@@ -1,0 +1,54 @@
+"""Sonatype Nexus Repository webhooks (repository component and asset events).
+
+``X-Nexus-Webhook-Signature`` is the lowercase hex HMAC-SHA1 of the raw body keyed with the
+Secret's ``token``, no prefix. It is compared as a string, as Flux does: upper-case hex is
+rejected. The event is the body's ``action`` (``CREATED``, ``UPDATED``, ``DELETED``); the
+artifact is the component (``component.name``, version as tag) or else the asset
+(``asset.name``); the Nexus repository's name stays in the payload. Nexus gives no delivery
+id that is unique per delivery (``nodeId`` + ``timestamp`` can repeat across a component and
+its assets), so the body digest is the id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+from receiver.errors import SignatureInvalid
+from receiver.providers import common
+from receiver.providers.base import Item, Parsed, Request
+from receiver.providers.distribution import artifact, require_json
+from receiver.receivers import ReceiverSpec
+
+HEADER = "X-Nexus-Webhook-Signature"
+
+
+class Nexus:
+    """``nexus``: HMAC-SHA1, lowercase hex only."""
+
+    name = "nexus"
+
+    def validate(self, spec: ReceiverSpec) -> None:
+        common.require_secret(spec, "token")
+
+    def verify(self, spec: ReceiverSpec, request: Request) -> None:
+        given = request.headers.get(HEADER)
+        if not given:
+            raise SignatureInvalid(f"missing {HEADER} header")
+        expected = hmac.new(spec.token, request.body, hashlib.sha1).hexdigest()
+        if not common.equal(given.encode("utf-8", "surrogateescape"), expected.encode()):
+            raise SignatureInvalid(f"{HEADER}: signature does not match")
+
+    def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
+        require_json(request)
+        doc = common.load_object(request.body)
+        event = common.req_str(doc, "action")
+        component = common.opt_str(doc, "component.name")
+        asset = common.opt_str(doc, "asset.name")
+        block: dict[str, Any] | None = None
+        if component:
+            block = artifact(component, tag=common.opt_str(doc, "component.version"))
+        elif asset:
+            block = artifact(asset)
+        return Parsed(event, (Item(common.body_digest(request.body), {"artifact": block}),), doc)
