@@ -84,7 +84,12 @@ def _official_pairs() -> list[Any]:
         base = spec_dir(release.version)
         if not base.is_dir():
             params.append(
-                pytest.param(None, None, id=f"{release.version}-missing", marks=pytest.mark.skip)
+                pytest.param(
+                    None,
+                    None,
+                    id=f"{release.version}-missing",
+                    marks=pytest.mark.skip(reason=f"{base} not present"),
+                )
             )
             continue
         for event in release.events:
