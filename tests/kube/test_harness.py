@@ -19,6 +19,16 @@ from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from tests.support.faultproxy import FaultProxy, FaultProxyThread
+from tests.support.fluxstandin import (
+    GIT_REPOSITORY,
+    HELM_RELEASE,
+    KUSTOMIZATION,
+    OCI_REPOSITORY,
+    OUTCOME_LABEL,
+    FluxKind,
+    FluxStandIn,
+    Outcome,
+)
 from tests.support.kubeapi import MERGE_PATCH, KubeAPI, load_crds
 
 pytestmark = pytest.mark.kube
@@ -470,3 +480,210 @@ def test_threaded_proxy_serves_synchronous_clients(kube: KubeAPI) -> None:
         proxy.come_up()
         assert get_version(proxy.url)[0] == 200
         assert proxy.proxy.count("GET", "^/version$") == 3  # refused connections never arrive
+
+
+# ------------------------------------------------------------------------- Flux stand-in
+
+
+def ready_condition(obj: dict[str, Any]) -> dict[str, Any]:
+    (ready,) = [c for c in obj["status"]["conditions"] if c["type"] == "Ready"]
+    assert isinstance(ready, dict)
+    return ready
+
+
+async def get_object(api: k8s_client.ApiClient, kind: FluxKind, ns: str, name: str) -> Any:
+    return await k8s_client.CustomObjectsApi(api).get_namespaced_custom_object(
+        kind.group, kind.version, ns, kind.plural, name
+    )
+
+
+async def annotate(
+    api: k8s_client.ApiClient, kind: FluxKind, ns: str, name: str, annotations: dict[str, str]
+) -> None:
+    await k8s_client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        kind.group,
+        kind.version,
+        ns,
+        kind.plural,
+        name,
+        {"metadata": {"annotations": annotations}},
+        **MERGE_PATCH,
+    )
+
+
+def flux_object(
+    kind: FluxKind,
+    name: str,
+    *,
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+    suspend: bool = False,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": kind.api_version,
+        "kind": kind.kind,
+        "metadata": {"name": name, "labels": labels or {}, "annotations": annotations or {}},
+        "spec": {"interval": "10m", "suspend": suspend},
+    }
+
+
+async def test_stand_in_handles_each_request_like_flux(
+    kube: KubeAPI, kube_namespace: str, kube_client: k8s_client.ApiClient
+) -> None:
+    """Uses the Flux stand-in (no real Flux runs): success sets lastHandledReconcileAt + Ready."""
+    kube.apply(flux_object(KUSTOMIZATION, "apps"), namespace=kube_namespace)
+    async with FluxStandIn(kube_client, kube_namespace, [KUSTOMIZATION]) as flux:
+        for n, at in enumerate(("2025-01-01T00:00:00.1Z", "2025-01-01T00:00:05.2Z"), start=1):
+            await annotate(kube_client, KUSTOMIZATION, kube_namespace, "apps", {REQUESTED_AT: at})
+            async with asyncio.timeout(30):
+                handled = await flux.wait_handled(n, name="apps")
+            obj = await get_object(kube_client, KUSTOMIZATION, kube_namespace, "apps")
+            assert obj["status"]["lastHandledReconcileAt"] == at
+            ready = ready_condition(obj)
+            assert (ready["status"], ready["reason"]) == ("True", "ReconciliationSucceeded")
+            assert obj["status"]["lastAppliedRevision"] == handled[-1].revision
+            assert obj["status"]["lastAttemptedRevision"] == handled[-1].revision
+            assert "Reconciling" not in {c["type"] for c in obj["status"]["conditions"]}
+    assert [h.requested_at for h in flux.handled] == [
+        "2025-01-01T00:00:00.1Z",
+        "2025-01-01T00:00:05.2Z",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kind", "labels", "annotations", "expect_status", "expect_reason"),
+    [
+        pytest.param(KUSTOMIZATION, {}, {}, "True", "ReconciliationSucceeded", id="ks-succeeds"),
+        pytest.param(
+            KUSTOMIZATION,
+            {OUTCOME_LABEL: "fail"},
+            {"standin.fluxrelay.io/reason": "BuildFailed"},
+            "False",
+            "BuildFailed",
+            id="ks-fails-with-reason",
+        ),
+        pytest.param(
+            HELM_RELEASE,
+            {OUTCOME_LABEL: "fail"},
+            {},
+            "False",
+            "ReconciliationFailed",
+            id="hr-fails",
+        ),
+        pytest.param(GIT_REPOSITORY, {}, {}, "True", "ReconciliationSucceeded", id="git-succeeds"),
+        pytest.param(
+            OCI_REPOSITORY,
+            {},
+            {"standin.fluxrelay.io/revision": "v1.2.3@sha256:abc"},
+            "True",
+            "ReconciliationSucceeded",
+            id="oci-succeeds-with-revision",
+        ),
+    ],
+)
+async def test_stand_in_outcome_follows_object_metadata(
+    kube: KubeAPI,
+    kube_namespace: str,
+    kube_client: k8s_client.ApiClient,
+    kind: FluxKind,
+    labels: dict[str, str],
+    annotations: dict[str, str],
+    expect_status: str,
+    expect_reason: str,
+) -> None:
+    kube.apply(
+        flux_object(kind, "obj", labels=labels, annotations=annotations), namespace=kube_namespace
+    )
+    async with FluxStandIn(kube_client, kube_namespace, [kind]) as flux:
+        await annotate(kube_client, kind, kube_namespace, "obj", {REQUESTED_AT: "r1"})
+        async with asyncio.timeout(30):
+            (handled,) = await flux.wait_handled(1, name="obj")
+    obj = await get_object(kube_client, kind, kube_namespace, "obj")
+    status = obj["status"]
+    assert status["lastHandledReconcileAt"] == "r1"
+    assert (ready_condition(obj)["status"], ready_condition(obj)["reason"]) == (
+        expect_status,
+        expect_reason,
+    )
+    if "standin.fluxrelay.io/revision" in annotations:
+        assert handled.revision == annotations["standin.fluxrelay.io/revision"]
+    if kind.has_artifact:
+        assert status["artifact"]["revision"] == handled.revision
+    if kind.revision_fields:
+        assert status["lastAttemptedRevision"] == handled.revision
+        if expect_status == "True":
+            assert status["lastAppliedRevision"] == handled.revision
+        else:
+            assert "lastAppliedRevision" not in status
+
+
+async def test_stand_in_rule_callable_and_suspend(
+    kube: KubeAPI, kube_namespace: str, kube_client: k8s_client.ApiClient
+) -> None:
+    kube.apply_manifests(
+        [
+            flux_object(KUSTOMIZATION, "paused", suspend=True),
+            flux_object(KUSTOMIZATION, "ruled"),
+        ],
+        namespace=kube_namespace,
+    )
+
+    def rule(obj: dict[str, Any]) -> Outcome:
+        return Outcome("fail", reason="HealthCheckFailed", message="deployment not ready")
+
+    async with FluxStandIn(kube_client, kube_namespace, [KUSTOMIZATION], rule=rule) as flux:
+        # The suspended object's event comes first on the same watch; Flux ignores it.
+        await annotate(kube_client, KUSTOMIZATION, kube_namespace, "paused", {REQUESTED_AT: "1"})
+        await annotate(kube_client, KUSTOMIZATION, kube_namespace, "ruled", {REQUESTED_AT: "1"})
+        async with asyncio.timeout(30):
+            await flux.wait_handled(1, name="ruled")
+    assert flux.handled_for("paused") == []
+    paused = await get_object(kube_client, KUSTOMIZATION, kube_namespace, "paused")
+    assert "lastHandledReconcileAt" not in (paused.get("status") or {})
+    ruled = await get_object(kube_client, KUSTOMIZATION, kube_namespace, "ruled")
+    assert ready_condition(ruled)["reason"] == "HealthCheckFailed"
+    assert ready_condition(ruled)["message"] == "deployment not ready"
+
+
+async def test_stand_in_hang_never_handles_and_progress_is_not_final(
+    kube: KubeAPI, kube_namespace: str, kube_client: k8s_client.ApiClient
+) -> None:
+    kube.apply_manifests(
+        [
+            flux_object(KUSTOMIZATION, "stuck", labels={OUTCOME_LABEL: "hang"}),
+            flux_object(
+                KUSTOMIZATION, "slow", annotations={"standin.fluxrelay.io/delay-seconds": "600"}
+            ),
+        ],
+        namespace=kube_namespace,
+    )
+    async with FluxStandIn(kube_client, kube_namespace, [KUSTOMIZATION]) as flux:
+        await annotate(kube_client, KUSTOMIZATION, kube_namespace, "stuck", {REQUESTED_AT: "1"})
+        await annotate(kube_client, KUSTOMIZATION, kube_namespace, "slow", {REQUESTED_AT: "1"})
+        async with asyncio.timeout(30):
+            (noticed,) = await flux.wait_handled(1, name="stuck")
+            while True:  # the slow one reports progress first, like Flux
+                slow = await get_object(kube_client, KUSTOMIZATION, kube_namespace, "slow")
+                if (slow.get("status") or {}).get("conditions"):
+                    break
+                await asyncio.sleep(0.05)
+    assert noticed.outcome.result == "hang"
+    stuck = await get_object(kube_client, KUSTOMIZATION, kube_namespace, "stuck")
+    assert stuck.get("status") in (None, {})
+    conditions = {c["type"]: c for c in slow["status"]["conditions"]}
+    assert conditions["Ready"]["status"] == "Unknown"
+    assert conditions["Reconciling"]["status"] == "True"
+    assert "lastHandledReconcileAt" not in slow["status"]
+
+
+async def test_stand_in_survives_apiserver_restart(
+    kube: KubeAPI, kube_namespace: str, kube_client: k8s_client.ApiClient
+) -> None:
+    kube.apply(flux_object(HELM_RELEASE, "web"), namespace=kube_namespace)
+    async with FluxStandIn(kube_client, kube_namespace, [HELM_RELEASE]) as flux:
+        await asyncio.to_thread(kube.restart_apiserver, graceful=False)  # a crash
+        await annotate(kube_client, HELM_RELEASE, kube_namespace, "web", {REQUESTED_AT: "after"})
+        async with asyncio.timeout(60):
+            await flux.wait_handled(1, name="web")
+    obj = await get_object(kube_client, HELM_RELEASE, kube_namespace, "web")
+    assert obj["status"]["lastHandledReconcileAt"] == "after"

@@ -18,6 +18,7 @@ cleans up by itself and :meth:`create_service_account_token` uses the TokenReque
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import gzip
 import json
@@ -170,18 +171,25 @@ def _write_service_account_key(path: Path) -> None:
 
 
 def _terminate(proc: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s`` (at once when ``grace_s`` is 0)."""
     if proc.poll() is not None:
         return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=grace_s)
+    if grace_s > 0:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    proc.kill()
+    proc.wait(timeout=STOP_GRACE_S)
+
+
+_SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="kube-spawn")
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to SIGKILL the child if the thread that started it goes away.
+    """Ask Linux to SIGKILL the child when its parent (the spawner thread) goes away.
 
     SIGKILL, not SIGTERM: kube-apiserver's graceful shutdown hangs once etcd is gone too.
     """
@@ -288,11 +296,15 @@ class KubeAPI:
             self._ssl = None
             self._resources.clear()
 
-    def stop_apiserver(self) -> None:
-        """Stop only the API server; etcd (and so all stored objects) stays."""
+    def stop_apiserver(self, *, graceful: bool = True) -> None:
+        """Stop only the API server; etcd (and so all stored objects) stays.
+
+        ``graceful``: SIGTERM, then SIGKILL after 5 s (an open watch keeps a graceful shutdown
+        waiting until the SIGKILL). ``graceful=False``: SIGKILL at once, like a crash.
+        """
         with self._lock:
             if self._apiserver is not None:
-                _terminate(self._apiserver)
+                _terminate(self._apiserver, STOP_GRACE_S if graceful else 0.0)
                 self._apiserver = None
 
     def start_apiserver(self) -> None:
@@ -311,10 +323,10 @@ class KubeAPI:
                     time.sleep(0.5)
             raise KubeAPIError(f"could not restart kube-apiserver on port {self._port}: {last}")
 
-    def restart_apiserver(self) -> None:
+    def restart_apiserver(self, *, graceful: bool = True) -> None:
         """Stop and start the API server (same port, same etcd): watches see the connection end."""
         with self._lock:
-            self.stop_apiserver()
+            self.stop_apiserver(graceful=graceful)
             self.start_apiserver()
 
     def ensure_running(self) -> None:
@@ -332,19 +344,21 @@ class KubeAPI:
 
     def _popen(self, args: list[str], log: Path) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
-        # Tie the child's life to ours only when started from the main thread: PDEATHSIG fires
-        # when the *thread* that forked exits, and worker threads come and go.
-        on_main = threading.current_thread() is threading.main_thread()
         with log.open("ab") as out:
-            return subprocess.Popen(
+            # Forked from one long-lived thread: PDEATHSIG fires when the *thread* that forked
+            # exits, and callers' threads (asyncio.to_thread workers) come and go.
+            spawned = _SPAWNER.submit(
+                subprocess.Popen,
                 args,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=self.workdir,
-                preexec_fn=_die_with_parent if on_main else None,  # noqa: PLW1509
+                preexec_fn=_die_with_parent,
             )
+            proc: subprocess.Popen[bytes] = spawned.result()
+            return proc
 
     def _start_etcd(self) -> None:
         etcd = self.settings.etcd_binary or find_etcd()
