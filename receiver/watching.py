@@ -1,0 +1,581 @@
+"""Receivers read live from the Kubernetes API (``fluxrelay-receiver --kubernetes``).
+
+This module owns the Kubernetes source: one list+watch of Flux ``Receiver`` objects
+(``notification.toolkit.fluxcd.io/v1``, namespaced or cluster-wide, label selector applied) and
+one of ``Secret`` objects, kept in memory only for the Secrets a Receiver references (values
+are never logged). Every change rebuilds the whole table leniently (one broken Receiver never
+takes the others down) after a short debounce, and hands it to ``apply``; the swap is a single
+assignment, so requests in flight keep the Receiver they looked up.
+
+Why a hand-written watch loop rather than ``kubernetes_asyncio.watch.Watch``: the loop must
+relist on ``410 Gone``, resume from the last ``resourceVersion`` after a disconnect or an API
+server restart, back off on errors, and read Secret events larger than aiohttp's line limit;
+owning those ~100 lines is clearer than working around the helper. The source only reads:
+it never writes a Receiver's status (that is notification-controller's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import config as k8s_config
+from kubernetes_asyncio.config.config_exception import ConfigException
+
+from receiver.errors import ConfigError
+from receiver.metrics import IngressMetrics
+from receiver.receivers import ReceiverSpec, resolve
+from receiver.registry import ReceiverTable, Unserved
+from receiver.settings import ReceiverSettings
+from receiver.sources import Apply
+from schemas.receivers import RECEIVER_GROUP, ReceiverDef, parse_receiver, secret_data
+
+log = logging.getLogger(__name__)
+
+RECEIVER_VERSION = "v1"
+RECEIVER_PLURAL = "receivers"
+
+REASONS = ("secret_missing", "secret_unreadable", "invalid", "collision")
+"""Every reason a known Receiver may go unserved; each is exported (0 when none)."""
+
+Key = tuple[str, str]
+"""(namespace, name) of an object."""
+
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class WatchTiming:
+    """Timings of the list+watch loops (tests shorten them; defaults suit production)."""
+
+    debounce: float = 0.1
+    """Seconds to gather a burst of changes into one rebuild."""
+    watch_timeout: int = 300
+    """Server-side ``timeoutSeconds`` of one watch request; it is then resumed."""
+    read_grace: float = 30.0
+    """Seconds of silence beyond ``watch_timeout`` after which a watch is presumed dead."""
+    request_timeout: float = 30.0
+    """Seconds for a list or get request."""
+    backoff_min: float = 0.2
+    backoff_max: float = 10.0
+    """Reconnect delays double from min to max (with jitter) while the API is failing."""
+    max_event_bytes: int = 16 * 1024 * 1024
+    """Largest single watch event accepted (a Secret may hold up to 1 MiB of data)."""
+
+
+class _Gone(Exception):
+    """The resourceVersion is too old to resume from (410): list again."""
+
+
+class _ApiError(Exception):
+    """The API server answered a list, watch or get with an unexpected status."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"HTTP {status}: {body[:300]}")
+        self.status = status
+
+
+_TRANSIENT = (aiohttp.ClientError, TimeoutError, OSError, _ApiError, k8s.ApiException, ValueError)
+"""What a list or watch may fail with and be retried after a backoff."""
+
+
+def _key(obj: Mapping[str, Any]) -> Key:
+    meta = obj.get("metadata") or {}
+    return (str(meta.get("namespace") or "default"), str(meta.get("name") or ""))
+
+
+async def _read_json(resp: aiohttp.ClientResponse) -> JSON:
+    """Body of a non-streaming response as JSON; a non-2xx status raises."""
+    try:
+        raw = await resp.read()
+    finally:
+        resp.release()
+    if resp.status == 410:
+        raise _Gone()
+    if not 200 <= resp.status < 300:
+        raise _ApiError(resp.status, raw.decode(errors="replace"))
+    doc = json.loads(raw)
+    if not isinstance(doc, dict):
+        raise ValueError("API answer is not a JSON object")
+    return doc
+
+
+class _Collection:
+    """One list+watch loop over a collection of objects.
+
+    ``on_list(items)`` replaces everything known after a (re)list; ``on_event(type, obj)``
+    applies one ADDED/MODIFIED/DELETED event. Resumes from the last resourceVersion after a
+    disconnect; relists after 410 Gone or a ``resync()``.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        call: Callable[..., Awaitable[Any]],
+        timing: WatchTiming,
+        on_list: Callable[[list[JSON]], None],
+        on_event: Callable[[str, JSON], None],
+    ) -> None:
+        self.kind = kind
+        self._call = call
+        self._timing = timing
+        self._on_list = on_list
+        self._on_event = on_event
+        self.resource_version: str | None = None
+        self._response: aiohttp.ClientResponse | None = None
+        self._resync = False
+
+    async def list(self) -> None:
+        """List everything and remember the collection's resourceVersion."""
+        resp = await self._call(
+            _preload_content=False, _request_timeout=self._timing.request_timeout
+        )
+        doc = await _read_json(resp)
+        items = doc.get("items") or []
+        self._on_list([i for i in items if isinstance(i, dict)])
+        self.resource_version = str((doc.get("metadata") or {}).get("resourceVersion") or "")
+        log.debug(
+            "listed %d %s at resourceVersion %s", len(items), self.kind, self.resource_version
+        )
+
+    def resync(self) -> None:
+        """Relist as soon as possible (SIGHUP): ends the current watch request."""
+        self._resync = True
+        if self._response is not None:
+            self._response.close()
+
+    async def run(self) -> None:
+        """Watch until cancelled, relisting and reconnecting as needed."""
+        delay = self._timing.backoff_min
+        while True:
+            try:
+                if self._resync or not self.resource_version:
+                    self._resync = False
+                    await self.list()
+                await self._watch_once()
+                delay = self._timing.backoff_min
+            except _Gone:
+                log.info(
+                    "%s watch: resourceVersion %s expired, relisting",
+                    self.kind,
+                    self.resource_version,
+                )
+                self.resource_version = None
+            except _TRANSIENT as e:
+                if self._resync:
+                    continue
+                log.warning(
+                    "%s watch interrupted (%s: %s); retrying in %.1fs",
+                    self.kind,
+                    type(e).__name__,
+                    e,
+                    delay,
+                )
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311
+                delay = min(delay * 2, self._timing.backoff_max)
+            except Exception:
+                log.exception("%s watch failed unexpectedly; relisting in %.1fs", self.kind, delay)
+                self.resource_version = None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._timing.backoff_max)
+
+    async def _watch_once(self) -> None:
+        """One watch request from the current resourceVersion, until the server ends it."""
+        t = self._timing
+        resp: aiohttp.ClientResponse = await self._call(
+            watch=True,
+            resource_version=self.resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=t.watch_timeout,
+            _preload_content=False,
+            _request_timeout=aiohttp.ClientTimeout(
+                connect=t.request_timeout,
+                sock_connect=t.request_timeout,
+                sock_read=t.watch_timeout + t.read_grace,
+            ),
+        )
+        self._response = resp
+        try:
+            if resp.status != 200:
+                await _read_json(resp)  # raises _Gone or _ApiError
+                return
+            buffer = b""
+            async for chunk in resp.content.iter_any():
+                buffer += chunk
+                while (end := buffer.find(b"\n")) >= 0:
+                    line, buffer = buffer[:end], buffer[end + 1 :]
+                    if line.strip():
+                        self._handle(line)
+                if len(buffer) > t.max_event_bytes:
+                    raise ValueError(f"watch event larger than {t.max_event_bytes} bytes")
+        finally:
+            self._response = None
+            resp.release()
+            resp.close()
+
+    def _handle(self, line: bytes) -> None:
+        event = json.loads(line)
+        kind = event.get("type")
+        obj = event.get("object") or {}
+        if kind == "ERROR":
+            if obj.get("code") == 410:
+                raise _Gone()
+            raise _ApiError(int(obj.get("code") or 0), str(obj.get("message")))
+        version = (obj.get("metadata") or {}).get("resourceVersion")
+        if kind in ("ADDED", "MODIFIED", "DELETED"):
+            self._on_event(kind, obj)
+        if version:
+            self.resource_version = str(version)
+
+
+class KubernetesSource:
+    """Receivers and their Secrets from the Kubernetes API (the ReceiverSource protocol)."""
+
+    def __init__(
+        self,
+        settings: ReceiverSettings,
+        metrics: IngressMetrics,
+        timing: WatchTiming | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.timing = timing or WatchTiming()
+        self._api: k8s.ApiClient | None = None
+        self._receivers: _Collection | None = None
+        self._secrets: _Collection | None = None
+        self._defs: dict[Key, ReceiverDef] = {}
+        self._invalid: dict[Key, str] = {}
+        """Receivers that cannot be parsed, with the reason."""
+        self._referenced: set[Key] = set()
+        self._secret_values: dict[Key, dict[str, bytes]] = {}
+        self._secret_errors: dict[Key, str] = {}
+        self._absent: set[Key] = set()
+        """Referenced Secrets known not to exist."""
+        self._unreadable: dict[Key, str] = {}
+        self._fetching: dict[Key, bool] = {}
+        """Secrets being fetched: True once the watch said something newer meanwhile."""
+        self._dirty = asyncio.Event()
+        self._unserved: dict[str, tuple[str, str]] = {}
+
+    # ------------------------------------------------------------------ protocol
+
+    async def load(self) -> ReceiverTable:
+        """Connect, list Receivers and Secrets, and build the first table.
+
+        Fails fast (ConfigError) when the API cannot be reached or refuses to list, so a
+        misconfigured deployment crash-loops with a clear message instead of serving nothing.
+        """
+        self._api = await self._connect()
+        self._receivers = _Collection(
+            "Receiver",
+            self._receiver_call(),
+            self.timing,
+            self._list_receivers,
+            self._receiver_event,
+        )
+        self._secrets = _Collection(
+            "Secret", self._secret_call(), self.timing, self._list_secrets, self._secret_event
+        )
+        try:
+            for collection in (self._receivers, self._secrets):
+                await collection.list()
+            table = await self._rebuild()
+        except _ApiError as e:
+            await self.close()
+            hint = (
+                " (RBAC: list and watch receivers, get/list/watch secrets)"
+                if e.status in (401, 403)
+                else ""
+            )
+            raise ConfigError(f"Kubernetes API {self._host()}: listing failed: {e}{hint}") from e
+        except (*_TRANSIENT, _Gone) as e:
+            await self.close()
+            raise ConfigError(
+                f"Kubernetes API {self._host()} unreachable: {type(e).__name__}: {e}"
+            ) from e
+        self._dirty.clear()
+        return table
+
+    async def run(self, apply: Apply, reload: asyncio.Event) -> None:
+        """Watch until cancelled; SIGHUP (``reload``) forces a relist. Closes the client."""
+        if self._receivers is None or self._secrets is None:
+            raise RuntimeError("KubernetesSource.run() before load()")
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._receivers.run(), name="watch-receivers")
+                tasks.create_task(self._secrets.run(), name="watch-secrets")
+                tasks.create_task(self._rebuilding(apply), name="rebuild-receivers")
+                tasks.create_task(self._resyncing(reload), name="resync-receivers")
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Close the API client (idempotent)."""
+        api, self._api = self._api, None
+        if api is not None:
+            await api.close()
+
+    # ------------------------------------------------------------------ connecting
+
+    async def _connect(self) -> k8s.ApiClient:
+        cfg = k8s.Configuration()
+        try:
+            if self.settings.kubeconfig is not None:
+                await k8s_config.load_kube_config(
+                    config_file=str(self.settings.kubeconfig),
+                    client_configuration=cfg,
+                    persist_config=False,
+                )
+            else:
+                k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        except (ConfigException, OSError, ValueError) as e:
+            where = self.settings.kubeconfig or "in-cluster service account"
+            raise ConfigError(f"Kubernetes configuration ({where}): {e}") from e
+        return k8s.ApiClient(configuration=cfg)
+
+    def _host(self) -> str:
+        return str(self._api.configuration.host) if self._api is not None else "?"
+
+    def _receiver_call(self) -> Callable[..., Awaitable[Any]]:
+        custom = k8s.CustomObjectsApi(self._api)
+        selector: dict[str, Any] = {}
+        if self.settings.label_selector:
+            selector["label_selector"] = self.settings.label_selector
+        ns = self.settings.namespace
+
+        async def call(**kwargs: Any) -> Any:
+            if ns:
+                return await custom.list_namespaced_custom_object(
+                    RECEIVER_GROUP, RECEIVER_VERSION, ns, RECEIVER_PLURAL, **selector, **kwargs
+                )
+            return await custom.list_cluster_custom_object(
+                RECEIVER_GROUP, RECEIVER_VERSION, RECEIVER_PLURAL, **selector, **kwargs
+            )
+
+        return call
+
+    def _secret_call(self) -> Callable[..., Awaitable[Any]]:
+        core = k8s.CoreV1Api(self._api)
+        ns = self.settings.namespace
+
+        async def call(**kwargs: Any) -> Any:
+            if ns:
+                return await core.list_namespaced_secret(ns, **kwargs)
+            return await core.list_secret_for_all_namespaces(**kwargs)
+
+        return call
+
+    # ------------------------------------------------------------------ receivers
+
+    def _parse(self, obj: JSON) -> None:
+        key = _key(obj)
+        self._defs.pop(key, None)
+        self._invalid.pop(key, None)
+        try:
+            self._defs[key] = parse_receiver(obj, "kubernetes")
+        except ConfigError as e:
+            self._invalid[key] = str(e)
+
+    def _list_receivers(self, items: list[JSON]) -> None:
+        self._defs.clear()
+        self._invalid.clear()
+        for obj in items:
+            self._parse(obj)
+        self._changed_receivers()
+
+    def _receiver_event(self, kind: str, obj: JSON) -> None:
+        if kind == "DELETED":
+            key = _key(obj)
+            self._defs.pop(key, None)
+            self._invalid.pop(key, None)
+        else:
+            self._parse(obj)
+        self._changed_receivers()
+
+    def _changed_receivers(self) -> None:
+        self._referenced = {(d.namespace, d.secret_name) for d in self._defs.values()}
+        self._dirty.set()
+
+    # ------------------------------------------------------------------ secrets
+
+    def _store_secret(self, key: Key, obj: JSON) -> None:
+        self._absent.discard(key)
+        self._unreadable.pop(key, None)
+        self._secret_values.pop(key, None)
+        self._secret_errors.pop(key, None)
+        try:
+            self._secret_values[key] = secret_data(obj, f"Secret {key[0]}/{key[1]}")
+        except ConfigError as e:
+            self._secret_errors[key] = str(e)
+
+    def _forget_secret(self, key: Key, *, absent: bool) -> None:
+        self._secret_values.pop(key, None)
+        self._secret_errors.pop(key, None)
+        self._unreadable.pop(key, None)
+        if absent:
+            self._absent.add(key)
+        else:
+            self._absent.discard(key)
+
+    def _list_secrets(self, items: list[JSON]) -> None:
+        for key in list(self._fetching):
+            self._fetching[key] = True
+        for key in list(self._secret_values) + list(self._secret_errors):
+            self._forget_secret(key, absent=False)
+        found: set[Key] = set()
+        for obj in items:
+            key = _key(obj)
+            if key in self._referenced:
+                self._store_secret(key, obj)
+                found.add(key)
+        self._absent = self._referenced - found
+        self._unreadable.clear()
+        self._dirty.set()
+
+    def _secret_event(self, kind: str, obj: JSON) -> None:
+        key = _key(obj)
+        if key in self._fetching:
+            self._fetching[key] = True
+        if key not in self._referenced:
+            self._forget_secret(key, absent=False)
+            return
+        if kind == "DELETED":
+            self._forget_secret(key, absent=True)
+        else:
+            self._store_secret(key, obj)
+        self._dirty.set()
+
+    async def _fetch_secret(self, key: Key) -> None:
+        """Read a newly referenced Secret the watch saw before anything referenced it."""
+        assert self._api is not None
+        self._fetching[key] = False
+        try:
+            resp: Any = await k8s.CoreV1Api(self._api).read_namespaced_secret(
+                key[1], key[0], _preload_content=False, _request_timeout=self.timing.request_timeout
+            )
+            try:
+                doc: JSON | None = await _read_json(resp)
+            except _ApiError as e:
+                if e.status != 404:
+                    raise
+                doc = None
+        except (*_TRANSIENT, _Gone) as e:
+            if not self._fetching.pop(key, True):
+                self._unreadable[key] = f"{type(e).__name__}: {e}"
+            return
+        if self._fetching.pop(key, True):
+            return  # the watch reported this Secret meanwhile: its word is newer
+        if doc is None:
+            self._forget_secret(key, absent=True)
+        else:
+            self._store_secret(key, doc)
+
+    # ------------------------------------------------------------------ rebuilding
+
+    async def _rebuild(self) -> ReceiverTable:
+        """Resolve every Receiver against its Secret and build the table leniently."""
+        referenced = self._referenced
+        for key in [k for k in self._secret_values if k not in referenced]:
+            del self._secret_values[key]
+        for key in [k for k in self._secret_errors if k not in referenced]:
+            del self._secret_errors[key]
+        self._absent &= referenced
+        for key in [k for k in self._unreadable if k not in referenced]:
+            del self._unreadable[key]
+        unknown = [
+            k
+            for k in referenced
+            if k not in self._secret_values
+            and k not in self._secret_errors
+            and k not in self._absent
+        ]
+        if unknown:
+            await asyncio.gather(*(self._fetch_secret(k) for k in unknown))
+
+        specs: list[ReceiverSpec] = []
+        unserved = [Unserved(f"{k[0]}/{k[1]}", "invalid", msg) for k, msg in self._invalid.items()]
+        for d in self._defs.values():
+            skey = (d.namespace, d.secret_name)
+            where = f"Receiver {d.key}"
+            if skey in self._secret_errors:
+                unserved.append(Unserved(d.key, "invalid", f"{where}: {self._secret_errors[skey]}"))
+            elif skey in self._unreadable:
+                unserved.append(
+                    Unserved(
+                        d.key,
+                        "secret_unreadable",
+                        f"{where}: Secret {skey[0]}/{skey[1]} could not be read: "
+                        f"{self._unreadable[skey]}",
+                    )
+                )
+            elif skey not in self._secret_values:
+                unserved.append(
+                    Unserved(
+                        d.key, "secret_missing", f"{where}: Secret {skey[0]}/{skey[1]} not found"
+                    )
+                )
+            else:
+                try:
+                    specs.append(resolve(d, self._secret_values, where))
+                except ConfigError as e:
+                    unserved.append(Unserved(d.key, "invalid", str(e)))
+        table, more = ReceiverTable.build_lenient(specs)
+        unserved.extend(more)
+        self._report(table, unserved)
+        return table
+
+    def _report(self, table: ReceiverTable, unserved: list[Unserved]) -> None:
+        """Log what changed (once per change) and export counts by reason."""
+        now = {u.key: (u.reason, u.message) for u in unserved}
+        for key, (reason, message) in sorted(now.items()):
+            if self._unserved.get(key) != (reason, message):
+                log.warning("not serving Receiver %s (%s): %s", key, reason, message)
+        served = {spec.key for spec in table}
+        for key in sorted(self._unserved.keys() - now.keys()):
+            if key in served:
+                log.info("serving Receiver %s again", key)
+        self._unserved = now
+        counts = dict.fromkeys(REASONS, 0)
+        for u in unserved:
+            counts[u.reason] = counts.get(u.reason, 0) + 1
+        for reason, count in counts.items():
+            self.metrics.receivers_unserved.labels(reason).set(count)
+        self.metrics.receivers.set(len(table))
+
+    async def _rebuilding(self, apply: Apply) -> None:
+        """Debounce changes, rebuild, apply; retry Secrets that could not be read."""
+        while True:
+            if self._unreadable:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._dirty.wait(), self.timing.backoff_max)
+                self._unreadable.clear()
+            else:
+                await self._dirty.wait()
+            await asyncio.sleep(self.timing.debounce)
+            self._dirty.clear()
+            try:
+                table = await self._rebuild()
+            except Exception:
+                log.exception("rebuilding the receiver table failed; keeping the previous one")
+                self.metrics.reloads.labels("error").inc()
+                continue
+            apply(table)
+            self.metrics.reloads.labels("ok").inc()
+            log.info("serving %d receiver(s), %d not served", len(table), len(self._unserved))
+
+    async def _resyncing(self, reload: asyncio.Event) -> None:
+        assert self._receivers is not None and self._secrets is not None
+        while True:
+            await reload.wait()
+            reload.clear()
+            log.info("SIGHUP: relisting Receivers and Secrets")
+            self._receivers.resync()
+            self._secrets.resync()
