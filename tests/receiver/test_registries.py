@@ -1,0 +1,637 @@
+"""Container-registry receivers (harbor, dockerhub, quay, nexus, acr, distribution) against a
+real nats-server: authentication cases, malformed bodies, the stored artifact block field by
+field, multi-event envelopes and redelivery. The gcr provider has its own module."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from receiver.errors import ConfigError
+from receiver.receivers import specs_from_documents
+from receiver.registry import ReceiverTable
+from schemas import envelope
+from tests.support.ingress import Ingress, hmac_hex, path_of, receiver_docs, start_ingress
+from tests.support.natsd import NatsServer
+
+TOKEN = "s3cr3t"
+JSON = {"Content-Type": "application/json"}
+EVENTS_V1 = "application/vnd.docker.distribution.events.v1+json"
+DIGEST_A = "sha256:" + "a" * 64
+DIGEST_B = "sha256:" + "b" * 64
+DIGEST_C = "sha256:" + "c" * 64
+
+HARBOR_PUSH: dict[str, Any] = {
+    "type": "PUSH_ARTIFACT",
+    "occur_at": 1700000000,
+    "operator": "ci-bot",
+    "event_data": {
+        "resources": [
+            {
+                "digest": DIGEST_A,
+                "tag": "1.4.0",
+                "resource_url": "harbor.example.com/platform/podinfo:1.4.0",
+            }
+        ],
+        "repository": {
+            "date_created": 1690000000,
+            "name": "podinfo",
+            "namespace": "platform",
+            "repo_full_name": "platform/podinfo",
+            "repo_type": "private",
+        },
+    },
+}
+
+DOCKERHUB_PUSH: dict[str, Any] = {
+    "callback_url": "https://registry.hub.docker.com/u/acme/podinfo/hook/x/",
+    "push_data": {"pushed_at": 1700000000, "pusher": "acme", "tag": "6.5.0"},
+    "repository": {
+        "name": "podinfo",
+        "namespace": "acme",
+        "repo_name": "acme/podinfo",
+        "repo_url": "https://hub.docker.com/r/acme/podinfo",
+        "status": "Active",
+    },
+}
+
+QUAY_PUSH: dict[str, Any] = {
+    "name": "podinfo",
+    "repository": "acme/podinfo",
+    "namespace": "acme",
+    "docker_url": "quay.io/acme/podinfo",
+    "homepage": "https://quay.io/repository/acme/podinfo",
+    "updated_tags": ["6.5.0"],
+}
+
+NEXUS_COMPONENT: dict[str, Any] = {
+    "timestamp": "2024-01-10T12:00:00.000+0000",
+    "nodeId": "52905B51-085CCABB-CEBBEAAD-16795588-FC927D93",
+    "initiator": "ci/10.0.0.7",
+    "repositoryName": "docker-hosted",
+    "action": "CREATED",
+    "component": {
+        "id": "08909bf0c86cf6c9600aade89e1c5e25",
+        "componentId": "ZG9ja2VyLWhvc3RlZDowODkwOWJmMA",
+        "format": "docker",
+        "name": "platform/podinfo",
+        "version": "6.5.0",
+    },
+}
+
+ACR_PUSH: dict[str, Any] = {
+    "id": "cb8c3971-9adc-488b-bdd8-43cbb4974ff5",
+    "timestamp": "2024-01-10T12:00:01.343145347Z",
+    "action": "push",
+    "target": {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "size": 524,
+        "digest": DIGEST_A,
+        "length": 524,
+        "repository": "platform/podinfo",
+        "tag": "6.5.0",
+    },
+    "request": {
+        "id": "3cbb6949-7549-4fa1-86cd-a6d5451dffc7",
+        "host": "acme.azurecr.io",
+        "method": "PUT",
+        "useragent": "buildkit/v0.12",
+    },
+}
+
+
+def dist_event(event_id: str, action: str, digest: str, tag: str | None) -> dict[str, Any]:
+    target: dict[str, Any] = {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "size": 700,
+        "digest": digest,
+        "length": 700,
+        "repository": "demo/app",
+        "url": f"http://registry.local:5000/v2/demo/app/manifests/{digest}",
+    }
+    if tag:
+        target["tag"] = tag
+    return {
+        "id": event_id,
+        "timestamp": "2024-01-10T12:00:00Z",
+        "action": action,
+        "target": target,
+        "request": {
+            "id": "req-1",
+            "addr": "10.0.0.9:41234",
+            "host": "registry.local:5000",
+            "method": "PUT",
+            "useragent": "skopeo",
+        },
+        "actor": {},
+        "source": {"addr": "registry-0:5000", "instanceID": "i-1"},
+    }
+
+
+def art(env: Any) -> dict[str, Any]:
+    """The stored artifact block, which these deliveries must have."""
+    block = env["artifact"]
+    assert block is not None
+    return dict(block)
+
+
+def dump(doc: Any) -> bytes:
+    return json.dumps(doc).encode()
+
+
+def bearer(token: str = TOKEN) -> dict[str, str]:
+    return {"Content-Type": EVENTS_V1, "Authorization": f"Bearer {token}"}
+
+
+def nexus_headers(body: bytes, key: str = TOKEN) -> dict[str, str]:
+    return {**JSON, "X-Nexus-Webhook-Signature": hmac_hex(key, body, "sha1")}
+
+
+@pytest.fixture
+async def ingress(nats_session: NatsServer) -> AsyncIterator[Ingress]:
+    docs = (
+        receiver_docs("hb", "harbor", TOKEN)
+        + receiver_docs("dh", "dockerhub", TOKEN)
+        + receiver_docs("qy", "quay", TOKEN)
+        + receiver_docs("nx", "nexus", TOKEN)
+        + receiver_docs("az", "acr", TOKEN)
+        + receiver_docs("az-push", "acr", TOKEN, events=["PUSH"])
+        + receiver_docs("dist", "distribution", TOKEN)
+        + receiver_docs("dist-push", "distribution", TOKEN, events=["push"])
+        + receiver_docs(
+            "dist-hdr", "distribution", TOKEN, extra_secret={"header": "X-Registry-Key"}
+        )
+    )
+    ing = await start_ingress(nats_session.url, docs)
+    yield ing
+    await ing.close()
+
+
+async def post(ing: Ingress, name: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
+    resp = await ing.client.post(path_of(name, TOKEN), data=body, headers=headers)
+    return resp.status, await resp.json()
+
+
+AUTH_CASES = [
+    pytest.param(
+        "hb", dump(HARBOR_PUSH), lambda b: {**JSON, "Authorization": TOKEN}, 202, id="harbor-token"
+    ),
+    pytest.param(
+        "hb",
+        dump(HARBOR_PUSH),
+        lambda b: {**JSON, "Authorization": "wrong"},
+        400,
+        id="harbor-wrong-token",
+    ),
+    pytest.param(
+        "hb",
+        dump(HARBOR_PUSH),
+        lambda b: {**JSON, "Authorization": f"Bearer {TOKEN}"},
+        400,
+        id="harbor-bearer-is-not-the-token",
+    ),
+    pytest.param(
+        "hb", dump(HARBOR_PUSH), lambda b: dict(JSON), 400, id="harbor-missing-authorization"
+    ),
+    pytest.param(
+        "hb",
+        dump(HARBOR_PUSH),
+        lambda b: {**JSON, "Authorization": TOKEN + "x"},
+        400,
+        id="harbor-token-prefix-only",
+    ),
+    pytest.param("nx", dump(NEXUS_COMPONENT), nexus_headers, 202, id="nexus-lowercase-hex"),
+    pytest.param(
+        "nx",
+        dump(NEXUS_COMPONENT),
+        lambda b: {**JSON, "X-Nexus-Webhook-Signature": hmac_hex(TOKEN, b, "sha1").upper()},
+        400,
+        id="nexus-uppercase-hex-rejected",
+    ),
+    pytest.param(
+        "nx",
+        dump(NEXUS_COMPONENT),
+        lambda b: {**JSON, "X-Nexus-Webhook-Signature": "sha1=" + hmac_hex(TOKEN, b, "sha1")},
+        400,
+        id="nexus-prefixed-rejected",
+    ),
+    pytest.param(
+        "nx", dump(NEXUS_COMPONENT), lambda b: nexus_headers(b, "wrong"), 400, id="nexus-wrong-key"
+    ),
+    pytest.param(
+        "nx",
+        dump(NEXUS_COMPONENT),
+        lambda b: {**JSON, "X-Nexus-Webhook-Signature": hmac_hex(TOKEN, b, "sha256")},
+        400,
+        id="nexus-sha256-rejected",
+    ),
+    pytest.param(
+        "nx", dump(NEXUS_COMPONENT), lambda b: dict(JSON), 400, id="nexus-missing-signature"
+    ),
+    pytest.param(
+        "dist",
+        dump({"events": [dist_event("e1", "push", DIGEST_A, "v1")]}),
+        lambda b: bearer(),
+        202,
+        id="distribution-bearer",
+    ),
+    pytest.param(
+        "dist",
+        dump({"events": [dist_event("e1", "push", DIGEST_A, "v1")]}),
+        lambda b: {"Content-Type": EVENTS_V1, "Authorization": TOKEN},
+        202,
+        id="distribution-full-value",
+    ),
+    pytest.param(
+        "dist",
+        dump({"events": [dist_event("e1", "push", DIGEST_A, "v1")]}),
+        lambda b: bearer("wrong"),
+        400,
+        id="distribution-wrong-token",
+    ),
+    pytest.param(
+        "dist",
+        dump({"events": [dist_event("e1", "push", DIGEST_A, "v1")]}),
+        lambda b: {"Content-Type": EVENTS_V1, "Authorization": f"bearer {TOKEN}"},
+        400,
+        id="distribution-scheme-is-case-sensitive",
+    ),
+    pytest.param(
+        "dist",
+        dump({"events": [dist_event("e1", "push", DIGEST_A, "v1")]}),
+        lambda b: {"Content-Type": EVENTS_V1},
+        400,
+        id="distribution-missing-header",
+    ),
+    pytest.param(
+        "dist-hdr",
+        dump({"events": [dist_event("e1", "push", DIGEST_A, "v1")]}),
+        lambda b: {"Content-Type": EVENTS_V1, "X-Registry-Key": TOKEN},
+        202,
+        id="distribution-configured-header",
+    ),
+    pytest.param(
+        "dist-hdr",
+        dump({"events": [dist_event("e1", "push", DIGEST_A, "v1")]}),
+        lambda b: bearer(),
+        400,
+        id="distribution-configured-header-not-authorization",
+    ),
+    pytest.param(
+        "dh", dump(DOCKERHUB_PUSH), lambda b: dict(JSON), 202, id="dockerhub-path-is-the-secret"
+    ),
+    pytest.param("qy", dump(QUAY_PUSH), lambda b: dict(JSON), 202, id="quay-path-is-the-secret"),
+    pytest.param("az", dump(ACR_PUSH), lambda b: dict(JSON), 202, id="acr-path-is-the-secret"),
+]
+
+
+@pytest.mark.parametrize(("name", "body", "headers_for", "status"), AUTH_CASES)
+async def test_authentication(
+    ingress: Ingress,
+    name: str,
+    body: bytes,
+    headers_for: Callable[[bytes], dict[str, str]],
+    status: int,
+) -> None:
+    code, answer = await post(ingress, name, body, headers_for(body))
+    assert code == status, answer
+    stored = await ingress.stored()
+    if status == 202:
+        assert answer["status"] == "accepted"
+        assert len(stored) == 1
+    else:
+        assert answer["code"] == "signature_invalid"
+        assert stored == []
+
+
+async def test_an_unknown_path_never_reaches_a_provider(ingress: Ingress) -> None:
+    resp = await ingress.client.post(path_of("dh", "other-token"), data=dump(DOCKERHUB_PUSH))
+    assert resp.status == 404
+    assert await ingress.stored() == []
+
+
+def good_headers(name: str, body: bytes) -> dict[str, str]:
+    return {
+        "hb": {**JSON, "Authorization": TOKEN},
+        "nx": nexus_headers(body),
+        "dist": bearer(),
+    }.get(name, dict(JSON))
+
+
+MALFORMED = [
+    pytest.param(name, body, id=f"{name}-{label}")
+    for name, cases in {
+        "hb": {
+            "not-json": b"{nope",
+            "array": b"[]",
+            "resources-object": dump({"type": "PUSH_ARTIFACT", "event_data": {"resources": {}}}),
+            "resource-string": dump({"type": "PUSH_ARTIFACT", "event_data": {"resources": ["x"]}}),
+            "type-number": dump({"type": 7}),
+            "tag-number": dump(
+                {"event_data": {"repository": {"repo_full_name": "a/b"}, "resources": [{"tag": 1}]}}
+            ),
+            "resource-without-repository": dump({"event_data": {"resources": [{"tag": "v1"}]}}),
+            "event-data-array": dump({"type": "PUSH_ARTIFACT", "event_data": []}),
+        },
+        "dh": {
+            "empty": b"",
+            "array": b"[1]",
+            "no-repo-name": dump({"push_data": {"tag": "v1"}, "repository": {}}),
+            "repository-string": dump({"repository": "acme/podinfo"}),
+            "tag-null-repo-number": dump({"repository": {"repo_name": 5}}),
+        },
+        "qy": {
+            "empty": b"",
+            "no-docker-url": dump({"updated_tags": ["v1"]}),
+            "tags-string": dump({"docker_url": "quay.io/a/b", "updated_tags": "v1"}),
+            "tags-numbers": dump({"docker_url": "quay.io/a/b", "updated_tags": [1]}),
+            "tags-empty-string": dump({"docker_url": "quay.io/a/b", "updated_tags": [""]}),
+        },
+        "nx": {
+            "empty": b"",
+            "no-action": dump({"repositoryName": "r"}),
+            "component-array": dump({"action": "CREATED", "component": []}),
+            "name-number": dump({"action": "CREATED", "component": {"name": 1}}),
+        },
+        "az": {
+            "empty": b"",
+            "no-id": dump({"action": "push", "target": {"repository": "a"}}),
+            "no-repository": dump({"id": "1", "action": "push", "target": {"tag": "v1"}}),
+            "target-list": dump({"id": "1", "action": "push", "target": ["a"]}),
+            "deeply-nested": b"[" * 5000 + b"]" * 5000,
+        },
+        "dist": {
+            "empty": b"",
+            "no-events": dump({}),
+            "events-empty": dump({"events": []}),
+            "events-object": dump({"events": {"id": "x"}}),
+            "event-null": dump({"events": [None]}),
+            "event-no-id": dump({"events": [{"action": "push", "target": {"repository": "a"}}]}),
+            "event-no-action": dump({"events": [{"id": "1", "target": {"repository": "a"}}]}),
+            "event-no-repository": dump({"events": [{"id": "1", "action": "push", "target": {}}]}),
+            "event-target-string": dump({"events": [{"id": "1", "action": "push", "target": "a"}]}),
+            "not-utf8": b"\xff\xfe{}",
+        },
+    }.items()
+    for label, body in cases.items()
+]
+
+
+@pytest.mark.parametrize(("name", "body"), MALFORMED)
+async def test_malformed_bodies_are_400_and_nothing_is_stored(
+    ingress: Ingress, name: str, body: bytes
+) -> None:
+    code, answer = await post(ingress, name, body, good_headers(name, body))
+    assert code == 400, answer
+    assert answer["code"] == "payload_invalid"
+    assert await ingress.stored() == []
+
+
+async def test_harbor_accepts_an_empty_body_like_flux(ingress: Ingress) -> None:
+    code, answer = await post(ingress, "hb", b"", {"Authorization": TOKEN})
+    assert code == 202, answer
+    [stored] = await ingress.stored()
+    env = envelope.validate(stored.envelope)
+    assert env["artifact"] is None
+    assert env["payload"] is None
+    assert env["delivery_id"].startswith("sha256:")
+
+
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        pytest.param(EVENTS_V1, 202, id="events-v1"),
+        pytest.param("application/vnd.docker.distribution.events.v2+json", 202, id="events-v2"),
+        pytest.param("application/json; charset=utf-8", 202, id="plain-json"),
+        pytest.param("text/plain", 415, id="text"),
+        pytest.param("application/x-www-form-urlencoded", 415, id="form"),
+    ],
+)
+async def test_distribution_media_types(ingress: Ingress, content_type: str, status: int) -> None:
+    body = dump({"events": [dist_event("e1", "push", DIGEST_A, "v1")]})
+    headers = {"Content-Type": content_type, "Authorization": f"Bearer {TOKEN}"}
+    code, answer = await post(ingress, "dist", body, headers)
+    assert code == status, answer
+    assert len(await ingress.stored()) == (1 if status == 202 else 0)
+
+
+async def test_harbor_stores_one_artifact_per_resource(ingress: Ingress) -> None:
+    doc = json.loads(dump(HARBOR_PUSH))
+    doc["event_data"]["resources"].append(
+        {
+            "digest": DIGEST_B,
+            "tag": "latest",
+            "resource_url": "harbor.example.com:8443/platform/podinfo:latest",
+        }
+    )
+    body = dump(doc)
+    code, answer = await post(ingress, "hb", body, {**JSON, "Authorization": TOKEN})
+    assert code == 202, answer
+    first, second = [envelope.validate(s.envelope) for s in await ingress.stored()]
+    assert answer["ids"] == [first["id"], second["id"]]
+    assert first["provider"] == "harbor"
+    assert first["event"] == second["event"] == "PUSH_ARTIFACT"
+    assert first["delivery_id"].endswith("#0") and second["delivery_id"].endswith("#1")
+    assert first["artifact"] == {
+        "registry": "harbor.example.com",
+        "repository": "platform/podinfo",
+        "tag": "1.4.0",
+        "digest": DIGEST_A,
+        "media_type": None,
+        "url": "harbor.example.com/platform/podinfo:1.4.0",
+    }
+    assert second["artifact"] == {
+        "registry": "harbor.example.com:8443",
+        "repository": "platform/podinfo",
+        "tag": "latest",
+        "digest": DIGEST_B,
+        "media_type": None,
+        "url": "harbor.example.com:8443/platform/podinfo:latest",
+    }
+    assert first["payload"] == doc
+
+
+async def test_harbor_single_resource_uses_the_body_digest(ingress: Ingress) -> None:
+    body = dump(HARBOR_PUSH)
+    code, _ = await post(ingress, "hb", body, {**JSON, "Authorization": TOKEN})
+    assert code == 202
+    [stored] = await ingress.stored()
+    assert stored.envelope["delivery_id"] == "sha256:" + hashlib.sha256(body).hexdigest()
+    assert stored.envelope["artifact"]["tag"] == "1.4.0"
+
+
+async def test_dockerhub_artifact(ingress: Ingress) -> None:
+    code, _ = await post(ingress, "dh", dump(DOCKERHUB_PUSH), dict(JSON))
+    assert code == 202
+    [stored] = await ingress.stored()
+    env = envelope.validate(stored.envelope)
+    assert env["provider"] == "dockerhub"
+    assert env["event"] == ""
+    assert env["artifact"] == {
+        "registry": "docker.io",
+        "repository": "acme/podinfo",
+        "tag": "6.5.0",
+        "digest": None,
+        "media_type": None,
+        "url": "https://hub.docker.com/r/acme/podinfo",
+    }
+    assert stored.subject.endswith(".dockerhub.default.dh")
+
+
+async def test_quay_stores_one_artifact_per_updated_tag(ingress: Ingress) -> None:
+    doc = {**QUAY_PUSH, "updated_tags": ["6.5.0", "latest"]}
+    code, answer = await post(ingress, "qy", dump(doc), dict(JSON))
+    assert code == 202, answer
+    envs = [envelope.validate(s.envelope) for s in await ingress.stored()]
+    assert [art(e)["tag"] for e in envs] == ["6.5.0", "latest"]
+    assert len({e["id"] for e in envs}) == 2
+    for env in envs:
+        assert env["provider"] == "quay"
+        assert art(env)["registry"] == "quay.io"
+        assert art(env)["repository"] == "acme/podinfo"
+        assert art(env)["url"] == "quay.io/acme/podinfo"
+        assert art(env)["digest"] is None
+
+
+async def test_nexus_artifact_and_event(ingress: Ingress) -> None:
+    body = dump(NEXUS_COMPONENT)
+    code, _ = await post(ingress, "nx", body, nexus_headers(body))
+    assert code == 202
+    [stored] = await ingress.stored()
+    env = envelope.validate(stored.envelope)
+    assert env["event"] == "CREATED"
+    assert env["artifact"] == {
+        "registry": None,
+        "repository": "platform/podinfo",
+        "tag": "6.5.0",
+        "digest": None,
+        "media_type": None,
+        "url": None,
+    }
+    assert env["payload"]["repositoryName"] == "docker-hosted"
+
+
+async def test_acr_artifact_event_and_delivery_id(ingress: Ingress) -> None:
+    code, _ = await post(ingress, "az", dump(ACR_PUSH), dict(JSON))
+    assert code == 202
+    [stored] = await ingress.stored()
+    env = envelope.validate(stored.envelope)
+    assert env["event"] == "push"
+    assert env["delivery_id"] == ACR_PUSH["id"]
+    assert env["artifact"] == {
+        "registry": "acme.azurecr.io",
+        "repository": "platform/podinfo",
+        "tag": "6.5.0",
+        "digest": DIGEST_A,
+        "media_type": "application/vnd.oci.image.manifest.v1+json",
+        "url": None,
+    }
+
+
+async def test_acr_ping_is_answered_and_not_stored(ingress: Ingress) -> None:
+    ping = {"id": "p-1", "timestamp": "2024-01-10T12:00:00Z", "action": "ping"}
+    code, answer = await post(ingress, "az", dump(ping), dict(JSON))
+    assert code == 200
+    assert answer["status"] == "ok"
+    assert await ingress.stored() == []
+
+
+async def test_acr_events_allow_list(ingress: Ingress) -> None:
+    code, _ = await post(ingress, "az-push", dump(ACR_PUSH), dict(JSON))
+    assert code == 202
+    delete = {**ACR_PUSH, "id": "d-1", "action": "delete"}
+    code, answer = await post(ingress, "az-push", dump(delete), dict(JSON))
+    assert code == 400
+    assert answer["code"] == "event_not_allowed"
+    assert len(await ingress.stored()) == 1
+
+
+async def test_distribution_envelope_stores_each_event_with_its_own_id(ingress: Ingress) -> None:
+    doc = {
+        "events": [
+            dist_event("ev-1", "push", DIGEST_A, "v1"),
+            dist_event("ev-2", "push", DIGEST_B, None),
+            dist_event("ev-3", "pull", DIGEST_C, "v3"),
+        ]
+    }
+    body = dump(doc)
+    code, answer = await post(ingress, "dist", body, bearer())
+    assert code == 202, answer
+    envs = [envelope.validate(s.envelope) for s in await ingress.stored()]
+    assert [e["delivery_id"] for e in envs] == ["ev-1", "ev-2", "ev-3"]
+    assert answer["ids"] == [e["id"] for e in envs]
+    assert len(set(answer["ids"])) == 3
+    assert [e["event"] for e in envs] == ["push", "push", "pull"]
+    assert envs[0]["artifact"] == {
+        "registry": "registry.local:5000",
+        "repository": "demo/app",
+        "tag": "v1",
+        "digest": DIGEST_A,
+        "media_type": "application/vnd.oci.image.manifest.v1+json",
+        "url": f"http://registry.local:5000/v2/demo/app/manifests/{DIGEST_A}",
+    }
+    assert art(envs[1])["tag"] is None
+    assert art(envs[2])["digest"] == DIGEST_C
+
+    again = await ingress.client.post(path_of("dist", TOKEN), data=body, headers=bearer())
+    assert again.status == 202
+    repeat = await again.json()
+    assert repeat["ids"] == answer["ids"]
+    assert repeat["duplicate"] is True
+    assert len(await ingress.stored()) == 3
+
+
+async def test_distribution_event_filter_uses_the_first_action(ingress: Ingress) -> None:
+    pull_first = dump({"events": [dist_event("p-1", "pull", DIGEST_A, "v1")]})
+    code, answer = await post(ingress, "dist-push", pull_first, bearer())
+    assert code == 400
+    assert answer["code"] == "event_not_allowed"
+    push = dump({"events": [dist_event("p-2", "push", DIGEST_A, "v1")]})
+    code, _ = await post(ingress, "dist-push", push, bearer())
+    assert code == 202
+    [stored] = await ingress.stored()
+    assert stored.envelope["event"] == "push"
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "headers"),
+    [
+        pytest.param("az", dump(ACR_PUSH), dict(JSON), id="acr-by-id"),
+        pytest.param(
+            "hb", dump(HARBOR_PUSH), {**JSON, "Authorization": TOKEN}, id="harbor-by-body"
+        ),
+        pytest.param("dh", dump(DOCKERHUB_PUSH), dict(JSON), id="dockerhub-by-body"),
+        pytest.param("qy", dump(QUAY_PUSH), dict(JSON), id="quay-by-body"),
+        pytest.param("nx", dump(NEXUS_COMPONENT), nexus_headers(dump(NEXUS_COMPONENT)), id="nexus"),
+    ],
+)
+async def test_redelivery_is_stored_once(
+    ingress: Ingress, name: str, body: bytes, headers: dict[str, str]
+) -> None:
+    code1, first = await post(ingress, name, body, headers)
+    code2, second = await post(ingress, name, body, headers)
+    assert code1 == code2 == 202
+    assert first["id"] == second["id"]
+    assert second.get("duplicate") is True
+    assert len(await ingress.stored()) == 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "extra", "message"),
+    [
+        pytest.param(
+            "distribution", {"header": "Bad Header"}, "not an HTTP header", id="dist-header-name"
+        ),
+        pytest.param(
+            "distribution", {"header": "X-A:b"}, "not an HTTP header", id="dist-header-colon"
+        ),
+    ],
+)
+def test_invalid_secrets_fail_at_load(kind: str, extra: dict[str, str], message: str) -> None:
+    docs = receiver_docs("r", kind, TOKEN, extra_secret=extra)
+    with pytest.raises(ConfigError, match=message):
+        ReceiverTable.build(specs_from_documents(docs, "test"))
