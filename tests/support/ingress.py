@@ -137,7 +137,9 @@ class Ingress:
         await self.state.publisher.close()
 
 
-async def start_ingress(nats_url: str, docs: list[dict[str, Any]], **overrides: Any) -> Ingress:
+async def start_ingress(
+    nats_url: str, docs: list[dict[str, Any]], storage: str = "memory", **overrides: Any
+) -> Ingress:
     """Start the receiver app on a private stream (memory storage, unique names)."""
     suffix = uuid.uuid4().hex[:10].upper()
     stream = StreamSettings(
@@ -145,7 +147,7 @@ async def start_ingress(nats_url: str, docs: list[dict[str, Any]], **overrides: 
         subject_prefix=f"t{suffix.lower()}.events",
         dead_name=f"DEAD_{suffix}",
         dead_subject_prefix=f"t{suffix.lower()}.dead",
-        storage="memory",
+        storage=storage,  # type: ignore[arg-type]
     )
     settings = ReceiverSettings(nats_url=nats_url, stream=stream, publish_timeout=2.0, **overrides)
     publisher = Publisher(nats_url, stream, settings.publish_timeout)
