@@ -23,9 +23,9 @@ def headers(delivery: str) -> dict[str, str]:
     }
 
 
-async def wait_ready(ready: object, timeout: float = 20.0) -> None:
+async def wait_ready(ready: object, limit: float = 20.0) -> None:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + limit
     while not ready():  # type: ignore[operator]
         assert loop.time() < deadline, "receiver did not become ready again"
         await asyncio.sleep(0.05)
