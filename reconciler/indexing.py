@@ -1,0 +1,653 @@
+"""The source index behind automatic targeting: Flux sources by repository, kept by list+watch.
+
+``SourceTable`` is the pure part: dictionaries from a normalised Git URL key
+(:func:`reconciler.urls.normalise_git_url`) or an image key ``(registry, repository)`` to the few
+sources filed under it, each with its ``spec.ref`` compiled once (:mod:`reconciler.refs`). A
+lookup is a handful of dictionary reads (one per URL form in the event) plus a ref test on the
+sources under that key, so its cost does not grow with the number of indexed sources.
+
+``SourceIndex`` feeds a ``SourceTable`` from the API server: one list (paged) then one watch per
+kind, resumed from the last resourceVersion after a dropped connection, relisted after
+410 Gone, reconnected with capped, jittered backoff. A kind whose CRD is not served (404, e.g.
+Flux installed without image automation) counts as listed-empty and is retried slowly.
+
+What is filed, and why:
+
+- **GitRepository** by ``spec.url``; matched by Git pushes (:class:`reconciler.refs.GitFollow`).
+- **OCIRepository** by the image of ``spec.url``; matched by registry pushes of a tag.
+- **ImageRepository** by ``spec.image``; matched by any pushed tag not in its exclusion list.
+- **HelmChart** whose ``spec.sourceRef`` is an *OCI* HelmRepository, by the image
+  ``<HelmRepository url>/<spec.chart>``, matched by chart-version tags within ``spec.version``.
+  An OCI HelmRepository produces no artifact of its own (Flux docs), so its charts are the
+  things to reconcile; the index joins the two kinds and refiles charts when either changes.
+- **Not filed:** HelmRepository itself (HTTP index repositories have no push event; OCI ones
+  have no artifact), HelmCharts from a GitRepository or Bucket (source-controller already
+  reconciles those when their source's artifact changes, which the GitRepository trigger
+  causes), Buckets (no repository URL and no push event; not listed at all), suspended
+  sources (a requested reconcile would never be handled).
+
+Path narrowing: a source annotated ``fluxrelay.io/paths: "apps/**,clusters/prod/*"`` matches a
+Git push only if a changed path matches one glob (``*`` and ``?`` stay within one directory,
+``**`` crosses directories, a glob naming a directory covers everything under it). It narrows
+only when the event says ``paths_complete`` and lists at least one path; anything else (an
+incomplete list, a created branch, a tag push) never narrows. The globs are parsed here rather
+than with ``pathspec``: gitignore semantics (unanchored patterns, negation) would surprise in an
+allow-list, and the grammar needed is ten lines.
+
+Sharding as Flux: with ``shard=KEY`` only objects labelled ``sharding.fluxcd.io/key=KEY`` are
+listed; without, only objects without that label (label selectors, filtered by the server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import re
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import aiohttp
+from kubernetes_asyncio import client as k8s_client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from reconciler.kinds import KINDS, SHARD_LABEL, ObjectRef
+from reconciler.refs import (
+    GitFollow,
+    ImageFollow,
+    OciFollow,
+    chart_follow,
+    git_follow,
+    image_follow,
+    is_deleted,
+    oci_follow,
+)
+from reconciler.urls import normalise_git_url, normalise_image, parse_image
+
+logger = logging.getLogger(__name__)
+
+PATHS_ANNOTATION = "fluxrelay.io/paths"
+INDEXED_KINDS = ("GitRepository", "OCIRepository", "ImageRepository", "HelmRepository", "HelmChart")
+"""Listed and watched, in this order. Bucket is deliberately absent (see the module docstring)."""
+
+ObjKey = tuple[str, str, str]
+"""``(kind, namespace, name)``."""
+ImageKey = tuple[str, str]
+Follow = GitFollow | OciFollow | ImageFollow
+
+
+# ----------------------------------------------------------------------------------- paths
+
+
+def glob_to_regex(glob: str) -> str:
+    """The regular expression (unanchored text) for one path glob: ``*``, ``?``, ``**``, ``[]``."""
+    out: list[str] = []
+    i, n = 0, len(glob)
+    while i < n:
+        c = glob[i]
+        if c == "*":
+            if glob.startswith("**", i):
+                i += 2
+                if glob.startswith("/", i):
+                    out.append("(?:.*/)?")
+                    i += 1
+                else:
+                    out.append(".*")
+                continue
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[" and (end := glob.find("]", i + 2)) != -1:
+            body = glob[i + 1 : end]
+            negate = body[:1] in ("!", "^")
+            body = body[1:] if negate else body
+            out.append("[" + ("^/" if negate else "") + body.replace("\\", "\\\\") + "]")
+            i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+def compile_paths(annotation: str | None) -> re.Pattern[str] | None:
+    """One regex for a comma-separated glob list (``None``: the source is not narrowed)."""
+    if not annotation:
+        return None
+    globs = [g.strip().removeprefix("./").strip("/") for g in annotation.split(",")]
+    parts = [glob_to_regex(g) for g in globs if g]
+    if not parts:
+        return None
+    # A glob that names a directory covers every path below it.
+    return re.compile("(?:" + "|".join(parts) + ")(?:/.*)?")
+
+
+def narrowing_paths(envelope: Mapping[str, Any]) -> list[str] | None:
+    """The changed paths to narrow by, or None when the event must not narrow at all."""
+    if envelope.get("paths_complete") is not True:
+        return None
+    paths = envelope.get("changed_paths")
+    if not isinstance(paths, list) or not paths:
+        return None
+    return [p.removeprefix("./").lstrip("/") for p in paths if isinstance(p, str)]
+
+
+# ----------------------------------------------------------------------------------- table
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One filed source: who to reconcile, under which keys, and what it follows."""
+
+    ref: ObjectRef
+    follow: Follow
+    git_keys: tuple[str, ...] = ()
+    image_keys: tuple[ImageKey, ...] = ()
+    paths: re.Pattern[str] | None = None
+
+
+@dataclass(slots=True)
+class _Chart:
+    """A HelmChart from a HelmRepository, kept until its repository is known to be OCI."""
+
+    ref: ObjectRef
+    repository: str
+    chart: str
+    follow: OciFollow
+
+
+@dataclass(slots=True)
+class SourceTable:
+    """Sources by repository key; pure and synchronous (the API-facing part is SourceIndex)."""
+
+    _entries: dict[ObjKey, Entry] = field(default_factory=dict)
+    _by_git: dict[str, dict[ObjKey, Entry]] = field(default_factory=dict)
+    _by_image: dict[ImageKey, dict[ObjKey, Entry]] = field(default_factory=dict)
+    _seen: dict[ObjKey, None] = field(default_factory=dict)
+    _oci_helm_repos: dict[tuple[str, str], ImageKey] = field(default_factory=dict)
+    _charts: dict[ObjKey, _Chart] = field(default_factory=dict)
+    _charts_by_repo: dict[tuple[str, str], dict[ObjKey, None]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        """How many sources are filed (can be matched)."""
+        return len(self._entries)
+
+    def keys_of_kind(self, kind: str) -> list[ObjKey]:
+        """Every object of ``kind`` the table holds, filed or not (for relisting)."""
+        return [k for k in self._seen if k[0] == kind]
+
+    def upsert(self, obj: Mapping[str, Any]) -> None:
+        """Add or replace one object as the API server returned it (a dict)."""
+        key = _obj_key(obj)
+        if key is None:
+            return
+        kind, namespace, name = key
+        self._seen[key] = None
+        spec = obj.get("spec")
+        spec = spec if isinstance(spec, Mapping) else {}
+        if kind == "HelmRepository":
+            self._upsert_helm_repository(namespace, name, spec)
+            return
+        if kind == "HelmChart":
+            self._upsert_chart(key, obj, spec)
+            return
+        self._file(key, _entry(obj, kind, spec))
+
+    def remove(self, obj: Mapping[str, Any]) -> None:
+        """Forget one object (its kind, namespace and name are enough)."""
+        key = _obj_key(obj)
+        if key is not None:
+            self.remove_key(key)
+
+    def remove_key(self, key: ObjKey) -> None:
+        kind, namespace, name = key
+        self._seen.pop(key, None)
+        if kind == "HelmRepository":
+            self._oci_helm_repos.pop((namespace, name), None)
+            self._refile_charts(namespace, name)
+            return
+        chart = self._charts.pop(key, None)
+        if chart is not None:
+            self._charts_by_repo.get((namespace, chart.repository), {}).pop(key, None)
+        self._unfile(key)
+
+    def sync_kind(self, kind: str, objects: Iterable[Mapping[str, Any]]) -> None:
+        """Make the table's ``kind`` objects exactly ``objects`` (after a full list)."""
+        listed: set[ObjKey] = set()
+        for obj in objects:
+            self.upsert(obj)
+            key = _obj_key(obj)
+            if key is not None:
+                listed.add(key)
+        for stale in self.keys_of_kind(kind):
+            if stale not in listed:
+                self.remove_key(stale)
+
+    def match(self, envelope: Mapping[str, Any]) -> list[ObjectRef]:
+        """The sources an event moves, sorted; O(1) in the number of filed sources."""
+        if is_deleted(envelope):
+            return []
+        found: set[ObjectRef] = set()
+        ref = envelope.get("ref")
+        repository = envelope.get("repository")
+        if isinstance(ref, str) and ref and isinstance(repository, Mapping):
+            paths = narrowing_paths(envelope)
+            for git_key in _event_git_keys(repository):
+                for entry in self._by_git.get(git_key, {}).values():
+                    follow = entry.follow
+                    if (
+                        isinstance(follow, GitFollow)
+                        and follow.follows(ref)
+                        and _paths_allow(entry.paths, paths)
+                    ):
+                        found.add(entry.ref)
+        artifact = envelope.get("artifact")
+        if isinstance(artifact, Mapping):
+            tag = artifact.get("tag")
+            tag = tag if isinstance(tag, str) and tag else None
+            for image_key in _event_image_keys(artifact):
+                for entry in self._by_image.get(image_key, {}).values():
+                    if not isinstance(entry.follow, GitFollow) and entry.follow.follows(tag):
+                        found.add(entry.ref)
+        return sorted(found)
+
+    # ------------------------------------------------------------------------- filing
+
+    def _file(self, key: ObjKey, entry: Entry | None) -> None:
+        self._unfile(key)
+        if entry is None:
+            return
+        self._entries[key] = entry
+        for git_key in entry.git_keys:
+            self._by_git.setdefault(git_key, {})[key] = entry
+        for image_key in entry.image_keys:
+            self._by_image.setdefault(image_key, {})[key] = entry
+
+    def _unfile(self, key: ObjKey) -> None:
+        old = self._entries.pop(key, None)
+        if old is None:
+            return
+        for git_key in old.git_keys:
+            _drop(self._by_git, git_key, key)
+        for image_key in old.image_keys:
+            _drop(self._by_image, image_key, key)
+
+    def _upsert_helm_repository(self, namespace: str, name: str, spec: Mapping[str, Any]) -> None:
+        url = spec.get("url")
+        image: ImageKey | None = None
+        oci = spec.get("type") == "oci" or (isinstance(url, str) and url.startswith("oci://"))
+        if oci and isinstance(url, str) and not spec.get("suspend"):
+            image = normalise_image(url)
+        if image is None:
+            self._oci_helm_repos.pop((namespace, name), None)
+        else:
+            self._oci_helm_repos[(namespace, name)] = image
+        self._refile_charts(namespace, name)
+
+    def _upsert_chart(self, key: ObjKey, obj: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
+        _, namespace, _ = key
+        old = self._charts.pop(key, None)
+        if old is not None:
+            self._charts_by_repo.get((namespace, old.repository), {}).pop(key, None)
+        source = spec.get("sourceRef")
+        chart = spec.get("chart")
+        if (
+            not isinstance(source, Mapping)
+            or source.get("kind") != "HelmRepository"
+            or not isinstance(source.get("name"), str)
+            or not isinstance(chart, str)
+            or not chart.strip("/")
+            or spec.get("suspend")
+        ):
+            self._unfile(key)
+            return
+        version = spec.get("version")
+        record = _Chart(
+            _object_ref(obj, key),
+            source["name"],
+            chart.strip("/").lower(),
+            chart_follow(version if isinstance(version, str) else None),
+        )
+        self._charts[key] = record
+        self._charts_by_repo.setdefault((namespace, record.repository), {})[key] = None
+        self._file(key, self._chart_entry(namespace, record))
+
+    def _chart_entry(self, namespace: str, chart: _Chart) -> Entry | None:
+        repo_image = self._oci_helm_repos.get((namespace, chart.repository))
+        if repo_image is None:
+            return None
+        registry, path = repo_image
+        return Entry(chart.ref, chart.follow, image_keys=((registry, f"{path}/{chart.chart}"),))
+
+    def _refile_charts(self, namespace: str, repository: str) -> None:
+        for key in list(self._charts_by_repo.get((namespace, repository), {})):
+            chart = self._charts.get(key)
+            if chart is not None:
+                self._file(key, self._chart_entry(namespace, chart))
+
+
+def _entry(obj: Mapping[str, Any], kind: str, spec: Mapping[str, Any]) -> Entry | None:
+    """The filed form of a GitRepository, OCIRepository or ImageRepository (None: not filed)."""
+    if spec.get("suspend"):
+        return None
+    key = _obj_key(obj)
+    assert key is not None
+    ref = _object_ref(obj, key)
+    if kind == "GitRepository":
+        url = spec.get("url")
+        git_key = normalise_git_url(url) if isinstance(url, str) else None
+        if git_key is None:
+            return None
+        meta = obj.get("metadata") or {}
+        annotations = meta.get("annotations") or {}
+        paths = compile_paths(annotations.get(PATHS_ANNOTATION))
+        spec_ref = spec.get("ref")
+        follow = git_follow(spec_ref if isinstance(spec_ref, Mapping) else None)
+        if follow.kind == "pinned":
+            return None
+        return Entry(ref, follow, git_keys=(git_key,), paths=paths)
+    if kind == "OCIRepository":
+        url = spec.get("url")
+        image = normalise_image(url) if isinstance(url, str) else None
+        spec_ref = spec.get("ref")
+        oci = oci_follow(spec_ref if isinstance(spec_ref, Mapping) else None)
+        if image is None or oci.kind == "pinned":
+            return None
+        return Entry(ref, oci, image_keys=(image,))
+    if kind == "ImageRepository":
+        name = spec.get("image")
+        image = normalise_image(name) if isinstance(name, str) else None
+        if image is None:
+            return None
+        return Entry(ref, image_follow(spec.get("exclusionList")), image_keys=(image,))
+    return None
+
+
+def _obj_key(obj: Mapping[str, Any]) -> ObjKey | None:
+    kind = obj.get("kind")
+    meta = obj.get("metadata")
+    if not isinstance(kind, str) or kind not in KINDS or not isinstance(meta, Mapping):
+        return None
+    namespace, name = meta.get("namespace"), meta.get("name")
+    if not isinstance(namespace, str) or not isinstance(name, str):
+        return None
+    return (kind, namespace, name)
+
+
+def _object_ref(obj: Mapping[str, Any], key: ObjKey) -> ObjectRef:
+    api_version = obj.get("apiVersion")
+    return ObjectRef.of(*key, api_version if isinstance(api_version, str) else None)
+
+
+def _drop(index: dict[Any, dict[ObjKey, Entry]], bucket: Any, key: ObjKey) -> None:
+    entries = index.get(bucket)
+    if entries is not None:
+        entries.pop(key, None)
+        if not entries:
+            del index[bucket]
+
+
+def _event_git_keys(repository: Mapping[str, Any]) -> set[str]:
+    urls: list[Any] = list(repository.get("urls") or ())
+    urls += [repository.get("http"), repository.get("ssh"), repository.get("web")]
+    keys: set[str] = set()
+    for url in urls:
+        key = normalise_git_url(url) if isinstance(url, str) else None
+        if key is not None:
+            keys.add(key)
+    return keys
+
+
+def _event_image_keys(artifact: Mapping[str, Any]) -> set[ImageKey]:
+    repository = artifact.get("repository")
+    registry = artifact.get("registry")
+    names: list[str] = []
+    if isinstance(repository, str) and repository:
+        if isinstance(registry, str) and registry:
+            if repository.lower().startswith(registry.lower().rstrip("/") + "/"):
+                names.append(repository)
+            else:
+                names.append(f"{registry.rstrip('/')}/{repository.lstrip('/')}")
+        else:
+            names.append(repository)
+    url = artifact.get("url")
+    if isinstance(url, str) and url:
+        names.append(url)
+    keys: set[ImageKey] = set()
+    for name in names:
+        parsed = parse_image(name)
+        if parsed is not None:
+            keys.add(parsed.key)
+    return keys
+
+
+def _paths_allow(globs: re.Pattern[str] | None, changed: list[str] | None) -> bool:
+    if globs is None or changed is None:
+        return True
+    return any(globs.fullmatch(p) for p in changed)
+
+
+# ----------------------------------------------------------------------------------- index
+
+
+@dataclass(frozen=True, slots=True)
+class IndexSettings:
+    """How the index talks to the API server."""
+
+    page_size: int = 500
+    """Objects per list page (``limit``/``continue``), bounding one response's memory."""
+    watch_timeout_s: int = 300
+    """Server-side watch duration before a routine reconnect from the last resourceVersion."""
+    read_timeout_s: float = 360.0
+    """Client read timeout on a watch: a silently dead connection is dropped after this."""
+    backoff_initial_s: float = 0.5
+    """First reconnect delay after an error; doubled per failure, with jitter."""
+    backoff_max_s: float = 30.0
+    """Longest reconnect delay."""
+    not_served_retry_s: float = 60.0
+    """How often to look again for a kind whose CRD is not installed (404)."""
+
+
+class WatchGone(Exception):
+    """The resourceVersion is too old (410): the kind must be listed again."""
+
+
+class SourceIndex:
+    """A SourceTable kept current from the API server (list, then watch, per indexed kind)."""
+
+    def __init__(
+        self,
+        api: k8s_client.ApiClient,
+        *,
+        namespace: str | None = None,
+        shard: str | None = None,
+        settings: IndexSettings | None = None,
+    ) -> None:
+        self._custom = k8s_client.CustomObjectsApi(api)
+        self._namespace = namespace
+        self._selector = f"{SHARD_LABEL}={shard}" if shard else f"!{SHARD_LABEL}"
+        self._settings = settings or IndexSettings()
+        self.table = SourceTable()
+        self._listed: set[str] = set()
+        self._ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def ready(self) -> bool:
+        """True once every indexed kind has been listed (or found not served) once."""
+        return self._ready.is_set()
+
+    def match(self, envelope: Mapping[str, Any]) -> list[ObjectRef]:
+        """The sources an event moves (see :meth:`SourceTable.match`)."""
+        return self.table.match(envelope)
+
+    async def start(self) -> None:
+        """Start listing and watching; return once every kind is listed (wrap in a timeout)."""
+        if self._tasks:
+            return
+        for kind in INDEXED_KINDS:
+            self._tasks.append(asyncio.create_task(self._run(kind), name=f"source-index-{kind}"))
+        await self._ready.wait()
+
+    async def stop(self) -> None:
+        """Cancel the watches and wait for them to end."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ------------------------------------------------------------------------- per kind
+
+    async def _run(self, kind: str) -> None:
+        backoff = _Backoff(self._settings.backoff_initial_s, self._settings.backoff_max_s)
+        version: str | None = None
+        while True:
+            try:
+                if version is None:
+                    version = await self._list(kind)
+                    self._mark_listed(kind)
+                version = await self._watch(kind, version)
+                backoff.reset()
+            except WatchGone:
+                logger.info("watch of %s expired (410); listing again", kind)
+                version = None
+            except ApiException as e:
+                if e.status == 404:
+                    logger.warning("%s is not served (CRD missing?); looking again later", kind)
+                    self.table.sync_kind(kind, ())
+                    self._mark_listed(kind)
+                    version = None
+                    await asyncio.sleep(self._settings.not_served_retry_s)
+                    continue
+                delay = backoff.next()
+                logger.warning(
+                    "listing/watching %s failed (HTTP %s); retrying in %.1fs", kind, e.status, delay
+                )
+                await asyncio.sleep(delay)
+            except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
+                delay = backoff.next()
+                logger.warning(
+                    "connection for %s lost (%s); resuming in %.1fs", kind, type(e).__name__, delay
+                )
+                await asyncio.sleep(delay)
+
+    def _mark_listed(self, kind: str) -> None:
+        self._listed.add(kind)
+        if len(self._listed) == len(INDEXED_KINDS) and not self._ready.is_set():
+            logger.info("source index ready: %d sources filed", len(self.table))
+            self._ready.set()
+
+    def _call(self, kind: str, **kwargs: Any) -> Any:
+        known = KINDS[kind]
+        if self._namespace is not None:
+            return self._custom.list_namespaced_custom_object(
+                known.group,
+                known.version,
+                self._namespace,
+                known.plural,
+                label_selector=self._selector,
+                **kwargs,
+            )
+        return self._custom.list_cluster_custom_object(
+            known.group, known.version, known.plural, label_selector=self._selector, **kwargs
+        )
+
+    async def _list(self, kind: str) -> str:
+        """List every object of ``kind`` page by page; returns the list's resourceVersion."""
+        items: list[Mapping[str, Any]] = []
+        token: str | None = None
+        known = KINDS[kind]
+        while True:
+            extra: dict[str, Any] = {"limit": self._settings.page_size}
+            if token:
+                extra["_continue"] = token
+            try:
+                page = await self._call(kind, **extra)
+            except ApiException as e:
+                if e.status == 410 and token:  # continue token expired: start over
+                    items, token = [], None
+                    continue
+                raise
+            for item in page.get("items") or ():
+                # List items carry no kind/apiVersion; the watch events do.
+                item.setdefault("kind", kind)
+                item.setdefault("apiVersion", known.api_version)
+                items.append(item)
+            meta = page.get("metadata") or {}
+            token = meta.get("continue") or None
+            if token is None:
+                self.table.sync_kind(kind, items)
+                logger.debug("listed %d %s objects", len(items), kind)
+                return str(meta.get("resourceVersion") or "")
+
+    async def _watch(self, kind: str, version: str) -> str:
+        """Apply one watch stream's events; returns the last resourceVersion seen."""
+        timeout = aiohttp.ClientTimeout(sock_connect=10, sock_read=self._settings.read_timeout_s)
+        response = await self._call(
+            kind,
+            watch=True,
+            resource_version=version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=self._settings.watch_timeout_s,
+            _preload_content=False,
+            _request_timeout=timeout,
+        )
+        try:
+            async for event in _events(response.content):
+                version = self._apply(kind, event) or version
+        finally:
+            response.release()
+        return version
+
+    def _apply(self, kind: str, event: Mapping[str, Any]) -> str | None:
+        kind_of_event = event.get("type")
+        obj = event.get("object")
+        if not isinstance(obj, Mapping):
+            return None
+        if kind_of_event == "ERROR":
+            _raise_status(obj)
+        meta = obj.get("metadata") or {}
+        version = meta.get("resourceVersion")
+        if kind_of_event in ("ADDED", "MODIFIED"):
+            self.table.upsert(obj)
+        elif kind_of_event == "DELETED":
+            self.table.remove(obj)
+        return str(version) if version else None
+
+
+def _raise_status(status: Mapping[str, Any]) -> NoReturn:
+    code = status.get("code")
+    if code == 410:
+        raise WatchGone(status.get("message"))
+    raise ApiException(status=code, reason=str(status.get("message") or status.get("reason")))
+
+
+async def _events(content: aiohttp.StreamReader) -> AsyncIterator[Mapping[str, Any]]:
+    """Watch events from a newline-delimited JSON stream, whatever the length of one line."""
+    buffer = b""
+    async for chunk in content.iter_any():
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            if line.strip():
+                yield json.loads(line)
+    if buffer.strip():
+        yield json.loads(buffer)
+
+
+class _Backoff:
+    """Capped exponential backoff with full jitter."""
+
+    def __init__(self, initial: float, cap: float) -> None:
+        self._initial = initial
+        self._cap = cap
+        self._attempt = 0
+
+    def next(self) -> float:
+        ceiling = min(self._cap, self._initial * (2**self._attempt))
+        self._attempt += 1
+        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not a secret
+
+    def reset(self) -> None:
+        self._attempt = 0
