@@ -247,3 +247,23 @@ async def test_a_skopeo_push_to_a_real_registry_stores_its_manifest_event(
     ids = [s.envelope["delivery_id"] for s in stored]
     assert len(ids) == len(set(ids))
     assert all(s.envelope["artifact"]["repository"] == "demo/app" for s in stored)
+
+
+async def test_a_registry_with_the_wrong_token_is_refused_and_nothing_is_stored(
+    ingress: Ingress, tmp_path: Path
+) -> None:
+    url = str(ingress.client.make_url(path_of("registry", TOKEN)))
+    wrong = Registry(tmp_path, url, "not-the-token").start()
+    try:
+        layout = tmp_path / "layout"
+        oci_layout(layout, "v2")
+        await skopeo_copy(layout, "v2", wrong, tmp_path / "pushed.digest")
+        for _ in range(300):
+            if "400 Bad Request" in wrong.log_path.read_text(errors="replace"):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail(f"the registry never reported a refused notification:\n{wrong.log_tail()}")
+        assert await ingress.stored() == []
+    finally:
+        wrong.stop()
