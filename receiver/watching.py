@@ -108,7 +108,7 @@ async def _read_json(resp: aiohttp.ClientResponse) -> JSON:
     return doc
 
 
-class _Collection:
+class ListWatch:
     """One list+watch loop over a collection of objects.
 
     ``on_list(items)`` replaces everything known after a (re)list; ``on_event(type, obj)``
@@ -130,7 +130,11 @@ class _Collection:
         self._on_list = on_list
         self._on_event = on_event
         self.resource_version: str | None = None
-        self._response: aiohttp.ClientResponse | None = None
+        self.lists = 0
+        """Complete lists done (the first, then one per 410 Gone or resync)."""
+        self.watches = 0
+        """Watch requests the server accepted (each resumes from ``resource_version``)."""
+        self._current: asyncio.Task[None] | None = None
         self._resync = False
 
     async def list(self) -> None:
@@ -141,6 +145,7 @@ class _Collection:
         doc = await _read_json(resp)
         items = doc.get("items") or []
         self._on_list([i for i in items if isinstance(i, dict)])
+        self.lists += 1
         self.resource_version = str((doc.get("metadata") or {}).get("resourceVersion") or "")
         log.debug(
             "listed %d %s at resourceVersion %s", len(items), self.kind, self.resource_version
@@ -149,19 +154,20 @@ class _Collection:
     def resync(self) -> None:
         """Relist as soon as possible (SIGHUP): ends the current watch request."""
         self._resync = True
-        if self._response is not None:
-            self._response.close()
+        if self._current is not None:
+            self._current.cancel()
 
     async def run(self) -> None:
         """Watch until cancelled, relisting and reconnecting as needed."""
         delay = self._timing.backoff_min
         while True:
+            opened = self.watches
             try:
                 if self._resync or not self.resource_version:
                     self._resync = False
                     await self.list()
-                await self._watch_once()
-                delay = self._timing.backoff_min
+                await self._watch_in_task()
+                continue  # the server ended the watch (timeoutSeconds): resume at once
             except _Gone:
                 log.info(
                     "%s watch: resourceVersion %s expired, relisting",
@@ -173,19 +179,34 @@ class _Collection:
                 if self._resync:
                     continue
                 log.warning(
-                    "%s watch interrupted (%s: %s); retrying in %.1fs",
+                    "%s watch interrupted (%s: %s); retrying in about %.1fs",
                     self.kind,
                     type(e).__name__,
                     e,
                     delay,
                 )
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311
-                delay = min(delay * 2, self._timing.backoff_max)
             except Exception:
-                log.exception("%s watch failed unexpectedly; relisting in %.1fs", self.kind, delay)
+                log.exception("%s watch failed unexpectedly; relisting", self.kind)
                 self.resource_version = None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._timing.backoff_max)
+            finally:
+                if self.watches != opened:
+                    delay = self._timing.backoff_min  # it worked for a while: start over
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311
+            delay = min(delay * 2, self._timing.backoff_max)
+
+    async def _watch_in_task(self) -> None:
+        """Run one watch in a child task, so ``resync()`` can end it without ending ``run``."""
+        if self._resync:
+            return  # asked for while listing: relist first
+        me = asyncio.current_task()
+        self._current = asyncio.create_task(self._watch_once(), name=f"watch-{self.kind}")
+        try:
+            await self._current
+        except asyncio.CancelledError:
+            if (me is not None and me.cancelling()) or not self._resync:
+                raise
+        finally:
+            self._current = None
 
     async def _watch_once(self) -> None:
         """One watch request from the current resourceVersion, until the server ends it."""
@@ -202,11 +223,11 @@ class _Collection:
                 sock_read=t.watch_timeout + t.read_grace,
             ),
         )
-        self._response = resp
         try:
             if resp.status != 200:
                 await _read_json(resp)  # raises _Gone or _ApiError
                 return
+            self.watches += 1
             buffer = b""
             async for chunk in resp.content.iter_any():
                 buffer += chunk
@@ -217,7 +238,6 @@ class _Collection:
                 if len(buffer) > t.max_event_bytes:
                     raise ValueError(f"watch event larger than {t.max_event_bytes} bytes")
         finally:
-            self._response = None
             resp.release()
             resp.close()
 
@@ -249,8 +269,8 @@ class KubernetesSource:
         self.metrics = metrics
         self.timing = timing or WatchTiming()
         self._api: k8s.ApiClient | None = None
-        self._receivers: _Collection | None = None
-        self._secrets: _Collection | None = None
+        self.receiver_watch: ListWatch | None = None
+        self.secret_watch: ListWatch | None = None
         self._defs: dict[Key, ReceiverDef] = {}
         self._invalid: dict[Key, str] = {}
         """Receivers that cannot be parsed, with the reason."""
@@ -274,18 +294,18 @@ class KubernetesSource:
         misconfigured deployment crash-loops with a clear message instead of serving nothing.
         """
         self._api = await self._connect()
-        self._receivers = _Collection(
+        self.receiver_watch = ListWatch(
             "Receiver",
             self._receiver_call(),
             self.timing,
             self._list_receivers,
             self._receiver_event,
         )
-        self._secrets = _Collection(
+        self.secret_watch = ListWatch(
             "Secret", self._secret_call(), self.timing, self._list_secrets, self._secret_event
         )
         try:
-            for collection in (self._receivers, self._secrets):
+            for collection in (self.receiver_watch, self.secret_watch):
                 await collection.list()
             table = await self._rebuild()
         except _ApiError as e:
@@ -306,12 +326,12 @@ class KubernetesSource:
 
     async def run(self, apply: Apply, reload: asyncio.Event) -> None:
         """Watch until cancelled; SIGHUP (``reload``) forces a relist. Closes the client."""
-        if self._receivers is None or self._secrets is None:
+        if self.receiver_watch is None or self.secret_watch is None:
             raise RuntimeError("KubernetesSource.run() before load()")
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._receivers.run(), name="watch-receivers")
-                tasks.create_task(self._secrets.run(), name="watch-secrets")
+                tasks.create_task(self.receiver_watch.run(), name="watch-receivers")
+                tasks.create_task(self.secret_watch.run(), name="watch-secrets")
                 tasks.create_task(self._rebuilding(apply), name="rebuild-receivers")
                 tasks.create_task(self._resyncing(reload), name="resync-receivers")
         finally:
@@ -572,10 +592,10 @@ class KubernetesSource:
             log.info("serving %d receiver(s), %d not served", len(table), len(self._unserved))
 
     async def _resyncing(self, reload: asyncio.Event) -> None:
-        assert self._receivers is not None and self._secrets is not None
+        assert self.receiver_watch is not None and self.secret_watch is not None
         while True:
             await reload.wait()
             reload.clear()
             log.info("SIGHUP: relisting Receivers and Secrets")
-            self._receivers.resync()
-            self._secrets.resync()
+            self.receiver_watch.resync()
+            self.secret_watch.resync()

@@ -23,6 +23,7 @@ import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,23 +66,23 @@ async def push(ingress: Ingress, path: str, token: str) -> int:
 
 
 async def eventually(
-    check: Callable[[], Awaitable[bool]], what: str, timeout: float = WAIT_S
+    check: Callable[[], Awaitable[bool]], what: str, within: float = WAIT_S
 ) -> None:
-    """Poll ``check`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    """Poll ``check`` until it holds; fail naming ``what`` after ``within`` seconds."""
+    deadline = asyncio.get_running_loop().time() + within
     while not await check():
         if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"not within {timeout:.0f}s: {what}")
+            pytest.fail(f"not within {within:.0f}s: {what}")
         await asyncio.sleep(0.05)
 
 
 async def answers(
-    ingress: Ingress, path: str, token: str, status: int, timeout: float = WAIT_S
+    ingress: Ingress, path: str, token: str, status: int, within: float = WAIT_S
 ) -> None:
     async def check() -> bool:
         return await push(ingress, path, token) == status
 
-    await eventually(check, f"POST {path[:20]}... answers {status}", timeout)
+    await eventually(check, f"POST {path[:20]}... answers {status}", within)
 
 
 def unserved(ingress: Ingress, reason: str) -> float | None:
@@ -141,7 +142,15 @@ def kubeconfig(kube: KubeAPI, tmp_path: Path) -> Path:
     return kube.write_kubeconfig(tmp_path / "kubeconfig")
 
 
-StartSource = Callable[..., Awaitable[KubernetesSource]]
+@dataclass
+class Running:
+    """A started source and the event that stands for SIGHUP."""
+
+    source: KubernetesSource
+    reload: asyncio.Event
+
+
+StartSource = Callable[..., Awaitable[Running]]
 
 
 @pytest.fixture
@@ -149,16 +158,17 @@ async def start_source(ingress: Ingress, kubeconfig: Path) -> AsyncIterator[Star
     """Start a source whose tables drive ``ingress``; it is stopped (cancelled) afterwards."""
     tasks: list[asyncio.Task[None]] = []
 
-    async def start(**overrides: Any) -> KubernetesSource:
+    async def start(timing: WatchTiming = FAST, **overrides: Any) -> Running:
         settings = ReceiverSettings(kubernetes=True, **{"kubeconfig": kubeconfig, **overrides})
-        source = KubernetesSource(settings, ingress.state.metrics, FAST)
+        source = KubernetesSource(settings, ingress.state.metrics, timing)
         ingress.state.table = await source.load()
 
         def swap(table: ReceiverTable) -> None:
             ingress.state.table = table
 
-        tasks.append(asyncio.create_task(source.run(swap, asyncio.Event()), name="source"))
-        return source
+        reload = asyncio.Event()
+        tasks.append(asyncio.create_task(source.run(swap, reload), name="source"))
+        return Running(source, reload)
 
     yield start
     for task in tasks:
@@ -337,10 +347,47 @@ async def test_changes_after_an_apiserver_restart_are_picked_up(
     finally:
         await asyncio.to_thread(kube.ensure_running)
     await apply(kube, receiver_docs("after", "github", "tok-b", ns))
-    await answers(ingress, path_of("after", "tok-b", ns), "tok-b", 202, timeout=60)
+    await answers(ingress, path_of("after", "tok-b", ns), "tok-b", 202, within=60)
     await apply(kube, [only(receiver_docs("before", "github", "tok-c", ns), "Secret")])
-    await answers(ingress, path_of("before", "tok-c", ns), "tok-c", 202, timeout=60)
+    await answers(ingress, path_of("before", "tok-c", ns), "tok-c", 202, within=60)
     assert await push(ingress, path_of("before", "tok-a", ns), "tok-a") == 404
+
+
+async def test_a_watch_ended_by_the_server_resumes_without_relisting(
+    kube: KubeAPI, kube_namespace: str, ingress: Ingress, start_source: StartSource
+) -> None:
+    ns = kube_namespace
+    running = await start_source(WatchTiming(debounce=0.05, watch_timeout=1), namespace=ns)
+    watch = running.source.receiver_watch
+    assert watch is not None
+
+    async def renewed() -> bool:
+        return watch.watches >= 3
+
+    await eventually(renewed, "the 1 s watches were renewed twice")
+    await apply(kube, receiver_docs("gh", "github", "tok", ns))
+    await answers(ingress, path_of("gh", "tok", ns), "tok", 202)
+    assert watch.lists == 1  # every renewal resumed from the last resourceVersion
+
+
+async def test_sighup_relists_and_keeps_serving(
+    kube: KubeAPI, kube_namespace: str, ingress: Ingress, start_source: StartSource
+) -> None:
+    ns = kube_namespace
+    await apply(kube, receiver_docs("gh", "github", "tok", ns))
+    running = await start_source(namespace=ns)
+    receivers, secrets = running.source.receiver_watch, running.source.secret_watch
+    assert receivers is not None and secrets is not None
+    assert (receivers.lists, secrets.lists) == (1, 1)
+    running.reload.set()
+
+    async def relisted() -> bool:
+        return receivers.lists == 2 and secrets.lists == 2
+
+    await eventually(relisted, "SIGHUP relisted Receivers and Secrets")
+    assert await push(ingress, path_of("gh", "tok", ns), "tok") == 202
+    await apply(kube, receiver_docs("later", "github", "tok-2", ns))
+    await answers(ingress, path_of("later", "tok-2", ns), "tok-2", 202)
 
 
 async def test_the_source_never_writes_the_receiver(
