@@ -138,7 +138,7 @@ class Distribution:
         token = spec.token
         matched = False
         for value in given:
-            raw = value.encode("utf-8", "surrogateescape")
+            raw = common.wire_bytes(value)
             # Both forms are always compared, so timing does not tell which one is in use.
             bearer = common.equal(raw, b"Bearer " + token)
             full = common.equal(raw, token)

@@ -220,11 +220,11 @@ class GCR:
     def verify(self, spec: ReceiverSpec, request: Request) -> None:
         auth = request.headers.get("Authorization", "")
         scheme, _, token = auth.strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+        token_bytes = common.wire_bytes(token.strip())
+        if scheme.lower() != "bearer" or not token_bytes:
             raise SignatureInvalid("missing Authorization: Bearer <ID token>")
         try:
-            header = jwt.get_unverified_header(token)
+            header = jwt.get_unverified_header(token_bytes)
         except jwt.PyJWTError as e:
             raise SignatureInvalid("ID token: malformed") from e
         if header.get("alg") != ALGORITHM:
@@ -237,7 +237,7 @@ class GCR:
             raise SignatureInvalid("ID token: unknown signing key (keys are being refreshed)")
         try:
             claims = jwt.decode(
-                token,
+                token_bytes,
                 key,
                 algorithms=[ALGORITHM],
                 audience=_secret_text(spec, "audience"),

@@ -40,7 +40,7 @@ class Harbor:
         given = request.headers.get("Authorization")
         if given is None:
             raise SignatureInvalid("missing Authorization header")
-        if not common.equal(given.encode("utf-8", "surrogateescape"), spec.token):
+        if not common.equal(common.wire_bytes(given), spec.token):
             raise SignatureInvalid("Authorization: does not match the token")
 
     def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:

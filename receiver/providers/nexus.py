@@ -37,7 +37,7 @@ class Nexus:
         if not given:
             raise SignatureInvalid(f"missing {HEADER} header")
         expected = hmac.new(spec.token, request.body, hashlib.sha1).hexdigest()
-        if not common.equal(given.encode("utf-8", "surrogateescape"), expected.encode()):
+        if not common.equal(common.wire_bytes(given), expected.encode()):
             raise SignatureInvalid(f"{HEADER}: signature does not match")
 
     def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
