@@ -449,6 +449,9 @@ class IndexSettings:
     """How often to look again for a kind whose CRD is not installed (404)."""
 
 
+_SHORT_WATCH_S = 1.0
+
+
 class WatchGone(Exception):
     """The resourceVersion is too old (410): the kind must be listed again."""
 
@@ -507,8 +510,13 @@ class SourceIndex:
                 if version is None:
                     version = await self._list(kind)
                     self._mark_listed(kind)
+                began = asyncio.get_running_loop().time()
                 version = await self._watch(kind, version)
-                backoff.reset()
+                if asyncio.get_running_loop().time() - began < _SHORT_WATCH_S:
+                    # A stream that ends at once (a proxy closing it, say) must not spin.
+                    await asyncio.sleep(backoff.next())
+                else:
+                    backoff.reset()
             except WatchGone:
                 logger.info("watch of %s expired (410); listing again", kind)
                 version = None
