@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
-import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -44,7 +44,10 @@ def traceparent(incoming: str | None) -> str:
         candidate = incoming.strip().lower()
         if _TRACEPARENT.match(candidate):
             return candidate
-    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+    # Trace ids need uniqueness, not secrecy: the PRNG avoids a getrandom syscall per event.
+    trace_id = random.getrandbits(128) or 1
+    span_id = random.getrandbits(64) or 1
+    return f"00-{trace_id:032x}-{span_id:016x}-01"
 
 
 def messages(
@@ -60,7 +63,7 @@ def messages(
     out: list[Message] = []
     for item in parsed.items:
         doc = build(spec, parsed, item, received, trace)
-        payload = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+        payload = encode(doc, parsed.raw_payload)
         headers = natsbinding.to_headers(
             {
                 "specversion": "1.0",
@@ -75,6 +78,16 @@ def messages(
         headers["Nats-Msg-Id"] = doc["id"]
         out.append(Message(doc["id"], subject, payload, headers))
     return out
+
+
+def encode(doc: dict[str, Any], raw_payload: bytes | None) -> bytes:
+    """The envelope as compact JSON; a verbatim JSON body is spliced in, not re-encoded."""
+    if raw_payload is None:
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+    head = dict(doc)
+    del head["payload"]
+    text = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode()
+    return text[:-1] + b',"payload":' + raw_payload.strip() + b"}"
 
 
 def build(

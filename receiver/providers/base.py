@@ -47,14 +47,20 @@ class Item:
 class Parsed:
     """A verified delivery, understood.
 
-    ``event`` is matched against ``spec.events``; ``ping`` deliveries are answered 200 and
-    never stored; ``items`` is usually one, several for envelopes of events (distribution).
+    ``event`` is matched against ``spec.events``, and so are its ``aliases`` (other names the
+    same event may be listed under, e.g. a CDEvents type without its version suffix); ``ping``
+    deliveries are answered 200 and never stored; ``items`` is usually one, several for
+    envelopes of events (distribution).
     """
 
     event: str
     items: tuple[Item, ...]
     payload: Any
     ping: bool = False
+    aliases: tuple[str, ...] = ()
+    raw_payload: bytes | None = None
+    """The body's exact JSON text when ``payload`` is that body parsed: the envelope then
+    embeds these bytes instead of re-encoding the payload (the costliest step per event)."""
 
 
 class Provider(Protocol):
@@ -69,4 +75,5 @@ class Provider(Protocol):
         """Raise SignatureInvalid unless the request is proven to come from the provider."""
 
     def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
-        """Normalise a verified request; raise PayloadInvalid/UnsupportedMediaType."""
+        """Normalise a verified request; raise PayloadInvalid/UnsupportedMediaType, or
+        DeadLetter for a body to keep on the dead-letter stream before it is refused."""

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
+import operator
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from receiver.errors import ConfigError, PayloadInvalid, SignatureInvalid
-from receiver.providers.base import Item
+from receiver.providers.base import Item, Request
 from receiver.receivers import ReceiverSpec
 
 MAX_JSON_DEPTH = 64
@@ -40,6 +43,18 @@ def equal(a: bytes | str, b: bytes | str) -> bool:
     left = wire_bytes(a) if isinstance(a, str) else a
     right = wire_bytes(b) if isinstance(b, str) else b
     return hmac.compare_digest(left, right)
+
+
+def header_text(request: Request, name: str) -> str:
+    """A header's value, stripped ('' when absent), for values copied into the envelope
+    (event names, delivery ids): bytes that are not UTF-8 are a 400, since the envelope is
+    UTF-8 JSON and aiohttp hands such bytes over as lone surrogates that cannot be encoded."""
+    value = request.headers.get(name, "")
+    try:
+        wire_bytes(value).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PayloadInvalid(f"{name} header: not UTF-8") from e
+    return value.strip()
 
 
 def is_zero_id(object_id: str | None) -> bool:
@@ -81,28 +96,20 @@ def verify_prefixed_hmac(
         raise SignatureInvalid(f"{header}: signature does not match")
 
 
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_BRACKET_STEPS = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+
+
 def _depth_ok(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
-    """Cheap pre-scan bounding nesting, so json.loads never recurses deeply."""
-    depth = 0
-    in_string = False
-    escaped = False
-    for byte in body:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:
-                escaped = True
-            elif byte == 0x22:
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):
-            depth += 1
-            if depth > limit:
-                return False
-        elif byte in (0x5D, 0x7D):
-            depth -= 1
-    return True
+    """Bound nesting before parsing, at C speed: strip strings, keep only brackets, map
+    opening ones to 2 and closing ones to 0; the depth after the i-th bracket is the running
+    sum minus i. Bodies with few brackets skip even that."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return True
+    steps = _JSON_STRING.sub(b"", body).translate(_BRACKET_STEPS, _NOT_BRACKETS)
+    depths = map(operator.sub, itertools.accumulate(steps), itertools.count(1))
+    return max(depths, default=0) <= limit
 
 
 def load_json(body: bytes | str, what: str = "body") -> Any:
@@ -113,9 +120,41 @@ def load_json(body: bytes | str, what: str = "body") -> Any:
     if not _depth_ok(raw):
         raise PayloadInvalid(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH}")
     try:
-        return json.loads(raw)
+        doc = json.loads(raw)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise PayloadInvalid(f"{what}: invalid JSON") from e
+    if _SURROGATE_ESCAPE.search(raw) and not _encodable(doc):
+        raise PayloadInvalid(f"{what}: JSON string with an unpaired surrogate escape")
+    return doc
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _encodable(doc: Any) -> bool:
+    """False when ``doc`` holds a lone surrogate (``"\\ud800"`` parses, but no UTF-8 text can
+    carry it, so the envelope could not be encoded: a 500 instead of a 400). Only bodies with
+    such an escape pay for this check; paired escapes (emoji) decode to one character."""
+    try:
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def verbatim(body: bytes | None) -> bytes | None:
+    """``body`` if it can be embedded as-is in the envelope (strict UTF-8 JSON text), else None.
+
+    ``json.loads`` also accepts UTF-16/32 and UTF-8 with surrogates; such bodies are
+    re-encoded instead, so the stored envelope is always valid UTF-8 JSON.
+    """
+    if body is None or json.detect_encoding(body) != "utf-8":
+        return None
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return body
 
 
 def load_object(body: bytes | str, what: str = "body") -> dict[str, Any]:

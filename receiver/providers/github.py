@@ -93,6 +93,7 @@ class GitHub:
         )
 
     def decode(self, request: Request) -> dict[str, Any]:
+        """The payload object (JSON body, or the ``payload`` field of a form)."""
         if request.content_type == "application/x-www-form-urlencoded":
             try:
                 form = parse_qs(
@@ -119,4 +120,5 @@ class GitHub:
         if event == "ping":
             return Parsed(event, (), doc, ping=True)
         fields = push_fields(doc) if event == "push" else other_fields(doc, event)
-        return Parsed(event, (Item(delivery, fields),), doc)
+        raw = request.body if request.content_type != CONTENT_TYPES[1] else None
+        return Parsed(event, (Item(delivery, fields),), doc, raw_payload=common.verbatim(raw))
