@@ -294,6 +294,7 @@ class KubernetesSource:
         misconfigured deployment crash-loops with a clear message instead of serving nothing.
         """
         self._api = await self._connect()
+        host = self._host()
         self.receiver_watch = ListWatch(
             "Receiver",
             self._receiver_call(),
@@ -315,12 +316,10 @@ class KubernetesSource:
                 if e.status in (401, 403)
                 else ""
             )
-            raise ConfigError(f"Kubernetes API {self._host()}: listing failed: {e}{hint}") from e
+            raise ConfigError(f"Kubernetes API {host}: listing failed: {e}{hint}") from e
         except (*_TRANSIENT, _Gone) as e:
             await self.close()
-            raise ConfigError(
-                f"Kubernetes API {self._host()} unreachable: {type(e).__name__}: {e}"
-            ) from e
+            raise ConfigError(f"Kubernetes API {host} unreachable: {type(e).__name__}: {e}") from e
         self._dirty.clear()
         return table
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -45,6 +46,7 @@ RECEIVERS = "/apis/notification.toolkit.fluxcd.io/v1/namespaces/{ns}/receivers"
 FAST = WatchTiming(debounce=0.05, backoff_min=0.1, backoff_max=1.0)
 WAIT_S = 30.0
 UNSERVED = "fluxrelay_receiver_receivers_unserved"
+SECRET_VALUE = "vX7q-never-logged"
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -222,25 +224,46 @@ async def test_rotating_the_token_moves_the_hook_path(
 
 
 async def test_a_receiver_without_its_secret_is_unserved_until_the_secret_appears(
-    kube: KubeAPI, kube_namespace: str, ingress: Ingress, start_source: StartSource
+    kube: KubeAPI,
+    kube_namespace: str,
+    ingress: Ingress,
+    start_source: StartSource,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="receiver.watching")
     ns = kube_namespace
-    docs = receiver_docs("gh", "github", "tok", ns)
+    docs = receiver_docs("gh", "github", SECRET_VALUE, ns)
     await apply(kube, [only(docs, "Receiver")])
     await start_source(namespace=ns)
     assert len(ingress.state.table) == 0
     assert unserved(ingress, "secret_missing") == 1
     assert unserved(ingress, "collision") == 0
-    path = path_of("gh", "tok", ns)
-    assert await push(ingress, path, "tok") == 404
+    path = path_of("gh", SECRET_VALUE, ns)
+    assert await push(ingress, path, SECRET_VALUE) == 404
+
+    def reported() -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "receiver.watching"
+            and f"Receiver {ns}/gh (secret_missing)" in r.getMessage()
+        ]
+
+    assert len(reported()) == 1
+    assert "gh-token not found" in reported()[0]
+    await apply(kube, receiver_docs("other", "github", "tok-2", ns))  # an unrelated change
+    await answers(ingress, path_of("other", "tok-2", ns), "tok-2", 202)
+    assert len(reported()) == 1  # logged once per change, not once per rebuild
     await apply(kube, [only(docs, "Secret")])
-    await answers(ingress, path, "tok", 202)
+    await answers(ingress, path, SECRET_VALUE, 202)
     assert unserved(ingress, "secret_missing") == 0
     await asyncio.to_thread(
         kube.request, "DELETE", f"/api/v1/namespaces/{ns}/secrets/gh-token", None
     )
-    await answers(ingress, path, "tok", 404)
+    await answers(ingress, path, SECRET_VALUE, 404)
     assert unserved(ingress, "secret_missing") == 1
+    assert len(reported()) == 2
+    assert all(SECRET_VALUE not in r.getMessage() for r in caplog.records)
 
 
 async def test_a_receiver_added_after_its_secret_is_served(
@@ -491,11 +514,11 @@ async def test_start_fails_fast_with_a_clear_message(
 ) -> None:
     if broken == "unreachable":
         config = kube.write_kubeconfig(tmp_path / "kc", server=f"https://127.0.0.1:{free_port()}")
-        expected = "unreachable"
+        expected = r"https://127\.0\.0\.1:\d+ unreachable"
     else:
         token = await asyncio.to_thread(kube.create_service_account_token, kube_namespace, "nobody")
         config = kube.write_kubeconfig(tmp_path / "kc", token=token)
-        expected = "403"
+        expected = "listing failed: HTTP 403.*RBAC"
     source = KubernetesSource(
         ReceiverSettings(kubernetes=True, kubeconfig=config, namespace=kube_namespace),
         ingress.state.metrics,
