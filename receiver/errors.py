@@ -17,10 +17,18 @@ class Rejected(Exception):
     status: int = 400
     code: str = "bad_request"
 
-    def __init__(self, reason: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        headers: dict[str, str] | None = None,
+        details: dict[str, object] | None = None,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.headers = headers or {}
+        self.details = details or {}
+        """Extra JSON fields of the answer (e.g. the JSON Pointer of an invalid CDEvent)."""
 
 
 class SignatureInvalid(Rejected):
@@ -33,6 +41,19 @@ class PayloadInvalid(Rejected):
     """The body is not what the provider sends (bad JSON, wrong shape, missing fields)."""
 
     code = "payload_invalid"
+
+
+class DeadLetter(PayloadInvalid):
+    """A body that cannot be understood at all, kept rather than dropped: the ingress stores
+    the raw body on the dead-letter stream (subject ``<prefix>.ingress.<dead_reason>``) and
+    only then answers 400; if that store fails the answer is 503, so nothing is lost silently.
+    """
+
+    code = "payload_unparseable"
+
+    def __init__(self, reason: str, *, dead_reason: str) -> None:
+        super().__init__(reason)
+        self.dead_reason = dead_reason
 
 
 class EventNotAllowed(Rejected):

@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from receiver import normalising
+from receiver import deadlettering, normalising
 from receiver.errors import (
     BodyTooLarge,
+    DeadLetter,
     EventNotAllowed,
     HookNotFound,
     MethodNotAllowed,
@@ -45,7 +46,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except Rejected as e:
         return web.json_response(
-            {"status": "rejected", "code": e.code, "reason": e.reason},
+            {**e.details, "status": "rejected", "code": e.code, "reason": e.reason},
             status=e.status,
             headers=e.headers,
         )
@@ -102,12 +103,16 @@ async def _handle(request: web.Request, state: IngressState) -> web.StreamRespon
         state.metrics.body_bytes.observe(len(body))
         req = Request(request.headers, body, request.content_type.lower(), request.remote)
         provider.verify(spec, req)
-        parsed = provider.parse(spec, req)
+        try:
+            parsed = provider.parse(spec, req)
+        except DeadLetter as e:
+            await deadlettering.store(state, spec, req, e)
+            raise
         event = parsed.event
         if parsed.ping:
             outcome = "ping"
             return reply(200, status="ok", reason="ping acknowledged, nothing stored")
-        if not spec.allows(parsed.event):
+        if not any(spec.allows(name) for name in (parsed.event, *parsed.aliases)):
             raise EventNotAllowed(f"event {parsed.event!r} is not in spec.events")
         if not parsed.items:
             outcome = "ignored"

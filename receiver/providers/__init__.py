@@ -9,10 +9,12 @@ from receiver.providers.acr import ACR
 from receiver.providers.azuredevops import AzureDevOps
 from receiver.providers.base import Provider
 from receiver.providers.bitbucket import Bitbucket
+from receiver.providers.cdevents import CDEvents
 from receiver.providers.distribution import Distribution
 from receiver.providers.dockerhub import DockerHub
 from receiver.providers.gcr import GCR
 from receiver.providers.generic import Generic, GenericHmac
+from receiver.providers.generic_oidc import GenericOIDC
 from receiver.providers.gitea import FORGEJO, GITEA
 from receiver.providers.github import GitHub
 from receiver.providers.gitlab import GitLab
@@ -38,6 +40,8 @@ PROVIDERS: dict[str, Provider] = {
         ACR(),
         GCR(),
         Distribution(),
+        CDEvents(),
+        GenericOIDC(),
     )
 }
 

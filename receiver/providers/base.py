@@ -58,9 +58,6 @@ class Parsed:
     payload: Any
     ping: bool = False
     aliases: tuple[str, ...] = ()
-    raw_payload: bytes | None = None
-    """The body's exact JSON text when ``payload`` is that body parsed: the envelope then
-    embeds these bytes instead of re-encoding the payload (the costliest step per event)."""
 
 
 class Provider(Protocol):

@@ -7,13 +7,17 @@ be empty (payload ``null``) or any JSON value, kept as the payload for CEL filte
 that is not JSON is a 400. Nothing is normalised: such a delivery only triggers what the
 Receiver's ``spec.resources`` name. ``generic-hmac`` accepts an empty body when it is signed
 (the HMAC of the empty string), as Flux does.
+
+``generic`` may also ask for a bearer token or an HMAC header through the Secret's ``auth``
+key (see :mod:`receiver.providers.authenticating`); without that key it behaves as Flux's.
+``generic-hmac`` ignores ``auth``: it always checks its own signature.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from receiver.providers import common
+from receiver.providers import authenticating, common
 from receiver.providers.base import Item, Parsed, Request
 from receiver.receivers import ReceiverSpec
 
@@ -29,15 +33,18 @@ def optional_json(body: bytes) -> Any:
 
 
 class Generic:
-    """``generic``: no authentication beyond the hook path."""
+    """``generic``: the hook path, plus the Secret's optional ``auth`` (bearer or HMAC)."""
 
     name = "generic"
 
     def validate(self, spec: ReceiverSpec) -> None:
         common.require_secret(spec, "token")
+        authenticating.validate_auth(spec)
 
     def verify(self, spec: ReceiverSpec, request: Request) -> None:
-        """Nothing to check: knowing the path (sha256 of token, name, namespace) is the proof."""
+        """Without ``auth`` in the Secret nothing to check: knowing the path (sha256 of token,
+        name, namespace) is the proof; with it, the bearer token or HMAC it asks for."""
+        authenticating.verify_auth(spec, request)
 
     def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
         payload = optional_json(request.body)
@@ -48,6 +55,9 @@ class GenericHmac(Generic):
     """``generic-hmac``: the body's HMAC with the token, algorithm named in the header."""
 
     name = "generic-hmac"
+
+    def validate(self, spec: ReceiverSpec) -> None:
+        common.require_secret(spec, "token")
 
     def verify(self, spec: ReceiverSpec, request: Request) -> None:
         common.verify_prefixed_hmac(

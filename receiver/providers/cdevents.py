@@ -1,0 +1,115 @@
+"""The ``cdevents`` receiver: CDEvents over HTTP, validated against their spec's schema and kept
+as they arrived.
+
+Accepted shapes (see :func:`schemas.cdevents.decode_http`): CloudEvents HTTP binary mode
+(``ce-*`` headers, body = the CDEvent), structured mode (``application/cloudevents+json``,
+the CDEvent in ``data``) and a bare CDEvent body with no CloudEvents attributes at all (what
+Flux and cdviz send). In binary and structured mode the CloudEvents attributes are read as
+sent: a missing ``ce-id``, ``ce-type``, ``ce-source`` or ``ce-specversion`` is a 400, never
+invented (an invented id would defeat de-duplication). Attributes that contradict the CDEvent
+they carry (``id``, ``source``, ``type``, ``subject`` against ``context.id``,
+``context.source``, ``context.type``, ``subject.id``) are a 400 too; ``time`` is not
+cross-checked, as senders legitimately round it.
+
+The CDEvent must satisfy the schema of its spec release (0.4.1 if ``context.version``, 0.5.1
+if ``context.specversion``); a violation is a 400 whose JSON answer carries ``path``, the JSON
+Pointer of the culprit. A body that is no CDEvent at all (not JSON, not an object, no
+``context`` object) is stored on the dead-letter stream (``<dead>.ingress.cdevents-unparseable``)
+and then refused with a JSON 400, so it is never dropped silently.
+
+Event type and filter: the event is ``context.type`` in full (``dev.cdevents.change.merged.0.2.0``);
+its alias without the version suffix (``dev.cdevents.change.merged``) lets ``spec.events``
+name a type with or without version, case-insensitively. The delivery id is ``context.id``
+(equal to ``ce-id`` when one was sent). The envelope carries the CDEvent untouched in
+``cdevent``; ``payload`` is the request body as parsed (the CloudEvent envelope in structured
+mode, the CDEvent otherwise), for CEL filters.
+
+Authentication: none by default (Flux's behaviour); the Secret's ``auth`` key turns on a
+bearer token or an HMAC header (:mod:`receiver.providers.authenticating`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from receiver.errors import DeadLetter, PayloadInvalid
+from receiver.providers import authenticating, common
+from receiver.providers.base import Item, Parsed, Request
+from receiver.receivers import ReceiverSpec
+from schemas import cdevents
+
+DEAD_REASON = "cdevents-unparseable"
+CHECKED_ATTRIBUTES = ("id", "source", "type", "subject")
+"""Attributes that must agree with the CDEvent (``time`` is left alone)."""
+_VERSION_SUFFIX = re.compile(r"\.\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?$")
+
+
+def unversioned(event_type: str) -> str | None:
+    """``dev.cdevents.change.merged.0.2.0`` → ``dev.cdevents.change.merged``; None if the type
+    carries no ``M.m.p`` version suffix."""
+    match = _VERSION_SUFFIX.search(event_type)
+    if match is None or match.start() == 0:
+        return None
+    return event_type[: match.start()]
+
+
+def _unparseable(reason: str) -> DeadLetter:
+    return DeadLetter(reason, dead_reason=DEAD_REASON)
+
+
+def decode(request: Request) -> tuple[Any, cdevents.DecodedCDEvent]:
+    """The body as parsed and the CDEvent it carries; DeadLetter when it is no CDEvent at all,
+    PayloadInvalid when the CloudEvents framing is broken."""
+    try:
+        body = common.load_json(request.body)
+    except PayloadInvalid as e:
+        raise _unparseable(e.reason) from e
+    if not isinstance(body, dict):
+        raise _unparseable("body: a JSON object (a CDEvent or a CloudEvent) expected")
+    try:
+        decoded = cdevents.decode_http(request.headers, request.body)
+    except cdevents.CloudEventDecodeError as e:
+        raise PayloadInvalid(str(e)) from e
+    if not isinstance(decoded.cdevent.get("context"), Mapping):
+        raise _unparseable(f"{decoded.mode}-mode body: no CDEvent (no 'context' object)")
+    return body, decoded
+
+
+class CDEvents:
+    """``cdevents``: CloudEvents-framed or bare CDEvents, schema-validated."""
+
+    name = "cdevents"
+
+    def validate(self, spec: ReceiverSpec) -> None:
+        common.require_secret(spec, "token")
+        authenticating.validate_auth(spec)
+
+    def verify(self, spec: ReceiverSpec, request: Request) -> None:
+        """The Secret's optional ``auth``; without it the hook path is the proof (as Flux)."""
+        authenticating.verify_auth(spec, request)
+
+    def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
+        body, decoded = decode(request)
+        wrong = [name for name in decoded.mismatches if name in CHECKED_ATTRIBUTES]
+        if wrong:
+            raise PayloadInvalid(
+                "CloudEvent attribute(s) contradict the CDEvent: "
+                + ", ".join(f"ce-{name}" for name in wrong)
+            )
+        event = decoded.cdevent
+        try:
+            cdevents.validate(event)
+        except cdevents.CDEventInvalid as e:
+            raise PayloadInvalid(f"invalid CDEvent: {e}", details={"path": e.path or "/"}) from None
+        context = event["context"]
+        event_type: str = context["type"]
+        delivery: str = context["id"]
+        alias = unversioned(event_type)
+        return Parsed(
+            event_type,
+            (Item(delivery, {"cdevent": event}),),
+            body,
+            aliases=(alias,) if alias else (),
+        )
