@@ -1,0 +1,377 @@
+"""The pull-consumer loop: fetch, decode, target, patch (coalesced), then settle each message.
+
+This module alone decides what happens to a message, in :meth:`Consumer.settle`:
+
+- every target patched (or none concerned us) -> ``ack``;
+- a :class:`TemporaryError` -> ``nak`` with a delay (the longer of the error's own, e.g. a
+  ``Retry-After``, and the configured backoff for this delivery count); on the last allowed
+  delivery it is dead-lettered instead;
+- a :class:`PermanentError` (invalid envelope, object not found, forbidden reference, bad
+  filter) -> published to the dead-letter stream with the reason, then ``term``.
+
+A dead letter is stored before the message is terminated; if it cannot be stored the message
+is nak'ed, so nothing is dropped silently. Messages that run out of deliveries without this
+process seeing their last one (a replica crashing repeatedly on it) are announced by the
+server's MAX_DELIVERIES advisory and dead-lettered from the stream copy; a ``Nats-Msg-Id`` per
+stream sequence keeps that to one dead letter when several replicas hear the advisory.
+
+Replicas of one shard share one durable (the server spreads messages between them); a
+crashed replica's unacked messages come back after ``ack_wait``. Long work is kept alive with
+``in_progress``. Targets patched for a message are remembered for a while, so a redelivery
+(after a partial failure) patches only what is still missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ReplayPolicy
+from nats.js.errors import Error as JetStreamError
+
+from reconciler.coalescing import Coalescer
+from reconciler.errors import PermanentError, ReconcilerError, TemporaryError
+from reconciler.kinds import ObjectRef
+from reconciler.metrics import ReconcilerMetrics
+from reconciler.settings import ConsumerSettings
+from reconciler.targeting import Targeter
+from schemas import envelope as envelopes
+from schemas import natsbinding, subjects
+from schemas.envelope import Envelope
+
+log = logging.getLogger(__name__)
+
+STAGE = "reconciler"
+DONE_MEMORY = 10_000
+"""Messages whose finished targets are remembered (for redeliveries after partial failure)."""
+REASON_HEADER = "Fluxrelay-Dead-Reason"
+ERROR_HEADER = "Fluxrelay-Dead-Error"
+SEQ_HEADER = "Fluxrelay-Stream-Seq"
+DELIVERIES_HEADER = "Fluxrelay-Deliveries"
+MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+
+
+def decode(headers: Mapping[str, str] | None, data: bytes) -> Envelope:
+    """The envelope of a stored message; PermanentError when it is not one."""
+    try:
+        event = natsbinding.from_message(headers, data)
+    except natsbinding.BindingError as e:
+        raise PermanentError(f"not a CloudEvent: {e}", reason="invalid_event") from e
+    if event.attributes.get("type") != envelopes.CLOUDEVENT_TYPE:
+        raise PermanentError(
+            f"unexpected CloudEvent type {event.attributes.get('type')!r}", reason="invalid_event"
+        )
+    try:
+        doc = json.loads(event.data)
+    except ValueError as e:
+        raise PermanentError("envelope is not JSON", reason="invalid_envelope") from e
+    try:
+        return envelopes.validate(doc)
+    except envelopes.EnvelopeInvalid as e:
+        raise PermanentError(f"invalid envelope: {e}", reason="invalid_envelope") from e
+
+
+def _header_text(text: str, limit: int = 512) -> str:
+    """One safe header line (NATS headers cannot carry line breaks)."""
+    return " ".join(text.split())[:limit]
+
+
+def consumer_config(settings: ConsumerSettings, durable: str) -> ConsumerConfig:
+    """The durable pull consumer: explicit ack, bounded deliveries, every stored event."""
+    return ConsumerConfig(
+        durable_name=durable,
+        description="fluxrelay reconciler: targeted Flux reconcile requests",
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=settings.ack_wait,
+        max_deliver=settings.max_deliver,
+        filter_subject=f"{settings.subject_prefix}.>",
+        replay_policy=ReplayPolicy.INSTANT,
+        max_ack_pending=settings.max_ack_pending,
+    )
+
+
+class Consumer:
+    """Runs one durable's pull loop and settles every message it takes."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        settings: ConsumerSettings,
+        durable: str,
+        targeter: Targeter,
+        coalescer: Coalescer,
+        metrics: ReconcilerMetrics,
+    ) -> None:
+        self.js = js
+        self.settings = settings
+        self.durable = durable
+        self.targeter = targeter
+        self.coalescer = coalescer
+        self.metrics = metrics
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._done: OrderedDict[str, set[str]] = OrderedDict()
+        self.ready = asyncio.Event()
+
+    # ------------------------------------------------------------------------------- setup
+
+    async def ensure(self) -> None:
+        """Create or update the durable, then bind a pull subscription to it."""
+        config = consumer_config(self.settings, self.durable)
+        await self.js.add_consumer(self.settings.stream, config)
+        self._sub = await self.js.pull_subscribe_bind(
+            durable=self.durable, stream=self.settings.stream
+        )
+        self.ready.set()
+        log.info(
+            "consuming %s.> from %s as durable %s",
+            self.settings.subject_prefix,
+            self.settings.stream,
+            self.durable,
+        )
+
+    async def ensure_until_ready(self, stop: asyncio.Event) -> None:
+        delay = 0.2
+        while not stop.is_set():
+            try:
+                await self.ensure()
+                return
+            except (NatsError, JetStreamError, TimeoutError) as e:
+                log.warning("cannot create consumer %s yet: %s", self.durable, e)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 5.0)
+
+    # -------------------------------------------------------------------------------- loop
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Fetch and dispatch until ``stop`` is set; messages in flight keep running."""
+        await self.ensure_until_ready(stop)
+        failures = 0
+        while not stop.is_set():
+            capacity = self.settings.max_in_flight - len(self._tasks)
+            if capacity < 1:
+                await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+                continue
+            assert self._sub is not None
+            try:
+                msgs = await self._sub.fetch(
+                    min(self.settings.fetch_batch, capacity), timeout=self.settings.fetch_timeout
+                )
+            except TimeoutError:
+                failures = 0
+                continue
+            except (NatsError, JetStreamError) as e:
+                failures += 1
+                log.warning("fetch failed (%s): %s", type(e).__name__, e)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), min(0.2 * 2**failures, 5.0))
+                if failures >= 3:  # the consumer may be gone (a memory stream restarted)
+                    with contextlib.suppress(NatsError, JetStreamError, TimeoutError):
+                        await self.ensure()
+                continue
+            failures = 0
+            for msg in msgs:
+                task = asyncio.create_task(self.handle(msg), name="reconcile-message")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, grace: float) -> None:
+        """Wait for messages in flight; nak what is still running after ``grace`` seconds."""
+        if self._tasks:
+            log.info("draining %d message(s) in flight", len(self._tasks))
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._sub is not None:
+            with contextlib.suppress(NatsError, JetStreamError, TimeoutError):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    # ----------------------------------------------------------------------------- message
+
+    async def handle(self, msg: Msg) -> None:
+        """Process one message and settle it; never raises (except cancellation)."""
+        delivered = msg.metadata.num_delivered
+        if delivered > 1:
+            self.metrics.redeliveries.inc()
+        keepalive = asyncio.create_task(self._keep_alive(msg), name="in-progress")
+        error: ReconcilerError | None = None
+        env: Envelope | None = None
+        try:
+            env = decode(msg.headers, msg.data)
+            await self.process(env)
+        except ReconcilerError as e:
+            error = e
+        except asyncio.CancelledError:
+            keepalive.cancel()
+            with contextlib.suppress(NatsError, JetStreamError, TimeoutError):
+                await msg.nak()  # let another replica take it now rather than after ack_wait
+            self.metrics.messages.labels("nak").inc()
+            raise
+        except Exception as e:  # a bug must not lose the message: retry, then dead-letter
+            log.exception("unexpected error handling a message")
+            error = TemporaryError(f"internal error: {type(e).__name__}", reason="internal")
+        finally:
+            keepalive.cancel()
+        await self.settle(msg, env, error)
+
+    async def process(self, env: Envelope) -> None:
+        """Target and patch; raise the error that decides the message's fate."""
+        targets = await self.targeter.targets(env)
+        done = self._done.get(env["id"], set())
+        todo = [ref for ref in targets.refs if ref.key not in done]
+        results = await asyncio.gather(
+            *(self.coalescer.submit(ref, env) for ref in todo), return_exceptions=True
+        )
+        temporary: list[TemporaryError] = []
+        permanent: list[PermanentError] = list(targets.failures)
+        for ref, result in zip(todo, results, strict=True):
+            if isinstance(result, TemporaryError):
+                temporary.append(result)
+            elif isinstance(result, PermanentError):
+                permanent.append(result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                self._remember(env["id"], ref)
+        if temporary:
+            worst = max(temporary, key=lambda e: e.delay)
+            raise TemporaryError(
+                f"{len(temporary)} of {len(todo)} target(s) not patched yet: {worst}",
+                reason=worst.reason,
+                delay=worst.delay,
+            )
+        if permanent:
+            raise PermanentError("; ".join(str(e) for e in permanent), reason=permanent[0].reason)
+        if not targets.refs:
+            log.info(
+                "no object to reconcile",
+                extra={"delivery_id": env["delivery_id"], "event_id": env["id"]},
+            )
+
+    def _remember(self, envelope_id: str, ref: ObjectRef) -> None:
+        self._done.setdefault(envelope_id, set()).add(ref.key)
+        self._done.move_to_end(envelope_id)
+        while len(self._done) > DONE_MEMORY:
+            self._done.popitem(last=False)
+
+    async def _keep_alive(self, msg: Msg) -> None:
+        interval = max(self.settings.ack_wait / 3, 0.5)
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(NatsError, JetStreamError, TimeoutError):
+                await msg.in_progress()
+
+    # ------------------------------------------------------------------------------ settle
+
+    async def settle(self, msg: Msg, env: Envelope | None, error: ReconcilerError | None) -> None:
+        """The one place a message's fate is decided (see the module docstring)."""
+        context = {
+            "delivery_id": env["delivery_id"] if env else None,
+            "event_id": env["id"] if env else None,
+            "attempt": msg.metadata.num_delivered,
+        }
+        try:
+            if error is None:
+                await msg.ack()
+                self.metrics.messages.labels("ack").inc()
+                if env is not None:
+                    self._done.pop(env["id"], None)
+                return
+            delivered = msg.metadata.num_delivered
+            if isinstance(error, TemporaryError) and delivered < self.settings.max_deliver:
+                delay = max(error.delay, self.settings.nak_delay(delivered))
+                log.info("will retry in %.1fs: %s", delay, error, extra=context)
+                await msg.nak(delay=delay)
+                self.metrics.messages.labels("nak").inc()
+                return
+            reason = error.reason if isinstance(error, PermanentError) else "max_deliveries"
+            log.warning("dead-lettering (%s): %s", reason, error, extra=context)
+            try:
+                await self.dead_letter(msg.headers, msg.data, reason, str(error), msg)
+            except (NatsError, JetStreamError, TimeoutError) as e:
+                log.error("cannot store dead letter (%s); retrying the message", e, extra=context)
+                await msg.nak(delay=self.settings.nak_delay(delivered))
+                self.metrics.messages.labels("nak").inc()
+                return
+            await msg.term()
+            self.metrics.messages.labels("term").inc()
+        except (NatsError, JetStreamError, TimeoutError) as e:
+            # The connection is down: the server redelivers after ack_wait.
+            log.warning("cannot settle message: %s", e, extra=context)
+
+    async def dead_letter(
+        self,
+        headers: Mapping[str, str] | None,
+        data: bytes,
+        reason: str,
+        error: str,
+        msg: Msg | None = None,
+        stream_seq: int | None = None,
+    ) -> None:
+        """Store the original message on the dead-letter stream with the reason."""
+        seq = stream_seq if stream_seq is not None else (msg.metadata.sequence.stream if msg else 0)
+        out: dict[str, str] = {
+            k: v for k, v in (headers or {}).items() if k.lower() != "nats-msg-id"
+        }
+        out[REASON_HEADER] = reason
+        out[ERROR_HEADER] = _header_text(error)
+        out[SEQ_HEADER] = str(seq)
+        if msg is not None:
+            out[DELIVERIES_HEADER] = str(msg.metadata.num_delivered)
+        out["Nats-Msg-Id"] = f"{self.settings.stream}:{self.durable}:{seq}"
+        await self.js.publish(
+            subjects.dead_subject(STAGE, reason, self.settings.dead_subject_prefix),
+            data,
+            stream=self.settings.dead_stream,
+            headers=out,
+        )
+        self.metrics.dead_letters.labels(reason).inc()
+
+    # --------------------------------------------------------------------- advisories, lag
+
+    def advisory_subject(self) -> str:
+        return f"{MAX_DELIVERIES_ADVISORY}.{self.settings.stream}.{self.durable}"
+
+    async def on_max_deliveries(self, advisory: Msg) -> None:
+        """A message ran out of deliveries without a final settle here: dead-letter it."""
+        try:
+            doc: dict[str, Any] = json.loads(advisory.data)
+            seq = int(doc["stream_seq"])
+            stored = await self.js.get_msg(self.settings.stream, seq)
+            await self.dead_letter(
+                stored.headers,
+                stored.data or b"",
+                "max_deliveries",
+                f"no acknowledgement after {doc.get('deliveries')} deliveries",
+                stream_seq=seq,
+            )
+        except (ValueError, KeyError, NatsError, JetStreamError, TimeoutError) as e:
+            log.warning("cannot dead-letter after max deliveries: %s", e)
+
+    async def poll_lag(self) -> None:
+        """Export the consumer's pending, ack-pending and redelivered counts."""
+        while True:
+            try:
+                info = await self.js.consumer_info(self.settings.stream, self.durable)
+                self.metrics.consumer_pending.set(info.num_pending or 0)
+                self.metrics.consumer_ack_pending.set(info.num_ack_pending or 0)
+                self.metrics.consumer_redelivered.set(info.num_redelivered or 0)
+            except (NatsError, JetStreamError, TimeoutError) as e:
+                log.debug("consumer info unavailable: %s", e)
+            await asyncio.sleep(self.settings.lag_interval)

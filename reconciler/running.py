@@ -1,0 +1,266 @@
+"""Running the reconciler process: Kubernetes client, Receivers, NATS, consumer, probes, drain.
+
+:class:`Reconciler` wires the pieces once (no module-level state) so the CLI and in-process
+tests run the same thing. Start order: Kubernetes client (kubeconfig or the in-cluster
+service account), Receivers (a bad file refuses to start), metrics site, then NATS in the
+background (reconnecting forever) and the consumer loop. SIGTERM stops fetching, lets the
+messages in flight finish for ``drain_timeout`` (naks the rest so another replica takes them
+at once) and closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import nats
+from aiohttp import web
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import config as k8s_config
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
+
+from reconciler.app import Probes, create_metrics_app
+from reconciler.coalescing import Coalescer
+from reconciler.consuming import Consumer
+from reconciler.metrics import ReconcilerMetrics
+from reconciler.patching import OnPatched, Patcher
+from reconciler.receivers import FileReceivers, KubeReceivers, ReceiverBook
+from reconciler.settings import ReconcilerSettings
+from reconciler.targeting import IndexFactory, SourceMatcher, Targeter
+from reconciler.throttling import ApiGate
+from schemas.receivers import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+async def kube_client(settings: ReconcilerSettings) -> k8s.ApiClient:
+    """An ApiClient from ``--kubeconfig``, else the pod's service account."""
+    configuration = k8s.Configuration()
+    if settings.kubeconfig is not None:
+        await k8s_config.load_kube_config(
+            config_file=str(settings.kubeconfig), client_configuration=configuration
+        )
+    else:
+        try:
+            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except k8s_config.ConfigException as e:
+            raise ConfigError(f"no --kubeconfig and not running in a pod: {e}") from e
+    return k8s.ApiClient(configuration=configuration)
+
+
+def default_index_factory(api: k8s.ApiClient, settings: ReconcilerSettings) -> IndexFactory:
+    """Build the source index (``reconciler.indexing``) on first use of automatic targeting."""
+
+    def factory() -> SourceMatcher:
+        from reconciler.indexing import SourceIndex
+
+        return SourceIndex(api, namespace=settings.namespace, shard=settings.shard)
+
+    return factory
+
+
+class Reconciler:
+    """One reconciler process (or one in-process instance in a test)."""
+
+    def __init__(
+        self,
+        settings: ReconcilerSettings,
+        *,
+        on_patched: OnPatched | None = None,
+        index_factory: IndexFactory | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = ReconcilerMetrics()
+        self.book = ReceiverBook()
+        self.on_patched = on_patched
+        self._index_factory = index_factory
+        self.api: k8s.ApiClient | None = None
+        self.nc: Client | None = None
+        self.consumer: Consumer | None = None
+        self.targeter: Targeter | None = None
+        self.coalescer: Coalescer | None = None
+        self.metrics_port: int | None = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._runner: web.AppRunner | None = None
+        self._advisories: Subscription | None = None
+
+    # ------------------------------------------------------------------------------ probes
+
+    def checks(self) -> dict[str, bool]:
+        connected = self.nc is not None and self.nc.is_connected
+        self.metrics.nats_connected.set(1 if connected else 0)
+        self.metrics.receivers.set(len(self.book))
+        return {
+            "nats": connected,
+            "consumer": self.consumer is not None and self.consumer.ready.is_set(),
+            "receivers": self.book.loaded.is_set(),
+        }
+
+    @property
+    def ready(self) -> bool:
+        return all(self.checks().values())
+
+    # ----------------------------------------------------------------------------- running
+
+    async def start(self) -> None:
+        """Start everything; raise ConfigError when the configuration cannot work."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        s = self.settings
+        if s.config is None and not s.kubernetes:
+            raise ConfigError("either --config FILE or --kubernetes is required")
+        self.api = await kube_client(s)
+        gate = ApiGate(s.patch, self.metrics)
+        if s.kubernetes:
+            source = KubeReceivers(
+                self.api,
+                self.book,
+                namespace=s.namespace,
+                label_selector=s.label_selector,
+                watch_timeout=s.watch_timeout,
+            )
+            self._spawn(source.run(), "receivers")
+        else:
+            assert s.config is not None
+            files = FileReceivers(s.config, s.reload_interval, self.book)
+            await files.load()
+            self._spawn(files.run(), "receivers")
+        patcher = Patcher(self.api, gate, self.metrics, self.on_patched)
+        self.coalescer = Coalescer(patcher.patch, s.coalesce_window, self.metrics)
+        self.targeter = Targeter(
+            self.api,
+            gate,
+            self.book,
+            self.metrics,
+            shard=s.shard,
+            allow_cross_namespace=s.allow_cross_namespace,
+            cache_ttl=s.patch.object_cache_ttl,
+            index_factory=self._index_factory or default_index_factory(self.api, s),
+        )
+        self._runner = web.AppRunner(
+            create_metrics_app(Probes(self.metrics, self.checks)), access_log=None
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, s.metrics_host, s.metrics_port)
+        await site.start()
+        self.metrics_port = int(self._runner.addresses[0][1])
+        self._spawn(self._consume(), "consume")
+        log.info(
+            "reconciler started (durable %s, shard %s, metrics :%d)",
+            s.durable,
+            s.shard or "-",
+            self.metrics_port,
+        )
+
+    def _spawn(self, coro: object, name: str) -> None:
+        self._tasks.append(asyncio.create_task(coro, name=name))  # type: ignore[arg-type]
+
+    async def _connect(self) -> Client:
+        delay = 0.2
+        servers = [u.strip() for u in self.settings.nats_url.split(",") if u.strip()]
+        while True:
+            try:
+                return await nats.connect(
+                    servers=servers,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    connect_timeout=2,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                    error_cb=self._on_error,
+                )
+            except (NatsError, OSError, TimeoutError) as e:
+                log.warning("cannot connect to NATS yet: %s", e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _consume(self) -> None:
+        assert self.targeter is not None and self.coalescer is not None
+        self.nc = await self._connect()
+        consumer = Consumer(
+            self.nc.jetstream(timeout=5.0),
+            self.settings.consumer,
+            self.settings.durable,
+            self.targeter,
+            self.coalescer,
+            self.metrics,
+        )
+        self.consumer = consumer
+
+        async def advisory(msg: Msg) -> None:
+            await consumer.on_max_deliveries(msg)
+
+        self._advisories = await self.nc.subscribe(consumer.advisory_subject(), cb=advisory)
+        lag = asyncio.create_task(consumer.poll_lag(), name="consumer-lag")
+        try:
+            await consumer.run(self._stop)
+        finally:
+            lag.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lag
+
+    async def _on_disconnected(self) -> None:
+        log.warning("disconnected from NATS")
+
+    async def _on_reconnected(self) -> None:
+        log.info("reconnected to NATS")
+
+    async def _on_error(self, e: Exception) -> None:
+        log.warning("NATS: %s", e)
+
+    async def stop(self) -> None:
+        """Stop fetching, drain messages in flight, close every connection."""
+        self._stop.set()
+        consume = next((t for t in self._tasks if t.get_name() == "consume"), None)
+        if consume is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.shield(consume), self.settings.consumer.fetch_timeout + 5
+                )
+        if self.consumer is not None:
+            await self.consumer.drain(self.settings.drain_timeout)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.coalescer is not None:
+            await self.coalescer.close()
+        if self.targeter is not None:
+            await self.targeter.close()
+        if self.nc is not None and not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except (NatsError, TimeoutError):
+                await self.nc.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.api is not None:
+            await self.api.close()
+        log.info("reconciler stopped")
+
+
+async def serve(settings: ReconcilerSettings, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop``)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    reconciler = Reconciler(settings)
+    await reconciler.start()
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping: draining messages in flight")
+        await reconciler.stop()

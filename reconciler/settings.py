@@ -1,0 +1,128 @@
+"""Reconciler settings: one frozen tree, built once from flags and ``FLUXRELAY_*`` variables.
+
+Every field documents itself; ``reconciler.cli`` renders the same table as ``--help``. The
+stream names default to the ones the receiver creates (``schemas.subjects``): the reconciler
+never creates or changes streams, only its own durable consumer on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from schemas import subjects
+
+DURABLE_BASE = "fluxrelay-reconciler"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConsumerSettings:
+    """The durable pull consumer on the events stream and how deliveries are retried."""
+
+    stream: str = subjects.EVENTS_STREAM
+    """Stream of stored deliveries (created by the receiver)."""
+    subject_prefix: str = subjects.EVENTS_PREFIX
+    """The consumer filters ``<prefix>.>``."""
+    dead_stream: str = subjects.DEAD_STREAM
+    """Stream of dead letters (created by the receiver)."""
+    dead_subject_prefix: str = subjects.DEAD_PREFIX
+    """Dead letters go to ``<prefix>.reconciler.<reason>``."""
+    durable: str | None = None
+    """Durable name; ``fluxrelay-reconciler`` or ``fluxrelay-reconciler-<shard>`` when unset.
+    Replicas of one shard share it (work sharing), shards have their own."""
+    ack_wait: float = 30.0
+    """Seconds the server waits for an ack before redelivering (a crashed replica's messages
+    go to another replica after this). Long work is kept alive with ``in_progress``."""
+    max_deliver: int = 10
+    """Deliveries of one message before it goes to the dead-letter stream."""
+    backoff: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+    """``nak`` delay by delivery count (the last value repeats) when a temporary error gives no
+    delay of its own; a ``Retry-After`` from the API server wins when longer."""
+    fetch_batch: int = 128
+    """Messages asked for per pull request."""
+    fetch_timeout: float = 1.0
+    """Seconds one pull request waits for messages."""
+    max_in_flight: int = 1024
+    """Messages being worked on at once by this replica (also the consumer's max_ack_pending)."""
+    max_ack_pending: int = 4096
+    """Unacknowledged messages the server allows across all replicas of the durable."""
+    lag_interval: float = 5.0
+    """Seconds between consumer-info polls for the lag and redelivery metrics."""
+
+    def durable_name(self, shard: str | None) -> str:
+        if self.durable:
+            return self.durable
+        return f"{DURABLE_BASE}-{subjects.token(shard)}" if shard else DURABLE_BASE
+
+    def nak_delay(self, num_delivered: int) -> float:
+        """The configured delay after the ``num_delivered``-th delivery failed."""
+        if not self.backoff:
+            return 1.0
+        return self.backoff[min(max(num_delivered, 1), len(self.backoff)) - 1]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PatchSettings:
+    """Kubernetes API discipline for every request the reconciler makes."""
+
+    qps: float = 50.0
+    """Client-side requests per second (Flux's controllers default to 50)."""
+    burst: int = 100
+    """Requests allowed at once above the steady rate (Flux's default 100)."""
+    max_concurrency: int = 32
+    """Requests in flight at most; the AIMD limiter starts here."""
+    min_concurrency: int = 1
+    """The limiter never shrinks below this on 429s."""
+    attempts: int = 4
+    """Tries of one request on 409/429/5xx/connection errors before the message is nak'ed."""
+    retry_base: float = 0.2
+    """Seconds of the first jittered backoff between tries (doubling, capped by retry_max)."""
+    retry_max: float = 5.0
+    """Longest backoff between tries of one request."""
+    request_timeout: float = 10.0
+    """Seconds one API request may take."""
+    object_cache_ttl: float = 1.0
+    """Seconds a fetched target object is reused by concurrent deliveries (one GET per burst)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReconcilerSettings:
+    """Everything ``fluxrelay-reconciler`` needs to run."""
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    """NATS server URL(s), comma-separated for a cluster."""
+    kubeconfig: Path | None = None
+    """Kubeconfig file; the in-cluster service account when absent."""
+    config: Path | None = None
+    """YAML file of Flux Receiver manifests (Secrets in it are ignored); re-read on change."""
+    kubernetes: bool = False
+    """Read Receivers from the Kubernetes API (list+watch; never Secrets)."""
+    namespace: str | None = None
+    """Only Receivers in this namespace (--kubernetes); all namespaces when absent."""
+    label_selector: str | None = None
+    """Only Receivers matching this label selector (--kubernetes)."""
+    shard: str | None = None
+    """Act only on objects labelled ``sharding.fluxcd.io/key=<shard>``; without it, only on
+    objects that have no such label (Flux's sharding)."""
+    allow_cross_namespace: bool = True
+    """Let a Receiver target objects in other namespaces (Flux's default; Flux's
+    ``--no-cross-namespace-refs`` is ``--no-cross-namespace-refs`` here too)."""
+    coalesce_window: float = 0.2
+    """Seconds events for one object are gathered into one patch."""
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9090
+    reload_interval: float = 2.0
+    """Seconds between checks of the config file for changes."""
+    watch_timeout: int = 300
+    """Seconds one Receiver watch request lasts before it is renewed."""
+    drain_timeout: float = 20.0
+    """Seconds SIGTERM waits for messages in flight before closing (the rest are redelivered)."""
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
+    consumer: ConsumerSettings = field(default_factory=ConsumerSettings)
+    patch: PatchSettings = field(default_factory=PatchSettings)
+
+    @property
+    def durable(self) -> str:
+        return self.consumer.durable_name(self.shard)

@@ -1,0 +1,301 @@
+"""Targeting: from one envelope to exactly the Flux objects its Receiver names.
+
+Explicit targeting follows Flux's Receiver semantics: each ``spec.resources[]`` entry has a
+kind, an optional apiVersion (Flux's default per kind from ``kinds.KINDS``), a name or ``*``
+with ``matchLabels`` (required with ``*``, as Flux requires), and a namespace defaulting to the
+Receiver's (cross-namespace references can be forbidden, like Flux's
+``--no-cross-namespace-refs``). Candidates pass ``spec.resourceFilter`` and the entry's own
+``filter`` (CEL, see ``filtering``). Sharding is applied to every candidate: with a shard key
+only objects labelled ``sharding.fluxcd.io/key=<key>``, without one only unlabelled objects.
+
+Lookups are cheap under bursts: a wildcard is one list call with a label selector (the
+shard requirement included, so the server filters), and concurrent deliveries for the same
+object or selector share one request whose answer is reused for a short TTL.
+
+A Receiver annotated ``fluxrelay.io/targeting: auto`` also gets the Flux sources that follow
+the pushed repository and ref, from the source index (``reconciler.indexing``), built on
+first use.
+
+A problem with one resource entry (not found, forbidden reference, bad filter) does not stop
+the others: the good targets are patched and the problems are reported together, so the
+message is dead-lettered with the reason after its good targets were handled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kubernetes_asyncio import client as k8s
+
+from reconciler.errors import PermanentError, TemporaryError
+from reconciler.filtering import Filters, resource_view
+from reconciler.kinds import KINDS, SHARD_LABEL, ObjectRef
+from reconciler.metrics import ReconcilerMetrics
+from reconciler.receivers import ReceiverBook
+from reconciler.throttling import ApiGate
+from schemas.envelope import Envelope
+from schemas.receivers import ReceiverDef
+
+log = logging.getLogger(__name__)
+
+TARGETING_ANNOTATION = "fluxrelay.io/targeting"
+"""Set to ``auto`` on a Receiver to add the sources found by the source index."""
+AUTO = "auto"
+CACHE_LIMIT = 10_000
+
+
+class SourceMatcher(Protocol):
+    """What targeting needs of ``reconciler.indexing.SourceIndex``."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def match(self, envelope: Mapping[str, Any]) -> list[ObjectRef]: ...
+
+
+@dataclass
+class Targets:
+    """Objects to patch for one envelope, and the resource entries that failed for good."""
+
+    refs: list[ObjectRef] = field(default_factory=list)
+    failures: list[PermanentError] = field(default_factory=list)
+
+
+@dataclass
+class _Entry:
+    task: asyncio.Task[Any]
+    expires: float = float("inf")
+
+
+class SharedLookups:
+    """Single-flight, short-TTL cache of API reads keyed by what was asked."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._entries: dict[str, _Entry] = {}
+
+    async def get(self, key: str, fetch: Callable[[], Awaitable[Any]]) -> Any:
+        now = time.monotonic()
+        entry = self._entries.get(key)
+        if entry is None or entry.expires <= now:
+            if len(self._entries) >= CACHE_LIMIT:
+                self._prune(now)
+            entry = _Entry(asyncio.ensure_future(fetch()))
+            self._entries[key] = entry
+            entry.task.add_done_callback(functools.partial(self._done, key, entry))
+        return await asyncio.shield(entry.task)
+
+    def _done(self, key: str, entry: _Entry, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            if self._entries.get(key) is entry:
+                del self._entries[key]
+        else:
+            entry.expires = time.monotonic() + self.ttl
+
+    def _prune(self, now: float) -> None:
+        for key in [k for k, e in self._entries.items() if e.expires <= now]:
+            del self._entries[key]
+
+    async def close(self) -> None:
+        tasks = [entry.task for entry in self._entries.values()]
+        self._entries.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+IndexFactory = Callable[[], SourceMatcher]
+
+
+class Targeter:
+    """Resolves an envelope's Receiver into the object references to patch."""
+
+    def __init__(
+        self,
+        api: k8s.ApiClient,
+        gate: ApiGate,
+        book: ReceiverBook,
+        metrics: ReconcilerMetrics,
+        *,
+        shard: str | None,
+        allow_cross_namespace: bool,
+        cache_ttl: float,
+        index_factory: IndexFactory | None = None,
+    ) -> None:
+        self._custom = k8s.CustomObjectsApi(api)
+        self._gate = gate
+        self.book = book
+        self._metrics = metrics
+        self.shard = shard
+        self.allow_cross_namespace = allow_cross_namespace
+        self.filters = Filters()
+        self._lookups = SharedLookups(cache_ttl)
+        self._index_factory = index_factory
+        self.index: SourceMatcher | None = None
+        self._index_starting: asyncio.Task[None] | None = None
+
+    async def targets(self, envelope: Envelope) -> Targets:
+        """The objects ``envelope`` concerns; TemporaryError when that cannot be known yet."""
+        receiver = self.book.get(envelope["receiver"]["namespace"], envelope["receiver"]["name"])
+        if receiver is None:
+            raise TemporaryError(
+                f"receiver {envelope['receiver']['namespace']}/{envelope['receiver']['name']} "
+                "is not known (yet)",
+                reason="unknown_receiver",
+                delay=5.0,
+            )
+        result = Targets()
+        for index, resource in enumerate(receiver.resources):
+            try:
+                refs = await self._explicit(receiver, resource, envelope)
+            except PermanentError as e:
+                log.warning(
+                    "resources[%d] of %s: %s",
+                    index,
+                    receiver.key,
+                    e,
+                    extra={"delivery_id": envelope["delivery_id"], "receiver": receiver.key},
+                )
+                result.failures.append(e)
+                continue
+            result.refs.extend(refs)
+            self._metrics.targets.labels("explicit").inc(len(refs))
+        if receiver.annotations.get(TARGETING_ANNOTATION) == AUTO:
+            found = await self._auto(envelope)
+            result.refs.extend(found)
+            self._metrics.targets.labels("auto").inc(len(found))
+        result.refs = sorted(set(result.refs))
+        return result
+
+    # ------------------------------------------------------------------------------ explicit
+
+    def _in_shard(self, obj: Mapping[str, Any]) -> bool:
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        if self.shard is None:
+            return SHARD_LABEL not in labels
+        return bool(labels.get(SHARD_LABEL) == self.shard)
+
+    def _shard_requirement(self) -> str:
+        return f"{SHARD_LABEL}={self.shard}" if self.shard is not None else f"!{SHARD_LABEL}"
+
+    async def _explicit(
+        self, receiver: ReceiverDef, resource: Mapping[str, Any], envelope: Envelope
+    ) -> list[ObjectRef]:
+        kind = str(resource.get("kind", ""))
+        if kind not in KINDS:
+            raise PermanentError(f"kind {kind!r} is not a Flux kind", reason="unknown_kind")
+        namespace = str(resource.get("namespace") or receiver.namespace)
+        if namespace != receiver.namespace and not self.allow_cross_namespace:
+            raise PermanentError(
+                f"{kind} in namespace {namespace}: cross-namespace references are not allowed",
+                reason="cross_namespace",
+            )
+        api_version = resource.get("apiVersion")
+        name = str(resource.get("name", ""))
+        probe = ObjectRef.of(kind, namespace, name, str(api_version) if api_version else None)
+        if name == "*":
+            match_labels = resource.get("matchLabels")
+            if not isinstance(match_labels, Mapping) or not match_labels:
+                raise PermanentError(
+                    f"{kind} '*': matchLabels is required with the wildcard name",
+                    reason="wildcard_without_labels",
+                )
+            candidates = await self._list(probe, match_labels)
+        else:
+            obj = await self._get(probe)
+            candidates = [obj] if self._in_shard(obj) else []
+        refs: list[ObjectRef] = []
+        claims = envelope.get("claims") or {}
+        for obj in candidates:
+            meta = obj.get("metadata") or {}
+            view = resource_view(obj)
+            expressions = [receiver.resource_filter, resource.get("filter")]
+            if all(
+                self.filters.matches(str(expr), view, envelope["payload"], claims)
+                for expr in expressions
+                if expr
+            ):
+                refs.append(
+                    ObjectRef(
+                        kind,
+                        str(meta.get("namespace", namespace)),
+                        str(meta["name"]),
+                        probe.group,
+                        probe.version,
+                        probe.plural,
+                    )
+                )
+        return refs
+
+    async def _get(self, ref: ObjectRef) -> dict[str, Any]:
+        async def fetch() -> dict[str, Any]:
+            async def request() -> dict[str, Any]:
+                obj: dict[str, Any] = await self._custom.get_namespaced_custom_object(
+                    ref.group, ref.version, ref.namespace, ref.plural, ref.name
+                )
+                return obj
+
+            return await self._gate.call("get", ref.key, request)
+
+        key = f"get/{ref.group}/{ref.version}/{ref.key}"
+        found: dict[str, Any] = await self._lookups.get(key, fetch)
+        return found
+
+    async def _list(
+        self, probe: ObjectRef, match_labels: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        selector = ",".join(
+            [f"{k}={v}" for k, v in sorted(match_labels.items())] + [self._shard_requirement()]
+        )
+        what = f"{probe.kind}/{probe.namespace}?{selector}"
+
+        async def fetch() -> list[dict[str, Any]]:
+            async def request() -> list[dict[str, Any]]:
+                listing = await self._custom.list_namespaced_custom_object(
+                    probe.group,
+                    probe.version,
+                    probe.namespace,
+                    probe.plural,
+                    label_selector=selector,
+                )
+                items: list[dict[str, Any]] = listing.get("items", [])
+                return items
+
+            return await self._gate.call("list", what, request)
+
+        items: list[dict[str, Any]] = await self._lookups.get(
+            f"list/{probe.group}/{probe.version}/{what}", fetch
+        )
+        # The server already filtered; checking again guards against a selector typo here.
+        return [obj for obj in items if self._in_shard(obj)]
+
+    # ---------------------------------------------------------------------------------- auto
+
+    async def _auto(self, envelope: Envelope) -> list[ObjectRef]:
+        if self.index is None:
+            if self._index_factory is None:
+                raise PermanentError(
+                    "automatic targeting is not available in this process", reason="no_index"
+                )
+            self.index = self._index_factory()
+            self._index_starting = asyncio.create_task(self.index.start(), name="source-index")
+        if not self.index.ready:
+            raise TemporaryError("source index is not ready yet", reason="index_warming", delay=2.0)
+        return list(self.index.match(envelope))
+
+    async def close(self) -> None:
+        await self._lookups.close()
+        if self._index_starting is not None and not self._index_starting.done():
+            self._index_starting.cancel()
+        if self.index is not None:
+            await self.index.stop()

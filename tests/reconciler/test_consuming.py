@@ -1,0 +1,199 @@
+"""The reconciler end to end on real servers: envelopes on a real JetStream stream in, merge
+patches on a real kube-apiserver out.
+
+Covers: a named target is patched with requestedAt + the delivery annotation and the message
+is acked; invalid envelopes and missing objects are dead-lettered with their reason (nothing
+patched); a message that keeps failing is dead-lettered after max deliveries; 100 deliveries
+for one object in a burst become one PATCH whose hook sees all 100 envelope ids; two shards
+(and the unsharded reconciler) each patch only their own objects; consumer metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from reconciler.kinds import DELIVERY_ANNOTATION, REQUESTED_AT, SHARD_LABEL, ObjectRef
+from reconciler.running import Reconciler
+from schemas.envelope import Envelope
+from tests.reconciler.conftest import (
+    Bus,
+    Fleet,
+    annotations_of,
+    flux_object,
+    make_envelope,
+    receiver_manifest,
+    requested_at,
+    wait_for,
+)
+from tests.support.faultproxy import FaultProxy
+from tests.support.kubeapi import KubeAPI
+
+
+class Recorder:
+    """An ``on_patched`` hook that records what it is told."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[ObjectRef, str, list[str]]] = []
+
+    async def __call__(
+        self, ref: ObjectRef, requested_at: str, envelopes: Sequence[Envelope]
+    ) -> None:
+        self.calls.append((ref, requested_at, [e["id"] for e in envelopes]))
+
+
+async def acked_all(reconciler: Reconciler) -> bool:
+    assert reconciler.consumer is not None
+    info = await reconciler.consumer.js.consumer_info(
+        reconciler.consumer.settings.stream, reconciler.consumer.durable
+    )
+    return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+
+async def test_a_named_target_is_patched_and_the_message_acked(
+    kube: KubeAPI, kube_namespace: str, fleet: Fleet, bus: Bus
+) -> None:
+    kube.apply(flux_object("Kustomization", "apps"), namespace=kube_namespace)
+    kube.apply(flux_object("Kustomization", "other"), namespace=kube_namespace)
+    receivers = fleet.write_receivers(
+        [receiver_manifest("hook", kube_namespace, [{"kind": "Kustomization", "name": "apps"}])]
+    )
+    hook = Recorder()
+    reconciler = await fleet.start(fleet.settings(receivers), on_patched=hook)
+    doc = make_envelope(kube_namespace, "hook")
+    await bus.publish(doc)
+    await wait_for(lambda: len(hook.calls) == 1, "one patch")
+    await wait_for(lambda: acked_all(reconciler), "message acked")
+    annotations = annotations_of(kube, kube_namespace, "Kustomization", "apps")
+    ref, at, ids = hook.calls[0]
+    assert ref.key == f"Kustomization/{kube_namespace}/apps"
+    assert annotations[REQUESTED_AT] == at
+    assert annotations[DELIVERY_ANNOTATION] == doc["id"]
+    assert ids == [doc["id"]]
+    assert requested_at(kube, kube_namespace, "Kustomization", "other") is None
+    assert await bus.dead() == []
+
+
+async def test_invalid_messages_are_dead_lettered_with_their_reason(
+    kube: KubeAPI, kube_namespace: str, fleet: Fleet, bus: Bus
+) -> None:
+    kube.apply(flux_object("Kustomization", "apps"), namespace=kube_namespace)
+    receivers = fleet.write_receivers(
+        [
+            receiver_manifest(
+                "hook",
+                kube_namespace,
+                [
+                    {"kind": "Kustomization", "name": "apps"},
+                    {"kind": "Kustomization", "name": "gone"},
+                ],
+            )
+        ]
+    )
+    reconciler = await fleet.start(fleet.settings(receivers))
+    good = make_envelope(kube_namespace, "hook")
+    broken = dict(good, id="broken", specversion="2")
+    await bus.publish(broken)  # schema violation
+    await bus.publish(make_envelope(kube_namespace, "hook"), raw=b"not json")  # body not JSON
+    await bus.publish(good, headers={"Content-Type": "application/json"})  # not a CloudEvent
+    await bus.publish(good)  # valid, but one of its two named targets does not exist
+
+    async def four_dead() -> bool:
+        return len(await bus.dead()) == 4
+
+    await wait_for(four_dead, "four dead letters")
+    await wait_for(lambda: acked_all(reconciler), "all settled")
+    dead = await bus.dead()
+    reasons = sorted(headers["Fluxrelay-Dead-Reason"] for _, headers, _ in dead)
+    assert reasons == ["invalid_envelope", "invalid_envelope", "invalid_event", "not_found"]
+    assert all(
+        subject.startswith(bus.stream.dead_subject_prefix + ".reconciler.")
+        for subject, _, _ in dead
+    )
+    (not_found,) = [d for d in dead if d[1]["Fluxrelay-Dead-Reason"] == "not_found"]
+    assert json.loads(not_found[2])["id"] == good["id"]  # the original body is kept
+    assert "gone" in not_found[1]["Fluxrelay-Dead-Error"]
+    # The target that exists was still patched before the message was dead-lettered.
+    assert (
+        annotations_of(kube, kube_namespace, "Kustomization", "apps")[DELIVERY_ANNOTATION]
+        == good["id"]
+    )
+    assert reconciler.metrics.dead_letters.labels("not_found")._value.get() == 1
+
+
+async def test_a_message_that_keeps_failing_is_dead_lettered_after_max_deliveries(
+    kube: KubeAPI, kube_namespace: str, fleet: Fleet, bus: Bus
+) -> None:
+    receivers = fleet.write_receivers(
+        [receiver_manifest("hook", kube_namespace, [{"kind": "Kustomization", "name": "apps"}])]
+    )
+    reconciler = await fleet.start(fleet.settings(receivers, consumer={"max_deliver": 3}))
+    # A Receiver the reconciler does not know is a temporary failure (its config may lag).
+    await bus.publish(make_envelope(kube_namespace, "unknown-receiver"))
+
+    async def dead() -> bool:
+        return len(await bus.dead()) == 1
+
+    await wait_for(dead, "dead letter after max deliveries")
+    ((_, headers, _),) = await bus.dead()
+    assert headers["Fluxrelay-Dead-Reason"] == "max_deliveries"
+    assert headers["Fluxrelay-Deliveries"] == "3"
+    assert "not known" in headers["Fluxrelay-Dead-Error"]
+    await wait_for(lambda: acked_all(reconciler), "terminated")
+    assert reconciler.metrics.messages.labels("nak")._value.get() == 2
+    assert reconciler.metrics.redeliveries._value.get() == 2
+
+
+async def test_a_burst_of_100_deliveries_for_one_object_is_one_patch(
+    kube: KubeAPI, kube_namespace: str, fleet: Fleet, bus: Bus, kube_proxy: FaultProxy
+) -> None:
+    kube.apply(flux_object("GitRepository", "repo"), namespace=kube_namespace)
+    receivers = fleet.write_receivers(
+        [receiver_manifest("hook", kube_namespace, [{"kind": "GitRepository", "name": "repo"}])]
+    )
+    docs = [make_envelope(kube_namespace, "hook") for _ in range(100)]
+    for doc in docs:
+        await bus.publish(doc)
+    hook = Recorder()
+    # A generous window so that the whole burst falls in it even on a loaded machine.
+    settings = fleet.settings(receivers, server=kube_proxy.url, coalesce_window=2.0)
+    reconciler = await fleet.start(settings, on_patched=hook)
+    await wait_for(lambda: acked_all(reconciler), "100 messages acked")
+    assert kube_proxy.count("PATCH", "/gitrepositories/repo$") == 1
+    assert kube_proxy.count("GET", "/gitrepositories/repo$") == 1  # one shared lookup
+    ((_, _, ids),) = hook.calls
+    assert sorted(ids) == sorted(d["id"] for d in docs)
+    assert reconciler.metrics.coalesced._value.get() == 99
+    assert reconciler.metrics.messages.labels("ack")._value.get() == 100
+
+
+async def test_two_shards_each_patch_only_their_own_objects(
+    kube: KubeAPI, kube_namespace: str, fleet: Fleet, bus: Bus
+) -> None:
+    for name, shard in (("a1", "a"), ("a2", "a"), ("b1", "b"), ("plain", None)):
+        labels = {"team": "x", **({SHARD_LABEL: shard} if shard else {})}
+        kube.apply(flux_object("Kustomization", name, labels), namespace=kube_namespace)
+    resources: list[dict[str, Any]] = [
+        {"kind": "Kustomization", "name": "*", "matchLabels": {"team": "x"}},
+        {"kind": "Kustomization", "name": "b1"},
+    ]
+    receivers = fleet.write_receivers([receiver_manifest("hook", kube_namespace, resources)])
+    hooks = {shard: Recorder() for shard in ("a", "b", "")}
+    started = {
+        shard: await fleet.start(fleet.settings(receivers, shard=shard or None), on_patched=hook)
+        for shard, hook in hooks.items()
+    }
+    assert {r.consumer.durable for r in started.values() if r.consumer} == {
+        "fluxrelay-reconciler-a",
+        "fluxrelay-reconciler-b",
+        "fluxrelay-reconciler",
+    }
+    await bus.publish(make_envelope(kube_namespace, "hook"))
+    for reconciler in started.values():
+        await wait_for(lambda r=reconciler: acked_all(r), "every shard settled")  # type: ignore[misc]
+    patched = {shard: sorted(ref.name for ref, _, _ in hook.calls) for shard, hook in hooks.items()}
+    assert patched == {"a": ["a1", "a2"], "b": ["b1"], "": ["plain"]}
+    for name in ("a1", "a2", "b1", "plain"):
+        assert requested_at(kube, kube_namespace, "Kustomization", name) is not None
+    assert await bus.dead() == []
