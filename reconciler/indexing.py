@@ -177,22 +177,22 @@ class SourceTable:
         """Every object of ``kind`` the table holds, filed or not (for relisting)."""
         return [k for k in self._seen if k[0] == kind]
 
-    def upsert(self, obj: Mapping[str, Any]) -> None:
-        """Add or replace one object as the API server returned it (a dict)."""
+    def upsert(self, obj: Mapping[str, Any]) -> ObjKey | None:
+        """Add or replace one object as the API server returned it; its key (None: ignored)."""
         key = _obj_key(obj)
         if key is None:
-            return
+            return None
         kind, namespace, name = key
         self._seen[key] = None
         spec = obj.get("spec")
         spec = spec if isinstance(spec, Mapping) else {}
         if kind == "HelmRepository":
             self._upsert_helm_repository(namespace, name, spec)
-            return
-        if kind == "HelmChart":
+        elif kind == "HelmChart":
             self._upsert_chart(key, obj, spec)
-            return
-        self._file(key, _entry(obj, kind, spec))
+        else:
+            self._file(key, _entry(obj, kind, spec))
+        return key
 
     def remove(self, obj: Mapping[str, Any]) -> None:
         """Forget one object (its kind, namespace and name are enough)."""
@@ -216,12 +216,15 @@ class SourceTable:
         """Make the table's ``kind`` objects exactly ``objects`` (after a full list)."""
         listed: set[ObjKey] = set()
         for obj in objects:
-            self.upsert(obj)
-            key = _obj_key(obj)
+            key = self.upsert(obj)
             if key is not None:
                 listed.add(key)
+        self.prune_kind(kind, listed)
+
+    def prune_kind(self, kind: str, keep: set[ObjKey]) -> None:
+        """Forget every ``kind`` object not in ``keep`` (those a relist no longer shows)."""
         for stale in self.keys_of_kind(kind):
-            if stale not in listed:
+            if stale not in keep:
                 self.remove_key(stale)
 
     def match(self, envelope: Mapping[str, Any]) -> list[ObjectRef]:
@@ -562,8 +565,12 @@ class SourceIndex:
         )
 
     async def _list(self, kind: str) -> str:
-        """List every object of ``kind`` page by page; returns the list's resourceVersion."""
-        items: list[Mapping[str, Any]] = []
+        """List every object of ``kind`` page by page; returns the list's resourceVersion.
+
+        Each page is filed as it arrives (only its keys are kept), so a large list never holds
+        more than one page of objects; what the list no longer shows is pruned at the end.
+        """
+        listed: set[ObjKey] = set()
         token: str | None = None
         known = KINDS[kind]
         while True:
@@ -574,19 +581,21 @@ class SourceIndex:
                 page = await self._call(kind, **extra)
             except ApiException as e:
                 if e.status == 410 and token:  # continue token expired: start over
-                    items, token = [], None
+                    listed, token = set(), None
                     continue
                 raise
             for item in page.get("items") or ():
-                # List items carry no kind/apiVersion; the watch events do.
+                # Items of a list may lack kind/apiVersion; watch events always carry them.
                 item.setdefault("kind", kind)
                 item.setdefault("apiVersion", known.api_version)
-                items.append(item)
+                key = self.table.upsert(item)
+                if key is not None:
+                    listed.add(key)
             meta = page.get("metadata") or {}
             token = meta.get("continue") or None
             if token is None:
-                self.table.sync_kind(kind, items)
-                logger.debug("listed %d %s objects", len(items), kind)
+                self.table.prune_kind(kind, listed)
+                logger.debug("listed %d %s objects", len(listed), kind)
                 return str(meta.get("resourceVersion") or "")
 
     async def _watch(self, kind: str, version: str) -> str:
