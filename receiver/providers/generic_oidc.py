@@ -104,7 +104,7 @@ class GenericOIDC:
         self._sources: dict[tuple[str, str | None], jwks.KeySource] = {}
         self._lock = threading.Lock()
 
-    def _source(self, issuer: str, jwks_url: str | None) -> jwks.KeySource:
+    def source(self, issuer: str, jwks_url: str | None) -> jwks.KeySource:
         """One cached key source per (issuer, JWKS URL), shared by Receivers and reloads."""
         with self._lock:
             source = self._sources.get((issuer, jwks_url))
@@ -116,7 +116,7 @@ class GenericOIDC:
         common.require_secret(spec, "token")
         _text(spec, "audience")
         for issuer, url in issuers_of(spec).items():
-            self._source(issuer, url).prime()
+            self.source(issuer, url).prime()
 
     def claims(self, spec: ReceiverSpec, request: Request) -> dict[str, object]:
         """The verified claims of the request's token; SignatureInvalid otherwise."""
@@ -131,7 +131,7 @@ class GenericOIDC:
             raise SignatureInvalid("ID token: issuer is not one this Receiver accepts")
         return jwks.verify_token(
             token,
-            self._source(claimed, issuers[claimed]),
+            self.source(claimed, issuers[claimed]),
             audience=_text(spec, "audience"),
             issuer=claimed,
             what="ID token",
