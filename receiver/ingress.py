@@ -9,6 +9,7 @@ a short JSON answer by :func:`errors_middleware`, the one place statuses are ren
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -27,7 +28,8 @@ from receiver.errors import (
     Suspended,
 )
 from receiver.providers import PROVIDERS
-from receiver.providers.base import Request
+from receiver.providers.base import Parsed, Request
+from receiver.receivers import ReceiverSpec
 from receiver.state import STATE, IngressState
 
 log = logging.getLogger(__name__)
@@ -112,8 +114,7 @@ async def _handle(request: web.Request, state: IngressState) -> web.StreamRespon
         if parsed.ping:
             outcome = "ping"
             return reply(200, status="ok", reason="ping acknowledged, nothing stored")
-        if not any(spec.allows(name) for name in (parsed.event, *parsed.aliases)):
-            raise EventNotAllowed(f"event {parsed.event!r} is not in spec.events")
+        parsed = allowed_items(spec, parsed)
         if not parsed.items:
             outcome = "ignored"
             return reply(200, status="ignored", reason="nothing to store in this delivery")
@@ -163,6 +164,19 @@ async def _handle(request: web.Request, state: IngressState) -> web.StreamRespon
         raise
     finally:
         state.metrics.deliveries.labels(spec.key, spec.type, event, outcome).inc()
+
+
+def allowed_items(spec: ReceiverSpec, parsed: Parsed) -> Parsed:
+    """Apply ``spec.events``. A delivery of one event is refused with 400 when not allowed
+    (Flux's answer). Items with their own event type are filtered one by one; when none is
+    left the answer is 200 "ignored", since a sender cannot split an envelope to retry only
+    part of it and would otherwise retry it forever."""
+    if not any(item.event for item in parsed.items):
+        if not any(spec.allows(name) for name in (parsed.event, *parsed.aliases)):
+            raise EventNotAllowed(f"event {parsed.event!r} is not in spec.events")
+        return parsed
+    kept = tuple(item for item in parsed.items if spec.allows(item.event or parsed.event))
+    return dataclasses.replace(parsed, items=kept)
 
 
 async def handle_healthz(request: web.Request) -> web.StreamResponse:

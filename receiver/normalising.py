@@ -105,5 +105,7 @@ def build(
         "traceparent": trace,
     }
     doc.update(item.fields)
+    if item.event is not None:
+        doc["event"] = item.event
     doc["payload"] = parsed.payload
     return doc

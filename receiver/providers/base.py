@@ -41,6 +41,9 @@ class Item:
 
     delivery_id: str
     fields: dict[str, Any]
+    event: str | None = None
+    """This item's own event type when a delivery bundles several (a registry envelope of
+    push and pull events); ``spec.events`` then filters item by item."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,9 @@ class Parsed:
     payload: Any
     ping: bool = False
     aliases: tuple[str, ...] = ()
+    raw_payload: bytes | None = None
+    """The body's exact JSON text when ``payload`` is that body parsed: the envelope then
+    embeds these bytes instead of re-encoding the payload (the costliest step per event)."""
 
 
 class Provider(Protocol):

@@ -151,13 +151,13 @@ class Bitbucket:
 
     def delivery_id(self, request: Request) -> str:
         for header in self.delivery_headers:
-            value = request.headers.get(header, "").strip()
+            value = common.header_text(request, header)
             if value:
                 return value
         return common.body_digest(request.body)
 
     def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
-        event = request.headers.get(self.event_header, "").strip()
+        event = common.header_text(request, self.event_header)
         if not event:
             raise PayloadInvalid(f"missing {self.event_header} header")
         if event == PING_EVENT:

@@ -19,11 +19,10 @@ configuration. The Receiver's Secret names the header (key ``header``, default
           headers: {Authorization: [Bearer <token>]}
           ignore: {mediatypes: [application/octet-stream], actions: [pull]}
 
-Event filtering: ``spec.events`` is matched against one event per delivery (the ingress
-filters a delivery, not its items), so the delivery's event is the first event's ``action``
-while each stored message carries its own ``action`` as ``event``. Configure the endpoint's
-``ignore.actions`` so envelopes only hold the actions you want: a 400 makes the registry retry
-the envelope forever.
+Event filtering: ``spec.events`` is matched against each event's ``action``; the events not
+allowed are left out, and an envelope with none allowed is answered 200 "ignored" (a 400
+would make the registry retry the envelope forever). The endpoint's ``ignore.actions`` saves
+the registry sending them at all.
 
 The artifact helpers (:func:`artifact`, :func:`split_reference`) live here because
 Distribution defines the reference grammar the other registry providers reuse.
@@ -166,7 +165,6 @@ class Distribution:
             seen.add(event_id)
             action = common.req_str(event, "action")
             fields = {
-                "event": action,
                 "artifact": artifact(
                     common.opt_str(event, "target.repository"),
                     registry=common.opt_str(event, "request.host"),
@@ -177,5 +175,5 @@ class Distribution:
                     what=f"{where}.target.repository",
                 ),
             }
-            items.append(Item(event_id, fields))
-        return Parsed(str(items[0].fields["event"]), tuple(items), doc)
+            items.append(Item(event_id, fields, event=action))
+        return Parsed(items[0].event or "", tuple(items), doc)

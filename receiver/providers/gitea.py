@@ -55,7 +55,7 @@ class GiteaLike:
             raise SignatureInvalid(f"{self.signature_header}: signature does not match")
 
     def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
-        event = request.headers.get(self.event_header, "").strip()
+        event = common.header_text(request, self.event_header)
         if not event:
             raise PayloadInvalid(f"missing {self.event_header} header")
         if request.content_type not in ("application/json", ""):
@@ -63,7 +63,7 @@ class GiteaLike:
                 f"content type {request.content_type!r} not supported; use application/json"
             )
         doc = common.load_object(request.body)
-        delivery = request.headers.get(self.delivery_header, "").strip()
+        delivery = common.header_text(request, self.delivery_header)
         delivery = delivery or common.body_digest(request.body)
         fields = push_fields(doc) if event == "push" else github.other_fields(doc, event)
         return Parsed(event, (Item(delivery, fields),), doc)

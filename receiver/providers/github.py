@@ -112,11 +112,13 @@ class GitHub:
         )
 
     def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
-        event = request.headers.get(self.event_header, "").strip()
+        event = common.header_text(request, self.event_header)
         if not event:
             raise PayloadInvalid(f"missing {self.event_header} header")
         doc = self.decode(request)
-        delivery = request.headers.get(self.delivery_header) or common.body_digest(request.body)
+        delivery = common.header_text(request, self.delivery_header) or common.body_digest(
+            request.body
+        )
         if event == "ping":
             return Parsed(event, (), doc, ping=True)
         fields = push_fields(doc) if event == "push" else other_fields(doc, event)

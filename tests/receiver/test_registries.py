@@ -585,16 +585,26 @@ async def test_distribution_envelope_stores_each_event_with_its_own_id(ingress: 
     assert len(await ingress.stored()) == 3
 
 
-async def test_distribution_event_filter_uses_the_first_action(ingress: Ingress) -> None:
-    pull_first = dump({"events": [dist_event("p-1", "pull", DIGEST_A, "v1")]})
-    code, answer = await post(ingress, "dist-push", pull_first, bearer())
-    assert code == 400
-    assert answer["code"] == "event_not_allowed"
-    push = dump({"events": [dist_event("p-2", "push", DIGEST_A, "v1")]})
-    code, _ = await post(ingress, "dist-push", push, bearer())
+async def test_distribution_events_are_filtered_one_by_one(ingress: Ingress) -> None:
+    only_pull = dump({"events": [dist_event("p-1", "pull", DIGEST_A, "v1")]})
+    code, answer = await post(ingress, "dist-push", only_pull, bearer())
+    # Nothing allowed: 200 "ignored", so the registry does not retry the envelope forever.
+    assert code == 200
+    assert answer["status"] == "ignored"
+    assert await ingress.stored() == []
+    mixed = dump(
+        {
+            "events": [
+                dist_event("p-2", "pull", DIGEST_A, "v1"),
+                dist_event("p-3", "push", DIGEST_A, "v1"),
+            ]
+        }
+    )
+    code, _ = await post(ingress, "dist-push", mixed, bearer())
     assert code == 202
     [stored] = await ingress.stored()
     assert stored.envelope["event"] == "push"
+    assert stored.envelope["delivery_id"] == "p-3"
 
 
 @pytest.mark.parametrize(
