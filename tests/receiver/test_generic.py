@@ -67,6 +67,7 @@ async def only_stored(ingress: Ingress) -> dict[str, Any]:
         pytest.param(b'"deploy"', "deploy", id="string"),
         pytest.param(b"42", 42, id="number"),
         pytest.param(b"null", None, id="json-null"),
+        pytest.param(b'{"m": "\\ud83d\\ude80"}', {"m": "\U0001f680"}, id="surrogate-pair"),
     ],
 )
 async def test_any_json_or_empty_body_is_stored_as_the_payload(
@@ -101,6 +102,7 @@ async def test_any_json_or_empty_body_is_stored_as_the_payload(
         pytest.param(b"{not json", id="malformed-json"),
         pytest.param(b"payload=%7B%7D", id="form-encoded"),
         pytest.param(b"\xff\xfe\x00", id="not-utf8"),
+        pytest.param(b'{"m": "\\udc80"}', id="lone-surrogate-escape"),
         pytest.param(b"[" * 200 + b"]" * 200, id="deeply-nested"),
     ],
 )

@@ -157,23 +157,47 @@ async def test_token_cases(
         assert stored == []
 
 
-async def test_a_token_header_that_is_not_utf8_is_refused_not_crashed(ingress: Ingress) -> None:
-    """aiohttp hands such bytes over as lone surrogates: comparing them must not raise."""
+@pytest.mark.parametrize(
+    ("header_lines", "code"),
+    [
+        pytest.param(
+            b"X-Gitlab-Event: Push Hook\r\nX-Gitlab-Token: s3cr\xff\xfe\r\n",
+            "signature_invalid",
+            id="gitlab-token-not-utf8",
+        ),
+        pytest.param(
+            b"X-Gitlab-Event: Push\xff Hook\r\nX-Gitlab-Token: s3cr3t\r\n",
+            "payload_invalid",
+            id="gitlab-event-not-utf8",
+        ),
+        pytest.param(
+            b"X-Gitlab-Event: Push Hook\r\nX-Gitlab-Token: s3cr3t\r\n"
+            b"X-Gitlab-Event-UUID: 3f7c\xc3\x28\r\n",
+            "payload_invalid",
+            id="gitlab-event-uuid-not-utf8",
+        ),
+    ],
+)
+async def test_header_bytes_that_are_not_utf8_are_refused_not_crashed(
+    ingress: Ingress, header_lines: bytes, code: str
+) -> None:
+    """aiohttp hands such bytes over as lone surrogates: comparing them or copying them into
+    the envelope must give a 400, never an exception (a 500)."""
     server = ingress.client.server
     reader, writer = await asyncio.open_connection(server.host, server.port)
     head = (
         f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"X-Gitlab-Event: Push Hook\r\nContent-Length: {len(PUSH)}\r\nConnection: close\r\n"
+        f"Content-Length: {len(PUSH)}\r\nConnection: close\r\n"
     ).encode()
-    writer.write(head + b"X-Gitlab-Token: s3cr\xff\xfe\r\n\r\n" + PUSH)
+    writer.write(head + header_lines + b"\r\n" + PUSH)
     await writer.drain()
     raw = await reader.read()
     writer.close()
     await writer.wait_closed()
     status_line, _, rest = raw.partition(b"\r\n")
-    assert status_line.split()[1] == b"400", raw[:200]
+    assert status_line.split()[1] == b"400", raw[:300]
     body = json.loads(rest.partition(b"\r\n\r\n")[2])
-    assert body["code"] == "signature_invalid"
+    assert body["code"] == code
     assert await ingress.stored() == []
 
 
@@ -199,6 +223,7 @@ async def test_a_token_header_that_is_not_utf8_is_refused_not_crashed(ingress: I
         pytest.param(push_with(before=0), id="gitlab-before-number"),
         pytest.param(b"[" * 5000 + b"]" * 5000, id="gitlab-deeply-nested"),
         pytest.param(b"\xff\xfe{}", id="gitlab-not-utf8"),
+        pytest.param(b'{"ref": "refs/heads/\\ud800x"}', id="gitlab-lone-surrogate-escape"),
     ],
 )
 async def test_malformed_bodies_are_400_and_nothing_is_stored(
