@@ -48,7 +48,8 @@ class IngressMetrics:
         )
         self.receivers_unserved = Gauge(
             "fluxrelay_receiver_receivers_unserved",
-            "Receivers known but not served, by reason (missing secret, invalid, collision).",
+            "Receivers known but not served, by reason (secret_missing, secret_unreadable, "
+            "invalid, collision).",
             ["reason"],
             registry=r,
         )

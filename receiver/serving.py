@@ -41,6 +41,18 @@ async def serve(settings: ReceiverSettings, stop: asyncio.Event | None = None) -
     """Serve until SIGTERM/SIGINT (or ``stop``); raise ConfigError if Receivers are invalid."""
     metrics = IngressMetrics()
     source = make_source(settings, metrics)
+    try:
+        await _serve(settings, stop, metrics, source)
+    finally:
+        await source.close()
+
+
+async def _serve(
+    settings: ReceiverSettings,
+    stop: asyncio.Event | None,
+    metrics: IngressMetrics,
+    source: ReceiverSource,
+) -> None:
     table = await source.load()
     # Compile the CDEvents schemas now (~0.7 s) rather than on the first cdevents request;
     # always, since a reload may add a cdevents Receiver later.

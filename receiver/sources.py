@@ -28,6 +28,9 @@ class ReceiverSource(Protocol):
     async def run(self, apply: Apply, reload: asyncio.Event) -> None:
         """Keep the table current until cancelled; ``reload`` is set on SIGHUP."""
 
+    async def close(self) -> None:
+        """Release connections (idempotent)."""
+
 
 class FileSource:
     """Receivers from a YAML file; a bad edit keeps the previous table and is logged."""
@@ -48,6 +51,9 @@ class FileSource:
     async def load(self) -> ReceiverTable:
         self._stamp = self._current_stamp()
         return ReceiverTable.build(load_file(self.path))
+
+    async def close(self) -> None:
+        """Nothing to release: the file is read and closed on each load."""
 
     async def run(self, apply: Apply, reload: asyncio.Event) -> None:
         while True:
