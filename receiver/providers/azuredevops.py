@@ -91,13 +91,14 @@ class AzureDevOps:
 
     def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
         doc = common.load_object(request.body)
+        raw = common.verbatim(request.body)
         event = common.req_str(doc, "eventType")
         delivery = common.opt_str(doc, "id") or common.body_digest(request.body)
         repo = repository(doc)
         if event != PUSH_EVENT:
-            return Parsed(event, (Item(delivery, {"repository": repo}),), doc)
+            return Parsed(event, (Item(delivery, {"repository": repo}),), doc, raw_payload=raw)
         updates = [
             ref_update(update, f"resource.refUpdates[{i}]", repo)
             for i, update in enumerate(common.opt_list(doc, "resource.refUpdates"))
         ]
-        return Parsed(event, common.items_per_change(delivery, updates), doc)
+        return Parsed(event, common.items_per_change(delivery, updates), doc, raw_payload=raw)

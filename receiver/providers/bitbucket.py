@@ -163,6 +163,7 @@ class Bitbucket:
         if event == PING_EVENT:
             return Parsed(event, (), None, ping=True)
         doc = common.load_object(request.body)
+        raw = common.verbatim(request.body)
         delivery = self.delivery_id(request)
         if event in SERVER_PUSH_EVENTS:
             repo = server_repository(doc)
@@ -170,16 +171,16 @@ class Bitbucket:
                 server_change(change, f"changes[{i}]", repo)
                 for i, change in enumerate(common.opt_list(doc, "changes"))
             ]
-            return Parsed(event, common.items_per_change(delivery, changes), doc)
+            return Parsed(event, common.items_per_change(delivery, changes), doc, raw_payload=raw)
         if event == CLOUD_PUSH_EVENT:
             repo = cloud_repository(doc)
             changes = [
                 cloud_change(change, f"push.changes[{i}]", repo)
                 for i, change in enumerate(common.opt_list(doc, "push.changes"))
             ]
-            return Parsed(event, common.items_per_change(delivery, changes), doc)
+            return Parsed(event, common.items_per_change(delivery, changes), doc, raw_payload=raw)
         if common.opt_str(doc, "repository.full_name"):
             repo = cloud_repository(doc)
         else:
             repo = server_repository(doc)
-        return Parsed(event, (Item(delivery, {"repository": repo}),), doc)
+        return Parsed(event, (Item(delivery, {"repository": repo}),), doc, raw_payload=raw)

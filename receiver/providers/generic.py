@@ -48,7 +48,8 @@ class Generic:
 
     def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
         payload = optional_json(request.body)
-        return Parsed("", (Item(common.body_digest(request.body), {}),), payload)
+        raw = common.verbatim(request.body) if payload is not None else None
+        return Parsed("", (Item(common.body_digest(request.body), {}),), payload, raw_payload=raw)
 
 
 class GenericHmac(Generic):

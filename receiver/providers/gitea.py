@@ -66,7 +66,8 @@ class GiteaLike:
         delivery = common.header_text(request, self.delivery_header)
         delivery = delivery or common.body_digest(request.body)
         fields = push_fields(doc) if event == "push" else github.other_fields(doc, event)
-        return Parsed(event, (Item(delivery, fields),), doc)
+        raw = common.verbatim(request.body)
+        return Parsed(event, (Item(delivery, fields),), doc, raw_payload=raw)
 
 
 GITEA = GiteaLike("gitea", "Gitea")

@@ -110,4 +110,5 @@ class GitLab:
             return Parsed(event, (Item(delivery, {"repository": None, "ref": None}),), None)
         doc = common.load_object(request.body)
         fields = push_fields(doc) if is_push(event, doc) else {"repository": repository(doc)}
-        return Parsed(event, (Item(delivery, fields),), doc)
+        raw = common.verbatim(request.body)
+        return Parsed(event, (Item(delivery, fields),), doc, raw_payload=raw)
