@@ -1,7 +1,6 @@
 """Verifying JWT bearer tokens against JSON Web Key Sets that never block a request.
 
-Shared by the token-checking providers (``generic-oidc``; ``gcr`` has its own Google-specific
-copy of the key cache and can move onto this module). Three concerns live here:
+Shared by the token-checking providers (``gcr``, ``generic-oidc``). Three concerns live here:
 
 * **Keys.** :func:`keys_from_jwks` turns a JWKS into :class:`VerificationKey` objects by
   ``kid``: public asymmetric keys only (RSA, EC, OKP), each with the algorithms it may verify
@@ -115,10 +114,12 @@ class KeySource(Protocol):
 
 
 class StaticKeys:
-    """A fixed JWKS (tests, mirrors)."""
+    """A fixed JWKS (tests, mirrors); keys limited to ``algorithms``."""
 
-    def __init__(self, jwks: Mapping[str, Any]) -> None:
-        self._keys = keys_from_jwks(jwks)
+    def __init__(
+        self, jwks: Mapping[str, Any], algorithms: Collection[str] = ASYMMETRIC_ALGORITHMS
+    ) -> None:
+        self._keys = keys_from_jwks(jwks, algorithms)
 
     def key(self, kid: str) -> VerificationKey | None:
         return self._keys.get(kid)
@@ -150,7 +151,7 @@ class RemoteKeys:
     """A JWKS fetched in a background thread and cached for its max-age.
 
     ``url`` is the JWKS itself, or with ``issuer`` set and ``url`` None, found through that
-    issuer's OIDC discovery document on every refresh.
+    issuer's OIDC discovery document on every refresh. Keys are limited to ``algorithms``.
     """
 
     def __init__(
@@ -158,6 +159,7 @@ class RemoteKeys:
         url: str | None = None,
         *,
         issuer: str | None = None,
+        algorithms: Collection[str] = ASYMMETRIC_ALGORITHMS,
         default_ttl: float = 3600.0,
         min_ttl: float = 60.0,
         max_ttl: float = 86400.0,
@@ -170,6 +172,7 @@ class RemoteKeys:
             raise ValueError("RemoteKeys needs a JWKS url or an issuer to discover it from")
         self.url = url
         self.issuer = issuer
+        self._algorithms = frozenset(algorithms)
         self._default_ttl = default_ttl
         self._min_ttl = min_ttl
         self._max_ttl = max_ttl
@@ -225,7 +228,7 @@ class RemoteKeys:
         where = self.url or self.issuer
         try:
             body, max_age = self._fetch(self._jwks_url(), self._timeout)
-            keys = keys_from_jwks(json.loads(body))
+            keys = keys_from_jwks(json.loads(body), self._algorithms)
             if not keys:
                 raise ValueError("JWKS holds no usable signing key")
             ttl = min(
