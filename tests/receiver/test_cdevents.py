@@ -7,6 +7,7 @@ copies refused, the CDEvent stored as it arrived."""
 from __future__ import annotations
 
 import copy
+import io
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -367,3 +368,29 @@ def test_auth_is_checked_before_the_body_is_looked_at() -> None:
     )
     with pytest.raises(SignatureInvalid):
         provider.verify(spec, Request.of({"Content-Type": "text/plain"}, b"not json"))
+
+
+async def test_a_dead_letter_larger_than_max_payload_is_kept_truncated(
+    nats_session: NatsServer,
+) -> None:
+    """Refusing it with 503 would make the sender retry something that can never fit. The
+    body limit is raised above the server's max_payload so such a body can arrive."""
+    probe = await nats.connect(nats_session.url)
+    limit = probe.max_payload
+    await probe.close()
+    ing = await start_ingress(
+        nats_session.url, receiver_docs("cde", "cdevents", TOKEN), body_limit=limit + 65536
+    )
+    try:
+        body = b"x" * (limit + 1000)
+        resp = await ing.client.post(
+            PATH, data=io.BytesIO(body), headers={"Content-Type": "text/plain"}
+        )
+        assert resp.status == 400, await resp.text()
+        [dead] = await ing.dead()
+        assert dead.headers["Fluxrelay-Truncated"] == str(len(body))
+        assert dead.headers["Fluxrelay-Body-Size"] == str(len(body))
+        assert body.startswith(dead.envelope["raw"])
+        assert len(dead.envelope["raw"]) < limit
+    finally:
+        await ing.close()
