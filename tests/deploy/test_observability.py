@@ -1,7 +1,7 @@
 """Alerts and the dashboard query metrics the processes really export, and the rules parse.
 
 Covers: every ``fluxrelay_*`` series named in the PrometheusRule and the Grafana dashboard is
-exported by the receiver's or the reconciler's metric registry (with the ``_total``,
+exported by the receiver's or the reconciler's metrics (both of its halves) (with the ``_total``,
 ``_bucket``, ``_count`` and ``_sum`` suffixes their types produce), with the label names used
 in selectors; outcome values the alerts match are outcomes the receiver records; the rules
 pass ``promtool check rules`` (Debian package ``prometheus``); the dashboard is valid JSON with
@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from receiver import errors as receiver_errors
 from receiver.metrics import IngressMetrics
@@ -35,9 +35,11 @@ RECEIVER_OUTCOMES_OUTSIDE_ERRORS = {"accepted", "duplicate", "ignored", "ping", 
 def exported_series() -> dict[str, set[str]]:
     """Series name -> label names, from the real metric registries of both processes."""
     from reconciler.metrics import ReconcilerMetrics
+    from reconciler.outcome_metrics import OutcomeMetrics
 
     series: dict[str, set[str]] = {}
-    for holder in (IngressMetrics(), ReconcilerMetrics()):
+    holders = (IngressMetrics(), ReconcilerMetrics(), OutcomeMetrics(CollectorRegistry()))
+    for holder in holders:
         for metric in vars(holder).values():
             if not isinstance(metric, Counter | Gauge | Histogram):
                 continue
