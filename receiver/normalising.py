@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from receiver.errors import PayloadInvalid
 from receiver.providers.base import Item, Parsed
 from receiver.receivers import ReceiverSpec
 from schemas import envelope, natsbinding, subjects
@@ -83,7 +84,10 @@ def messages(
 def encode(doc: dict[str, Any], raw_payload: bytes | None) -> bytes:
     """The envelope as compact JSON; a verbatim JSON body is spliced in, not re-encoded."""
     if raw_payload is None:
-        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+        try:
+            return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+        except UnicodeEncodeError as e:  # a lone surrogate a provider let through
+            raise PayloadInvalid("payload: text is not valid Unicode") from e
     head = dict(doc)
     del head["payload"]
     text = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode()

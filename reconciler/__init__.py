@@ -1,1 +1,1 @@
-"""fluxrelay reconciler: consumes stored events and triggers exactly-targeted Flux reconciliations."""
+"""fluxrelay reconciler: consumes stored events and triggers exactly-targeted reconciliations."""

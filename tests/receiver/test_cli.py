@@ -110,7 +110,7 @@ def test_invalid_config_fails_at_start_naming_document_and_field(
     tmp_path: Path, docs: list[dict[str, object]], message: str
 ) -> None:
     config = tmp_path / "receivers.yaml"
-    config.write_text(dump_yaml(docs))  # type: ignore[arg-type]
+    config.write_text(dump_yaml(docs))
     out = run_cli(
         "--config",
         str(config),
@@ -153,7 +153,7 @@ def test_colliding_paths_are_refused_at_load(tmp_path: Path) -> None:
         },
     ]
     config = tmp_path / "receivers.yaml"
-    config.write_text(dump_yaml(docs))  # type: ignore[arg-type]
+    config.write_text(dump_yaml(docs))
     out = run_cli("--config", str(config), "--nats-url", "nats://127.0.0.1:1")
     assert out.returncode == 2
     assert "hash to the same hook path" in out.stderr
@@ -217,7 +217,7 @@ class Process:
 @pytest.fixture
 def process(tmp_path: Path, nats_session: NatsServer) -> Iterator[Process]:
     config = tmp_path / "receivers.yaml"
-    config.write_text(dump_yaml(receiver_docs("gh", "github", TOKEN)))  # type: ignore[arg-type]
+    config.write_text(dump_yaml(receiver_docs("gh", "github", TOKEN)))
     p = Process(config, nats_session, tmp_path / "receiver.log")
     wait_for(lambda: http_get(f"http://127.0.0.1:{p.metrics}/readyz")[0] == 200, what="readiness")
     yield p
@@ -235,7 +235,7 @@ def test_serves_reloads_and_stops_gracefully(process: Process, tmp_path: Path) -
     # Reload on file change: a second receiver appears without a restart.
     config = tmp_path / "receivers.yaml"
     docs = receiver_docs("gh", "github", TOKEN) + receiver_docs("gl", "github", TOKEN)
-    config.write_text(dump_yaml(docs))  # type: ignore[arg-type]
+    config.write_text(dump_yaml(docs))
     wait_for(lambda: process.send(path_of("gl", TOKEN)).returncode == 0, what="file reload")
 
     # A broken edit keeps the previous table.
@@ -244,7 +244,7 @@ def test_serves_reloads_and_stops_gracefully(process: Process, tmp_path: Path) -
     assert process.send(path_of("gl", TOKEN)).returncode == 0
 
     # SIGHUP forces a reload (here: back to one receiver).
-    config.write_text(dump_yaml(receiver_docs("gh", "github", TOKEN)))  # type: ignore[arg-type]
+    config.write_text(dump_yaml(receiver_docs("gh", "github", TOKEN)))
     process.proc.send_signal(signal.SIGHUP)
     wait_for(
         lambda: process.send(path_of("gl", TOKEN)).stdout.startswith("404"), what="SIGHUP reload"

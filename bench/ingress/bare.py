@@ -1,0 +1,29 @@
+"""The ceiling: a bare aiohttp handler that reads the body and answers 202 JSON.
+
+Same framework, same event loop (uvloop), same response shape as the receiver, nothing
+verified or stored, so the ratio receiver/bare isolates what verification and the durable
+JetStream acknowledgement cost.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import uvloop
+from aiohttp import web
+
+
+async def handle(request: web.Request) -> web.Response:
+    await request.read()
+    return web.json_response({"status": "accepted", "id": "0"}, status=202)
+
+
+def main() -> None:
+    port = int(sys.argv[1])
+    app = web.Application()
+    app.router.add_post("/hook/{digest}", handle)
+    uvloop.run(web._run_app(app, host="127.0.0.1", port=port, print=None, access_log=None))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""bench/ingress: signed GitHub push deliveries with wrk against one receiver process and a
+real nats-server (file storage), and, in the same run, a bare aiohttp handler as the ceiling.
+
+Each configuration runs ``--runs`` times, alternating, and the medians are reported with the
+receiver/bare throughput ratio. The server process is pinned to one core and wrk plus
+nats-server to the other, as TESTING.md describes. Every request carries its own delivery id
+(so nothing is deduplicated: each 202 is a new stored message).
+
+    python -m bench.ingress.run [--duration 10] [--runs 3] [--connections 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from receiver.hooks import hook_path
+from tests.support.ingress import dump_yaml, hmac_hex, receiver_docs
+from tests.support.natsd import NatsServer, free_port, wait_port
+
+ROOT = Path(__file__).resolve().parents[2]
+PUSH = (ROOT / "tests" / "receiver" / "fixtures" / "github_push.json").read_bytes()
+TOKEN = "bench-token"
+
+LUA = """
+local counter = 0
+local prefix = tostring(math.random(1, 1e9))
+wrk.method = "POST"
+wrk.body = {body}
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-GitHub-Event"] = "push"
+wrk.headers["X-Hub-Signature-256"] = "{signature}"
+request = function()
+  counter = counter + 1
+  wrk.headers["X-GitHub-Delivery"] = prefix .. "-" .. counter
+  return wrk.format(nil, "{path}")
+end
+"""
+
+
+def lua_string(data: bytes) -> str:
+    return "[==[" + data.decode() + "]==]"
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    def ms(value: str) -> float:
+        number, unit = re.match(r"([\d.]+)(\w+)", value).groups()  # type: ignore[union-attr]
+        return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    return {
+        "rps": rps,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "non2xx": float(non2xx.group(1)) if non2xx else 0.0,
+        "socket_errors": 1.0 if errors else 0.0,
+    }
+
+
+def wrk(port: int, script: Path, duration: int, connections: int) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            "1",
+            "wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return parse_wrk(out)
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def wait_ready(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "ingress" / "results.json")
+    args = parser.parse_args()
+    for tool in ("wrk", "taskset"):
+        if not shutil.which(tool):
+            print(f"{tool} is required (Debian: wrk, util-linux)", file=sys.stderr)
+            return 2
+
+    tmp = Path(tempfile.mkdtemp(prefix="fluxrelay-bench-"))
+    path = hook_path(TOKEN.encode(), "bench", "default")
+    script = tmp / "post.lua"
+    script.write_text(
+        LUA.replace("{body}", lua_string(PUSH))
+        .replace("{signature}", "sha256=" + hmac_hex(TOKEN, PUSH))
+        .replace("{path}", path)
+    )
+    config = tmp / "receivers.yaml"
+    config.write_text(dump_yaml(receiver_docs("bench", "github", TOKEN)))
+
+    nats = NatsServer(name="bench")
+    nats.start()
+    subprocess.run(
+        ["taskset", "-pc", "1", str(nats.proc.pid if nats.proc else 0)],
+        check=True,
+        capture_output=True,
+    )
+    results: dict[str, list[dict[str, float]]] = {"receiver": [], "bare": []}
+    rss: list[float] = []
+    try:
+        for run in range(args.runs):
+            for name in ("receiver", "bare"):
+                port, metrics = free_port(), free_port()
+                if name == "receiver":
+                    cmd = [
+                        sys.executable,
+                        "-m",
+                        "receiver",
+                        "--config",
+                        str(config),
+                        "--nats-url",
+                        nats.url,
+                        "--listen",
+                        f"127.0.0.1:{port}",
+                        "--metrics-listen",
+                        f"127.0.0.1:{metrics}",
+                        "--stream",
+                        f"BENCH{run}",
+                        "--stream-subject-prefix",
+                        f"bench{run}.events",
+                        "--dead-stream",
+                        f"BENCHDEAD{run}",
+                        "--log-level",
+                        "WARNING",
+                    ]
+                else:
+                    cmd = [sys.executable, "-m", "bench.ingress.bare", str(port)]
+                proc = subprocess.Popen(
+                    ["taskset", "-c", "0", *cmd],
+                    cwd=ROOT,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                try:
+                    if name == "receiver":
+                        wait_ready(f"http://127.0.0.1:{metrics}/readyz")
+                    else:
+                        wait_port(port)
+                    wrk(port, script, 2, args.connections)  # warm-up
+                    result = wrk(port, script, args.duration, args.connections)
+                    if name == "receiver":
+                        rss.append(peak_rss_mib(proc.pid))
+                    results[name].append(result)
+                    print(
+                        f"run {run + 1} {name:8s} {result['rps']:9.0f} req/s  "
+                        f"p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms  "
+                        f"non-2xx {result['non2xx']:.0f}",
+                        flush=True,
+                    )
+                finally:
+                    proc.terminate()
+                    proc.wait(15)
+    finally:
+        nats.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def median(name: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[name])
+
+    summary = {
+        "connections": args.connections,
+        "duration_s": args.duration,
+        "runs": args.runs,
+        "cpus": os.cpu_count(),
+        "receiver": {k: median("receiver", k) for k in ("rps", "p50_ms", "p99_ms", "non2xx")},
+        "bare": {k: median("bare", k) for k in ("rps", "p50_ms", "p99_ms", "non2xx")},
+        "ratio": statistics.median(
+            r["rps"] / b["rps"] for r, b in zip(results["receiver"], results["bare"], strict=True)
+        ),
+        "receiver_peak_rss_mib": max(rss) if rss else None,
+    }
+    args.out.write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
