@@ -41,6 +41,7 @@ listed; without, only objects without that label (label selectors, filtered by t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -489,12 +490,25 @@ class SourceIndex:
         return self.table.match(envelope)
 
     async def start(self) -> None:
-        """Start listing and watching; return once every kind is listed (wrap in a timeout)."""
+        """Start listing and watching; return once every kind is listed (wrap in a timeout).
+
+        Returns early, not ready, if :meth:`stop` is called meanwhile.
+        """
         if self._tasks:
             return
-        for kind in INDEXED_KINDS:
-            self._tasks.append(asyncio.create_task(self._run(kind), name=f"source-index-{kind}"))
-        await self._ready.wait()
+        tasks = [
+            asyncio.create_task(self._run(kind), name=f"source-index-{kind}")
+            for kind in INDEXED_KINDS
+        ]
+        self._tasks = tasks
+        # Return when ready, or when stop() ends the watches first (then ``ready`` stays False).
+        waiter = asyncio.ensure_future(self._ready.wait())
+        try:
+            await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
 
     async def stop(self) -> None:
         """Cancel the watches and wait for them to end."""
@@ -524,6 +538,10 @@ class SourceIndex:
                 logger.info("watch of %s expired (410); listing again", kind)
                 version = None
             except ApiException as e:
+                if e.status == 410:  # the watch request itself answered Gone
+                    logger.info("watch of %s expired (HTTP 410); listing again", kind)
+                    version = None
+                    continue
                 if e.status == 404:
                     logger.warning("%s is not served (CRD missing?); looking again later", kind)
                     self.table.sync_kind(kind, ())
@@ -611,6 +629,12 @@ class SourceIndex:
             _request_timeout=timeout,
         )
         try:
+            if not 200 <= response.status <= 299:
+                # Unread without _preload_content, an error answer would pass for an empty stream.
+                body = await response.read()
+                if response.status == 410:
+                    raise WatchGone(body[:200].decode("utf-8", "replace"))
+                raise ApiException(status=response.status, reason=response.reason)
             async for event in _events(response.content):
                 version = self._apply(kind, event) or version
         finally:

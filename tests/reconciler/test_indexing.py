@@ -10,7 +10,10 @@ removals refile; ``sync_kind`` drops objects missing from a relist.
 Integration (``SourceIndex``, real kube-apiserver): sources created in a namespace are listed and
 matched over ssh/https/``.git`` variants, branches, a tag and a semver range, a non-matching ref
 matches nothing; shard selectors split the objects; an update and a deletion are followed; after
-the API server restarts mid-watch, later changes are still indexed.
+the API server restarts mid-watch, later changes are still indexed. Through the fault proxy: a
+kind answering 404 (CRD not installed) does not block readiness and is picked up once served,
+500s are retried, a dropped watch resumes from its resourceVersion without relisting, a 410
+relists. ``stop()`` during ``start()`` ends both.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from reconciler.indexing import (
     narrowing_paths,
 )
 from reconciler.kinds import SHARD_LABEL, ObjectRef
+from tests.support.faultproxy import FaultProxy, RecordedRequest
 from tests.support.kubeapi import MERGE_PATCH, KubeAPI
 
 NS = "apps"
@@ -552,3 +556,71 @@ async def test_index_follows_updates_deletions_and_api_server_restarts(
     await eventually(lambda: names(index.match(push("refs/heads/main"))) == ["c"])
     await eventually(lambda: names(index.match(registry_push("org/app", "stable"))) == ["app"])
     assert names(index.match(push("refs/heads/release"))) == ["a"]
+
+
+def watch_requests(proxy: FaultProxy, plural: str) -> list[RecordedRequest]:
+    return [r for r in proxy.matching("GET", plural) if "watch=true" in r.query.lower()]
+
+
+def list_requests(proxy: FaultProxy, plural: str) -> list[RecordedRequest]:
+    return [r for r in proxy.matching("GET", plural) if "watch=true" not in r.query.lower()]
+
+
+async def test_index_survives_missing_kinds_dropped_watches_and_gone(
+    kube: KubeAPI, kube_namespace: str, kube_proxy: FaultProxy
+) -> None:
+    # ImageRepository not served (as without Flux image automation): ready without it.
+    kube_proxy.fail(404, path="imagerepositories", times=None)
+    kube_proxy.fail(500, path="gitrepositories", times=2)
+    await create(kube, kube_namespace, git("a", REPO_FORMS[0], {"branch": "main"}))
+    await create(kube, kube_namespace, image_repo("img", "ghcr.io/org/app"))
+    settings = IndexSettings(
+        backoff_initial_s=0.1, backoff_max_s=0.5, watch_timeout_s=30, not_served_retry_s=0.5
+    )
+    api = await kube.api_client(server=kube_proxy.url)
+    async with api:
+        index = SourceIndex(api, namespace=kube_namespace, settings=settings)
+        try:
+            await asyncio.wait_for(index.start(), 30)
+            assert index.ready
+            assert names(index.match(push("refs/heads/main"))) == ["a"]  # after two 500s
+            assert index.match(registry_push("org/app", "v1")) == []
+
+            kube_proxy.clear_faults()  # the CRD "appears": found on the next slow retry
+            await eventually(lambda: names(index.match(registry_push("org/app", "v1"))) == ["img"])
+
+            # A dropped watch resumes from its resourceVersion, without listing again.
+            await eventually(lambda: len(watch_requests(kube_proxy, "gitrepositories")) >= 1)
+            lists_before = len(list_requests(kube_proxy, "gitrepositories"))
+            watches_before = len(watch_requests(kube_proxy, "gitrepositories"))
+            await kube_proxy.drop_connections()
+            await create(kube, kube_namespace, git("b", REPO_FORMS[1], {"branch": "main"}))
+            await eventually(lambda: names(index.match(push("refs/heads/main"))) == ["a", "b"])
+            resumed = watch_requests(kube_proxy, "gitrepositories")[watches_before:]
+            assert resumed
+            assert all("resourceVersion=" in r.query for r in resumed)
+            assert len(list_requests(kube_proxy, "gitrepositories")) == lists_before
+
+            # 410 Gone on the resumed watch: the kind is listed again, changes still arrive.
+            kube_proxy.fail(410, path="gitrepositories", method="GET", times=1)
+            await kube_proxy.drop_connections()
+            await eventually(
+                lambda: len(list_requests(kube_proxy, "gitrepositories")) > lists_before
+            )
+            await create(kube, kube_namespace, git("c", REPO_FORMS[2], {"branch": "main"}))
+            await eventually(lambda: names(index.match(push("refs/heads/main"))) == ["a", "b", "c"])
+        finally:
+            await index.stop()
+
+
+async def test_stop_while_starting_returns_not_ready() -> None:
+    # Nothing listens on port 9 of loopback: every list fails and is retried until stopped.
+    cfg = k8s_client.Configuration(host="http://127.0.0.1:9")
+    async with k8s_client.ApiClient(configuration=cfg) as api:
+        index = SourceIndex(api, settings=FAST)
+        starting = asyncio.create_task(index.start())
+        await asyncio.sleep(0.3)
+        assert not starting.done()
+        await index.stop()
+        await asyncio.wait_for(starting, 5)
+        assert not index.ready
