@@ -56,9 +56,7 @@ def parse_version(text: str) -> Any | None:
     found = _LENIENT_VERSION.match(text.strip())
     if found is None:
         return None
-    canonical = (
-        f"{found['major']}.{found['minor'] or 0}.{found['patch'] or 0}{found['rest'] or ''}"
-    )
+    canonical = f"{found['major']}.{found['minor'] or 0}.{found['patch'] or 0}{found['rest'] or ''}"
     try:
         return nodesemver.make_semver(canonical, False)
     except ValueError:

@@ -1,0 +1,1 @@
+"""Source index benchmark (see run.py)."""
