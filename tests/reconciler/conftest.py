@@ -181,7 +181,7 @@ class Fleet:
 
     def settings(
         self,
-        receivers: Path,
+        receivers: Path | None,
         *,
         server: str | None = None,
         token: str | None = None,

@@ -1,0 +1,108 @@
+"""Coalescing as logic (a recording patch function instead of the API server; the real
+server's view of a burst is in test_consuming): one patch per object per window carrying
+every envelope id, separate objects separately, errors reach every delivery of the batch,
+patches of one object never overlap and deliveries arriving during a patch form the next."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from reconciler.coalescing import Coalescer
+from reconciler.errors import TemporaryError
+from reconciler.kinds import ObjectRef
+from reconciler.metrics import ReconcilerMetrics
+from reconciler.patching import Patched
+from schemas.envelope import Envelope, validate
+from tests.reconciler.conftest import make_envelope
+
+A = ObjectRef.of("Kustomization", "ns", "a")
+B = ObjectRef.of("GitRepository", "ns", "b")
+
+
+class Recording:
+    def __init__(self, fail: Exception | None = None, hold: asyncio.Event | None = None) -> None:
+        self.calls: list[tuple[ObjectRef, list[str]]] = []
+        self.fail = fail
+        self.hold = hold
+        self.active = 0
+        self.peak = 0
+        self.started = asyncio.Event()
+
+    async def __call__(self, ref: ObjectRef, envelopes: Sequence[Envelope]) -> Patched:
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            self.calls.append((ref, [e["id"] for e in envelopes]))
+            self.started.set()
+            if self.hold is not None:
+                await self.hold.wait()
+            if self.fail is not None:
+                raise self.fail
+            return Patched(ref, f"t{len(self.calls)}", tuple(e["id"] for e in envelopes))
+        finally:
+            self.active -= 1
+
+
+def envs(n: int) -> list[Envelope]:
+    return [validate(make_envelope("ns", "hook")) for _ in range(n)]
+
+
+async def test_a_burst_for_one_object_is_one_patch_with_every_id() -> None:
+    patch = Recording()
+    metrics = ReconcilerMetrics()
+    coalescer = Coalescer(patch, 0.05, metrics)
+    docs = envs(100)
+    results = await asyncio.gather(*(coalescer.submit(A, d) for d in docs))
+    assert len(patch.calls) == 1
+    assert patch.calls[0][1] == [d["id"] for d in docs]
+    assert {r.requested_at for r in results} == {"t1"}
+    assert metrics.coalesced._value.get() == 99
+
+
+async def test_different_objects_are_patched_separately() -> None:
+    patch = Recording()
+    coalescer = Coalescer(patch, 0.01, ReconcilerMetrics())
+    a, b = envs(2)
+    await asyncio.gather(coalescer.submit(A, a), coalescer.submit(B, b), coalescer.submit(B, a))
+    assert sorted((ref.name, ids) for ref, ids in patch.calls) == [
+        ("a", [a["id"]]),
+        ("b", [b["id"], a["id"]]),
+    ]
+
+
+async def test_a_failed_patch_fails_every_delivery_it_covered() -> None:
+    patch = Recording(fail=TemporaryError("boom", reason="api_500", delay=3))
+    coalescer = Coalescer(patch, 0.01, ReconcilerMetrics())
+    results = await asyncio.gather(
+        *(coalescer.submit(A, d) for d in envs(3)), return_exceptions=True
+    )
+    assert all(isinstance(r, TemporaryError) and r.delay == 3 for r in results)
+    assert len(patch.calls) == 1
+
+
+async def test_deliveries_during_a_patch_wait_and_form_the_next_one() -> None:
+    hold = asyncio.Event()
+    patch = Recording(hold=hold)
+    coalescer = Coalescer(patch, 0.01, ReconcilerMetrics())
+    first = asyncio.create_task(coalescer.submit(A, envs(1)[0]))
+    await patch.started.wait()
+    later = [asyncio.create_task(coalescer.submit(A, d)) for d in envs(5)]
+    await asyncio.sleep(0.05)  # several windows pass while the first patch is held
+    assert len(patch.calls) == 1
+    hold.set()
+    await asyncio.gather(first, *later)
+    assert len(patch.calls) == 2
+    assert len(patch.calls[1][1]) == 5
+    assert patch.peak == 1
+
+
+async def test_close_cancels_waiting_deliveries() -> None:
+    coalescer = Coalescer(Recording(), 10.0, ReconcilerMetrics())
+    waiting = asyncio.create_task(coalescer.submit(A, envs(1)[0]))
+    await asyncio.sleep(0.01)
+    await coalescer.close()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting

@@ -1,0 +1,142 @@
+"""API discipline as pure logic (fake clock, no servers): the token bucket's burst and rate,
+the AIMD limiter (halves once per round of 429s, grows back by one per round of successes,
+stays within its bounds, holds everyone for Retry-After), Retry-After parsing, and the
+requestedAt clock (RFC 3339 with nanoseconds, never repeating)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Any
+
+import pytest
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from reconciler.patching import RequestClock, rfc3339_nano
+from reconciler.throttling import AimdLimiter, TokenBucket, retry_after
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+async def test_the_bucket_allows_the_burst_then_the_rate() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(50, 100, clock=clock, sleep=clock.sleep)
+    for _ in range(100):
+        await bucket.acquire()
+    assert clock.slept == []
+    await bucket.acquire()
+    assert clock.slept == [pytest.approx(1 / 50)]
+    # Reservations queue up: the 3rd request over the burst waits 3 token periods.
+    assert bucket.reserve() == pytest.approx(1 / 50)
+    assert bucket.reserve() == pytest.approx(2 / 50)
+
+
+async def test_the_bucket_refills_at_the_rate_up_to_the_burst() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(10, 5, clock=clock, sleep=clock.sleep)
+    for _ in range(5):
+        bucket.reserve()
+    clock.now += 100  # long idle: refills to the burst, not beyond
+    waits = [bucket.reserve() for _ in range(6)]
+    assert waits[:5] == [0.0] * 5
+    assert waits[5] == pytest.approx(0.1)
+
+
+def test_aimd_halves_once_per_round_and_grows_back() -> None:
+    clock = FakeClock()
+    seen: list[int] = []
+    limiter = AimdLimiter(32, 2, clock=clock, on_change=seen.append)
+    epoch = limiter.epoch
+    # 20 requests sent together all come back 429: one decrease, not twenty.
+    shrunk = [limiter.throttled(epoch, 1.0) for _ in range(20)]
+    assert shrunk.count(True) == 1
+    assert limiter.limit == 16
+    for _ in range(10):
+        limiter.throttled(limiter.epoch, 0.0)
+    assert limiter.limit == 2  # the floor
+    for _ in range(1000):
+        limiter.succeeded()
+    assert limiter.limit == 32  # the ceiling
+    assert seen[0] == 32 and min(seen) == 2 and seen[-1] == 32
+
+
+def test_aimd_additive_increase_is_about_one_per_round() -> None:
+    limiter = AimdLimiter(64, 1)
+    limiter.throttled(limiter.epoch, 0)
+    assert limiter.limit == 32
+    for _ in range(33):  # one round of successes at limit ~32
+        limiter.succeeded()
+    assert limiter.limit == 33
+
+
+async def test_retry_after_holds_every_request() -> None:
+    limiter = AimdLimiter(4, 1)
+    limiter.throttled(limiter.epoch, 0.3)
+    assert limiter.pause_left() > 0
+    epoch = await limiter.acquire()  # waits out the pause (bounded by the test timeout)
+    assert limiter.pause_left() == 0
+    assert epoch == 1
+    await limiter.release()
+
+
+async def test_the_limiter_never_exceeds_its_limit() -> None:
+    limiter = AimdLimiter(3, 1)
+    peak = 0
+
+    async def work() -> None:
+        nonlocal peak
+        await limiter.acquire()
+        peak = max(peak, limiter.in_flight)
+        await asyncio.sleep(0.001)
+        await limiter.release()
+
+    await asyncio.gather(*(work() for _ in range(30)))
+    assert peak == 3
+    assert limiter.in_flight == 0
+
+
+def api_error(status: int, headers: dict[str, str] | None, body: Any) -> ApiException:
+    e = ApiException(status=status, reason="x")
+    e.headers = headers  # type: ignore[assignment]  # the proxy-free way to build one
+    e.body = json.dumps(body).encode() if body is not None else None
+    return e
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "expected"),
+    [
+        pytest.param({"Retry-After": "7"}, None, 7.0, id="header"),
+        pytest.param(None, {"details": {"retryAfterSeconds": 3}}, 3.0, id="status-body"),
+        pytest.param({"Retry-After": "soon"}, {"details": {"retryAfterSeconds": 2}}, 2.0,
+                     id="unparseable-header-falls-back-to-body"),
+        pytest.param(None, {"kind": "Status"}, None, id="none"),
+        pytest.param({}, None, None, id="empty"),
+    ],
+)  # fmt: skip
+def test_retry_after(headers: dict[str, str] | None, body: Any, expected: float | None) -> None:
+    assert retry_after(api_error(429, headers, body)) == expected
+
+
+def test_requested_at_is_rfc3339_with_nanoseconds() -> None:
+    assert rfc3339_nano(1_700_000_000_000_000_001) == "2023-11-14T22:13:20.000000001Z"
+    assert rfc3339_nano(0) == "1970-01-01T00:00:00.000000000Z"
+
+
+def test_requested_at_values_never_repeat_or_go_back() -> None:
+    clock = RequestClock()
+    values = [clock.next() for _ in range(10_000)]
+    assert len(set(values)) == len(values)
+    assert values == sorted(values)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", v) for v in values)
