@@ -17,7 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reconciler.settings import ConsumerSettings, PatchSettings, ReconcilerSettings
+from reconciler.settings import (
+    CDEventsSettings,
+    ConsumerSettings,
+    PatchSettings,
+    ReconcilerSettings,
+)
 from schemas import logs
 from schemas.receivers import ConfigError
 
@@ -33,6 +38,8 @@ class Option:
     apply: Apply
     is_bool: bool = False
     metavar: str | None = None
+    repeat: bool = False
+    """Flag may be given several times; the variable holds whitespace-separated values."""
 
 
 def _set(key: str, conv: Callable[[str], Any] = str, section: str = "top") -> Apply:
@@ -59,6 +66,30 @@ def _seconds_list(raw: str) -> tuple[float, ...]:
     if not values or any(v < 0 for v in values):
         raise ValueError("expected comma-separated non-negative seconds")
     return values
+
+
+def _sink(sections: dict[str, dict[str, Any]], raw: str) -> None:
+    from reconciler.sinks import parse_sink_option
+
+    sinks = sections["cdevents"].setdefault("sinks", ())
+    try:
+        sink = parse_sink_option(raw, len(sinks) + 1)
+    except ValueError as e:  # the message names no secret and no URL path
+        raise ConfigError(f"--cdevents-sink #{len(sinks) + 1}: {e}") from e
+    sections["cdevents"]["sinks"] = (*sinks, sink)
+
+
+def _spec_version(raw: str) -> str:
+    if raw not in ("0.4.1", "0.5.1"):
+        raise ValueError("0.4.1 or 0.5.1")
+    return raw
+
+
+def _non_negative(raw: str) -> float:
+    value = float(raw)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
 
 
 def _positive(conv: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -161,6 +192,31 @@ OPTIONS: tuple[Option, ...] = (
            _set("log_format"), metavar="FORMAT"),
     Option("--log-level", "FLUXRELAY_LOG_LEVEL", "log level (default INFO)",
            _set("log_level"), metavar="LEVEL"),
+    Option("--outcome-timeout", "FLUXRELAY_OUTCOME_TIMEOUT",
+           "seconds a reconcile request is followed before its outcome is an error "
+           "(default 600; 0 turns outcome watching off)",
+           _set("outcome_timeout", _non_negative), metavar="SECONDS"),
+    Option("--cdevents-nats", "FLUXRELAY_CDEVENTS_NATS",
+           "publish emitted CDEvents to JetStream (subjects = event types)",
+           _set("nats", _bool, "cdevents"), is_bool=True),
+    Option("--cdevents-stream", "FLUXRELAY_CDEVENTS_STREAM",
+           "stream for emitted CDEvents (default CDEVENTS; created if missing)",
+           _set("stream", section="cdevents"), metavar="NAME"),
+    Option("--cdevents-nats-spec", "FLUXRELAY_CDEVENTS_NATS_SPEC",
+           "CDEvents spec version published to NATS: 0.5.1 (default) or 0.4.1",
+           _set("nats_spec_version", _spec_version, "cdevents"), metavar="VERSION"),
+    Option("--cdevents-sink", "FLUXRELAY_CDEVENTS_SINKS",
+           "HTTP sink URL[,spec=0.4.1][,auth=bearer|hmac][,secret-file=PATH|secret-env=VAR]"
+           "[,name=NAME]; repeatable", _sink, metavar="SPEC", repeat=True),
+    Option("--cdevents-source", "FLUXRELAY_CDEVENTS_SOURCE",
+           "context.source of emitted CDEvents (default /fluxrelay/reconciler)",
+           _set("source", section="cdevents"), metavar="URI"),
+    Option("--cdevents-outbox", "FLUXRELAY_CDEVENTS_OUTBOX",
+           "events one sink holds while it cannot deliver (default 10000)",
+           _set("outbox_size", _positive(int), "cdevents"), metavar="N"),
+    Option("--cdevents-give-up-after", "FLUXRELAY_CDEVENTS_GIVE_UP_AFTER",
+           "seconds an event is retried before it counts as failed (default 3600)",
+           _set("give_up_after", _positive(float), "cdevents"), metavar="SECONDS"),
 )  # fmt: skip
 
 
@@ -175,6 +231,8 @@ def parser() -> argparse.ArgumentParser:
         text = f"{opt.help} [env {opt.env}]"
         if opt.is_bool:
             p.add_argument(opt.flag, action="store_const", const="true", default=None, help=text)
+        elif opt.repeat:
+            p.add_argument(opt.flag, metavar=opt.metavar, action="append", default=None, help=text)
         else:
             p.add_argument(opt.flag, metavar=opt.metavar, default=None, help=text)
     return p
@@ -182,15 +240,20 @@ def parser() -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> ReconcilerSettings:
     """Flags win over variables, variables over defaults."""
-    sections: dict[str, dict[str, Any]] = {"top": {}, "consumer": {}, "patch": {}}
+    sections: dict[str, dict[str, Any]] = {"top": {}, "consumer": {}, "patch": {}, "cdevents": {}}
     for opt in OPTIONS:
         raw = getattr(args, opt.flag.lstrip("-").replace("-", "_"))
         if raw is None:
             raw = environ.get(opt.env)
+            if opt.repeat and raw:
+                raw = raw.split()
         if raw is None or raw == "":
             continue
         try:
-            opt.apply(sections, raw)
+            for value in raw if isinstance(raw, list) else [raw]:
+                opt.apply(sections, value)
+        except ConfigError:
+            raise
         except ValueError as e:
             raise ConfigError(f"{opt.flag} / {opt.env}: invalid value {raw!r}") from e
     top = sections["top"]
@@ -202,7 +265,8 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Reconcil
     patch = dataclasses.replace(PatchSettings(), **sections["patch"])
     if patch.min_concurrency > patch.max_concurrency:
         raise ConfigError("--min-concurrency must not exceed --max-concurrency")
-    return ReconcilerSettings(**top, consumer=consumer, patch=patch)
+    cdevents = dataclasses.replace(CDEventsSettings(), **sections["cdevents"])
+    return ReconcilerSettings(**top, consumer=consumer, patch=patch, cdevents=cdevents)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,7 +29,8 @@ import json
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
@@ -57,6 +58,13 @@ ERROR_HEADER = "Fluxrelay-Dead-Error"
 SEQ_HEADER = "Fluxrelay-Stream-Seq"
 DELIVERIES_HEADER = "Fluxrelay-Deliveries"
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+
+
+class OnReceived(Protocol):
+    """Called with every envelope decoded from a message (each delivery of it), before
+    targeting, with the time JetStream stored it; must not block (outcome reporting)."""
+
+    def __call__(self, env: Envelope, stored_at: datetime | None) -> None: ...
 
 
 def decode(headers: Mapping[str, str] | None, data: bytes) -> Envelope:
@@ -110,8 +118,10 @@ class Consumer:
         targeter: Targeter,
         coalescer: Coalescer,
         metrics: ReconcilerMetrics,
+        on_received: OnReceived | None = None,
     ) -> None:
         self.js = js
+        self.on_received = on_received
         self.settings = settings
         self.durable = durable
         self.targeter = targeter
@@ -214,6 +224,11 @@ class Consumer:
         env: Envelope | None = None
         try:
             env = decode(msg.headers, msg.data)
+            if self.on_received is not None:
+                try:
+                    self.on_received(env, msg.metadata.timestamp)
+                except Exception:
+                    log.exception("on_received hook failed", extra={"event_id": env["id"]})
             await self.process(env)
         except ReconcilerError as e:
             error = e

@@ -25,12 +25,18 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
 from reconciler.app import Probes, create_metrics_app
+from reconciler.chaining import ChainReporter
 from reconciler.coalescing import Coalescer
 from reconciler.consuming import Consumer
+from reconciler.emitting import Emitter
+from reconciler.kinds import SHARD_LABEL
 from reconciler.metrics import ReconcilerMetrics
+from reconciler.outcome_metrics import OutcomeMetrics
+from reconciler.outcomes import OutcomeWatcher
 from reconciler.patching import OnPatched, Patcher
 from reconciler.receivers import FileReceivers, KubeReceivers, ReceiverBook
 from reconciler.settings import ReconcilerSettings
+from reconciler.sinks import build_sinks
 from reconciler.targeting import IndexFactory, SourceMatcher, Targeter
 from reconciler.throttling import ApiGate
 from schemas.receivers import ConfigError
@@ -89,6 +95,11 @@ class Reconciler:
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
         self._advisories: Subscription | None = None
+        self.outcome_metrics = OutcomeMetrics(self.metrics.registry)
+        self.watcher: OutcomeWatcher | None = None
+        self.emitter: Emitter | None = None
+        self.reporter: ChainReporter | None = None
+        self._watch_api: k8s.ApiClient | None = None
 
     # ------------------------------------------------------------------------------ probes
 
@@ -136,7 +147,7 @@ class Reconciler:
             files = FileReceivers(s.config, s.reload_interval, self.book)
             await files.load()
             self._spawn(files.run(), "receivers")
-        patcher = Patcher(self.api, gate, self.metrics, self.on_patched)
+        patcher = Patcher(self.api, gate, self.metrics, await self._start_reporting())
         self.coalescer = Coalescer(patcher.patch, s.coalesce_window, self.metrics)
         self.targeter = Targeter(
             self.api,
@@ -162,6 +173,33 @@ class Reconciler:
             s.shard or "-",
             self.metrics_port,
         )
+
+    async def _start_reporting(self) -> OnPatched | None:
+        """Outcome watching and CDEvents out (``reconciler.chaining``): the patch hook."""
+        s = self.settings
+        if s.outcome_timeout > 0:
+            self._watch_api = await kube_client(s)  # watches never take the patches' pool slots
+            self.watcher = OutcomeWatcher(
+                self._watch_api,
+                self.outcome_metrics,
+                timeout=s.outcome_timeout,
+                label_selector=f"{SHARD_LABEL}={s.shard}" if s.shard else f"!{SHARD_LABEL}",
+                per_namespace=s.namespace is not None,
+            )
+        if s.cdevents.enabled:
+            sinks = build_sinks(s.nats_url, s.cdevents, self.outcome_metrics)
+            self.emitter = Emitter(sinks, self.outcome_metrics)
+            await self.emitter.start()
+        if self.watcher is None and self.emitter is None:
+            return self.on_patched
+        self.reporter = ChainReporter(
+            self.emitter.emit if self.emitter is not None else None,
+            self.watcher,
+            self.outcome_metrics,
+            source=s.cdevents.source,
+            also=self.on_patched,
+        )
+        return self.reporter
 
     def _spawn(self, coro: object, name: str) -> None:
         self._tasks.append(asyncio.create_task(coro, name=name))  # type: ignore[arg-type]
@@ -196,6 +234,7 @@ class Reconciler:
             self.targeter,
             self.coalescer,
             self.metrics,
+            on_received=self.reporter.on_received if self.reporter is not None else None,
         )
         self.consumer = consumer
 
@@ -238,6 +277,12 @@ class Reconciler:
             await self.coalescer.close()
         if self.targeter is not None:
             await self.targeter.close()
+        if self.watcher is not None:
+            await self.watcher.close()
+        if self.emitter is not None:
+            await self.emitter.close(self.settings.cdevents.drain_timeout)
+        if self._watch_api is not None:
+            await self._watch_api.close()
         if self.nc is not None and not self.nc.is_closed:
             try:
                 await self.nc.drain()

@@ -87,6 +87,58 @@ class PatchSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class HttpSinkSettings:
+    """One HTTP endpoint CDEvents are POSTed to (CloudEvents binary mode)."""
+
+    url: str = field(repr=False)
+    """Where to POST; kept out of reprs because a Flux hook path is itself a secret."""
+    name: str
+    """Label in metrics and logs (``http-<n>`` unless named)."""
+    spec_version: str = "0.5.1"
+    """CDEvents spec release this sink speaks (0.4.1 for Flux's ``cdevents`` Receiver)."""
+    auth: Literal["none", "bearer", "hmac"] = "none"
+    """``bearer``: ``Authorization: Bearer <secret>``; ``hmac``: ``X-Signature: sha256=<hex>``
+    over the body."""
+    secret: str = field(default="", repr=False)
+    """Token or HMAC key, read from a file or variable (never given on the command line)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CDEventsSettings:
+    """Where the CDEvents the reconciler emits go, and how hard it tries."""
+
+    nats: bool = False
+    """Publish to JetStream (subjects = event types, CloudEvents NATS binary mode)."""
+    stream: str = subjects.CDEVENTS_STREAM
+    """Stream for emitted CDEvents (created on ``dev.cdevents.>`` + ``dev.cdeventsx.>`` if
+    missing, left as it is otherwise)."""
+    nats_spec_version: str = "0.5.1"
+    """CDEvents spec release published to NATS."""
+    sinks: tuple[HttpSinkSettings, ...] = ()
+    """HTTP sinks (``--cdevents-sink``, repeatable)."""
+    source: str = "/fluxrelay/reconciler"
+    """``context.source`` of emitted events."""
+    outbox_size: int = 10_000
+    """Events one sink holds while it cannot deliver; more are dropped and counted."""
+    retry_initial: float = 0.5
+    """First delay between tries of one event (doubling with jitter)."""
+    retry_max: float = 30.0
+    """Longest delay between tries."""
+    give_up_after: float = 3600.0
+    """Seconds an event is retried before it is counted as failed (expired)."""
+    request_timeout: float = 10.0
+    """Seconds one POST or PubAck may take."""
+    duplicate_window: float = 600.0
+    """Duplicate window of a stream this process creates (redeliveries re-emit the same ids)."""
+    drain_timeout: float = 10.0
+    """Seconds a stopping process gives its sinks to deliver their outboxes."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.nats or bool(self.sinks)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ReconcilerSettings:
     """Everything ``fluxrelay-reconciler`` needs to run."""
 
@@ -122,6 +174,10 @@ class ReconcilerSettings:
     log_level: str = "INFO"
     consumer: ConsumerSettings = field(default_factory=ConsumerSettings)
     patch: PatchSettings = field(default_factory=PatchSettings)
+    outcome_timeout: float = 600.0
+    """Seconds a reconcile request is followed before its outcome is an error (timed out);
+    0 turns outcome watching (and with it MTTP and finished events) off."""
+    cdevents: CDEventsSettings = field(default_factory=CDEventsSettings)
 
     @property
     def durable(self) -> str:
