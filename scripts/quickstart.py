@@ -1,0 +1,268 @@
+"""The quick start: fluxrelay running locally on real parts, until Ctrl-C.
+
+Starts a ``nats-server`` with JetStream (store under ``--state-dir``), a real etcd +
+kube-apiserver with the Flux CRDs and example sources (unless ``$KUBECONFIG`` points at a
+cluster), the receiver with ``deploy/examples/quickstart/receivers.yaml`` and the reconciler.
+On the local API server no Flux controller runs, so the tests' Flux stand-in answers
+reconcile requests the way Flux would (``lastHandledReconcileAt``, ``Ready``). It prints the
+hook URL and a ready-to-paste signed push, then every reconcile request it sees on the Flux
+objects and every CDEvent emitted. Ctrl-C stops everything it started.
+
+Lines meant for people and for the quick start's own test start with ``fluxrelay>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from receiver.hooks import hook_path  # noqa: E402
+from schemas.receivers import read_documents  # noqa: E402
+from tests.support.natsd import NatsServer, free_port  # noqa: E402
+
+EXAMPLES = ROOT / "deploy" / "examples" / "quickstart"
+RECEIVERS = EXAMPLES / "receivers.yaml"
+OBJECTS = EXAMPLES / "flux-objects.yaml"
+NAMESPACE = "flux-system"
+WATCHED = (
+    ("source.toolkit.fluxcd.io", "v1", "gitrepositories", "GitRepository"),
+    ("kustomize.toolkit.fluxcd.io", "v1", "kustomizations", "Kustomization"),
+)
+
+
+def say(text: str) -> None:
+    print(f"fluxrelay> {text}", flush=True)
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} was ready")
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(url, timeout=1) as resp,  # noqa: S310 - loopback
+        ):
+            if resp.status == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout}s")
+
+
+@contextlib.contextmanager
+def process(cmd: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=out, cwd=ROOT)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def follow_objects(kubeconfig: Path, stop: asyncio.Event) -> None:
+    """Print each new reconcile request on the example objects (polling keeps it simple)."""
+    from kubernetes_asyncio import client, config
+
+    api_client = await config.new_client_from_config(config_file=str(kubeconfig))
+    seen: dict[str, str] = {}
+    try:
+        api = client.CustomObjectsApi(api_client)
+        while not stop.is_set():
+            for group, version, plural, kind in WATCHED:
+                with contextlib.suppress(Exception):
+                    listed: dict[str, Any] = await api.list_namespaced_custom_object(
+                        group, version, NAMESPACE, plural
+                    )
+                    for obj in listed.get("items", []):
+                        meta = obj.get("metadata", {})
+                        annotations = meta.get("annotations") or {}
+                        requested = annotations.get("reconcile.fluxcd.io/requestedAt")
+                        key = f"{kind}/{NAMESPACE}/{meta.get('name')}"
+                        if requested and seen.get(key) != requested:
+                            if key in seen or requested:
+                                say(
+                                    f"PATCHED {key} requestedAt={requested} "
+                                    f"delivery={annotations.get('fluxrelay.io/delivery')}"
+                                )
+                            seen[key] = requested
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+    finally:
+        await api_client.close()
+
+
+async def follow_cdevents(nats_url: str, stop: asyncio.Event) -> None:
+    """Print every CDEvent emitted on NATS (a plain core subscription, as a user would)."""
+    import nats
+
+    nc = await nats.connect(nats_url)
+    try:
+
+        async def show(msg: Any) -> None:
+            headers = msg.headers or {}
+            say(
+                f"CDEVENT {msg.subject} id={headers.get('ce-id')} subject={headers.get('ce-subject')}"
+            )
+
+        await nc.subscribe("dev.cdevents.>", cb=show)
+        await nc.subscribe("dev.cdeventsx.>", cb=show)
+        await stop.wait()
+    finally:
+        await nc.close()
+
+
+async def stand_in(kube: Any, stop: asyncio.Event) -> None:
+    from tests.support.fluxstandin import FluxStandIn
+
+    api_client = await kube.api_client()
+    try:
+        async with FluxStandIn(api_client, NAMESPACE, delay=1.0):
+            await stop.wait()
+    finally:
+        await api_client.close()
+
+
+async def follow(nats_url: str, kubeconfig: Path, kube: Any) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [
+        asyncio.create_task(follow_objects(kubeconfig, stop)),
+        asyncio.create_task(follow_cdevents(nats_url, stop)),
+    ]
+    if kube is not None:
+        tasks.append(asyncio.create_task(stand_in(kube, stop)))
+    say("READY (Ctrl-C stops everything)")
+    await stop.wait()
+    for task in tasks:
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+
+
+def hook_lines(port: int) -> list[tuple[str, str]]:
+    """(hook URL, token) for every example Receiver."""
+    found = read_documents(RECEIVERS)
+    out: list[tuple[str, str]] = []
+    for _, definition in found.receivers:
+        token = found.secrets[(definition.namespace, definition.secret_name)]["token"]
+        path = hook_path(token, definition.name, definition.namespace)
+        out.append((f"http://127.0.0.1:{port}{path}", token.decode()))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--state-dir", type=Path, default=ROOT / ".state")
+    parser.add_argument("--port", type=int, default=9292, help="hook port")
+    parser.add_argument("--metrics-port", type=int, default=9090, help="receiver metrics")
+    parser.add_argument("--reconciler-metrics-port", type=int, default=9091)
+    parser.add_argument("--nats-port", type=int, default=0, help="0 picks a free port")
+    args = parser.parse_args()
+    state: Path = args.state_dir
+    state.mkdir(parents=True, exist_ok=True)
+
+    nats = NatsServer(port=args.nats_port or free_port(), store=state / "nats", name="quickstart")
+    nats.start()
+    say(f"nats-server with JetStream at {nats.url} (store {state / 'nats'})")
+    kube = None
+    try:
+        if os.environ.get("KUBECONFIG"):
+            kubeconfig = Path(os.environ["KUBECONFIG"])
+            say(f"using the cluster of $KUBECONFIG ({kubeconfig})")
+        else:
+            from tests.support.kubeapi import KubeAPI
+
+            kube = KubeAPI().start()
+            kube.apply_crds()
+            kube.create_namespace(NAMESPACE)
+            kube.apply_manifests(list(yaml.safe_load_all(OBJECTS.read_text())), namespace=NAMESPACE)
+            kubeconfig = kube.write_kubeconfig(state / "kubeconfig")
+            say(
+                f"kube-apiserver + etcd at {kube.url} (kubeconfig {kubeconfig}); Flux CRDs and "
+                f"example sources applied"
+            )
+        common = ["--nats-url", nats.url, "--config", str(RECEIVERS), "--log-format", "json"]
+        receiver_cmd = [
+            sys.executable,
+            "-m",
+            "receiver",
+            *common,
+            "--listen",
+            f"127.0.0.1:{args.port}",
+            "--metrics-listen",
+            f"127.0.0.1:{args.metrics_port}",
+        ]
+        reconciler_cmd = [
+            sys.executable,
+            "-m",
+            "reconciler",
+            *common,
+            "--kubeconfig",
+            str(kubeconfig),
+            "--metrics-listen",
+            f"127.0.0.1:{args.reconciler_metrics_port}",
+        ]
+        with (
+            process(receiver_cmd, state / "receiver.log") as rproc,
+            process(reconciler_cmd, state / "reconciler.log") as cproc,
+        ):
+            wait_ready(f"http://127.0.0.1:{args.metrics_port}/readyz", rproc)
+            wait_ready(f"http://127.0.0.1:{args.reconciler_metrics_port}/readyz", cproc)
+            say(
+                f"receiver on :{args.port} (metrics :{args.metrics_port}), reconciler metrics "
+                f":{args.reconciler_metrics_port}; logs in {state}"
+            )
+            hooks = hook_lines(args.port)
+            for url, _ in hooks:
+                say(f"HOOK {url}")
+            url, token = hooks[0]
+            send = [
+                str(Path(sys.executable).parent / "fluxrelay-receiver"),
+                "send",
+                "--url",
+                url,
+                "--provider",
+                "github",
+                "--token",
+                token,
+                "--repo-url",
+                "https://github.com/example/fleet.git",
+                "--ref",
+                "refs/heads/main",
+            ]
+            say("send a signed GitHub push with:")
+            say(f"SEND {shlex.join(send)}")
+            asyncio.run(follow(nats.url, kubeconfig, kube))
+    finally:
+        if kube is not None:
+            kube.stop()
+        nats.stop()
+        say("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The README's run command, as a newcomer uses it: start the quick start, paste the signed
+push it prints, see the reconcile requests on the Flux objects (and the CDEvents emitted),
+then Ctrl-C stops everything it started."""
+
+from __future__ import annotations
+
+import os
+import queue
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.natsd import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def reader(stream: object, lines: queue.Queue[str]) -> None:
+    for line in iter(stream.readline, ""):  # type: ignore[attr-defined]
+        lines.put(line.rstrip("\n"))
+
+
+def wait_line(lines: queue.Queue[str], seen: list[str], prefix: str, timeout: float) -> str:
+    for line in seen:
+        if line.startswith(prefix):
+            return line
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        seen.append(line)
+        if line.startswith(prefix):
+            return line
+    raise AssertionError(f"no line starting {prefix!r}; output so far:\n" + "\n".join(seen))
+
+
+@pytest.mark.timeout(240)
+def test_quick_start_runs_a_push_to_a_reconcile_and_stops_cleanly(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "scripts/quickstart.py",
+            "--state-dir",
+            str(tmp_path),
+            "--port",
+            str(free_port()),
+            "--metrics-port",
+            str(free_port()),
+            "--reconciler-metrics-port",
+            str(free_port()),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=reader, args=(proc.stdout, lines), daemon=True).start()
+    seen: list[str] = []
+    try:
+        wait_line(lines, seen, "fluxrelay> READY", 150)
+        send = wait_line(lines, seen, "fluxrelay> SEND ", 1).removeprefix("fluxrelay> SEND ")
+        sent = subprocess.run(
+            shlex.split(send), capture_output=True, text=True, timeout=60, check=False
+        )
+        assert sent.stdout.startswith("202 "), sent.stdout + sent.stderr
+        delivery = sent.stdout.split('"id": "')[1].split('"')[0]
+
+        for target in ("GitRepository/flux-system/fleet", "Kustomization/flux-system/apps"):
+            line = wait_line(lines, seen, f"fluxrelay> PATCHED {target} ", 60)
+            assert f"delivery={delivery}" in line
+        wait_line(lines, seen, "fluxrelay> CDEVENT dev.cdevents.", 60)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(90)
+    assert code == 0
+    wait_line(lines, seen, "fluxrelay> stopped", 5)
+    # Nothing it started outlives it: the receiver's port is free again.
+    leftover = subprocess.run(
+        ["pgrep", "-f", str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert leftover.stdout.strip() == ""
