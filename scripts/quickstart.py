@@ -122,9 +122,8 @@ async def follow_cdevents(nats_url: str, stop: asyncio.Event) -> None:
 
         async def show(msg: Any) -> None:
             headers = msg.headers or {}
-            say(
-                f"CDEVENT {msg.subject} id={headers.get('ce-id')} subject={headers.get('ce-subject')}"
-            )
+            ce_id, ce_subject = headers.get("ce-id"), headers.get("ce-subject")
+            say(f"CDEVENT {msg.subject} id={ce_id} subject={ce_subject}")
 
         await nc.subscribe("dev.cdevents.>", cb=show)
         await nc.subscribe("dev.cdeventsx.>", cb=show)
