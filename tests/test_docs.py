@@ -15,7 +15,8 @@ from reconciler import cli as reconciler_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
-SUBCOMMAND_FLAGS = {
+SCRIPT_FLAGS = {"--write", "--check"}  # scripts/reference.py
+SUBCOMMAND_FLAGS = SCRIPT_FLAGS | {
     "--token",
     "--name",
     "--url",
