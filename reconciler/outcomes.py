@@ -265,6 +265,7 @@ class OutcomeWatcher:
         )
         by_time[requested_at] = waiter
         waiter.timer = loop.call_later(self.timeout, self._expire, waiter)
+        waiter.future.add_done_callback(lambda f: self._forget(waiter) if f.cancelled() else None)
         self._metrics.waiting.set(self.waiting)
         scope = self._ensure_scope(ref)
         cached = scope.cache.get(ref.key)
@@ -372,15 +373,18 @@ class OutcomeWatcher:
                 ),
             )
 
-    def _resolve(self, waiter: _Waiter, outcome: Outcome) -> None:
+    def _forget(self, waiter: _Waiter) -> None:
         if waiter.timer is not None:
             waiter.timer.cancel()
         by_time = self._waiters.get(waiter.ref.key)
-        if by_time is not None:
-            by_time.pop(waiter.requested_at, None)
+        if by_time is not None and by_time.get(waiter.requested_at) is waiter:
+            del by_time[waiter.requested_at]
             if not by_time:
                 del self._waiters[waiter.ref.key]
         self._metrics.waiting.set(self.waiting)
+
+    def _resolve(self, waiter: _Waiter, outcome: Outcome) -> None:
+        self._forget(waiter)
         self._metrics.outcomes.labels(waiter.ref.kind, outcome.result).inc()
         if not waiter.future.done():
             waiter.future.set_result(outcome)
@@ -498,6 +502,11 @@ class OutcomeWatcher:
             _request_timeout=aiohttp.ClientTimeout(sock_connect=10, sock_read=s.read_timeout_s),
         )
         try:
+            # With _preload_content=False the client does not raise for an error answer.
+            if not 200 <= response.status <= 299:
+                if response.status == 410:
+                    raise _Gone("watch answered 410 Gone")
+                raise ApiException(status=response.status, reason=response.reason)
             async for event in _events(response.content):
                 obj = event.get("object")
                 if not isinstance(obj, Mapping):
