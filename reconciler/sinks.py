@@ -114,6 +114,7 @@ class OutboxSink:
         self._retry = retry
         self._outbox: asyncio.Queue[_Item] = asyncio.Queue(maxsize=outbox_size)
         self._worker: asyncio.Task[None] | None = None
+        self._current: _Item | None = None
         self._closing = asyncio.Event()
         self._gauge = metrics.outbox.labels(name)
         self._gauge.set(0)
@@ -160,6 +161,9 @@ class OutboxSink:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
             self._worker = None
+        if self._current is not None:  # interrupted mid-delivery: it may not have arrived
+            self._drop(self._current.event, "shutdown")
+            self._current = None
         while not self._outbox.empty():
             item = self._outbox.get_nowait()
             self._outbox.task_done()
@@ -170,8 +174,10 @@ class OutboxSink:
     async def _work(self) -> None:
         while True:
             item = await self._outbox.get()
+            self._current = item
             try:
                 await self._deliver(item)
+                self._current = None
             finally:
                 self._outbox.task_done()
                 self._gauge.set(self._outbox.qsize())
