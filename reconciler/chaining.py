@@ -373,7 +373,11 @@ class ChainReporter:
     def on_received(self, env: Envelope, stored_at: datetime | None) -> None:
         """An envelope was taken from the stream: emit its ingest event, note its stored time."""
         if stored_at is not None:
-            self._stored[env["id"]] = stored_at.timestamp()
+            stored = stored_at.timestamp()
+            received = _epoch(env["received_at"])
+            if env["id"] not in self._stored and received is not None:  # once per delivery
+                self._metrics.stage.labels("received_stored").observe(max(stored - received, 0))
+            self._stored[env["id"]] = stored
             self._stored.move_to_end(env["id"])
             while len(self._stored) > STORED_MEMORY:
                 self._stored.popitem(last=False)
@@ -387,10 +391,7 @@ class ChainReporter:
     ) -> None:
         patched_at = self._clock()
         for env in envelopes:
-            received = _epoch(env["received_at"])
-            stored = self._stored.pop(env["id"], None)
-            if received is not None and stored is not None:
-                self._metrics.stage.labels("received_stored").observe(max(stored - received, 0))
+            stored = self._stored.get(env["id"])  # kept: one delivery may patch many objects
             if stored is not None:
                 self._metrics.stage.labels("stored_patched").observe(max(patched_at - stored, 0))
             if self._emit is not None:
