@@ -18,8 +18,9 @@ from typing import Any
 
 from receiver.errors import ConfigError
 from receiver.hooks import hook_path
-from receiver.settings import ReceiverSettings, StreamSettings
+from receiver.settings import Rate, ReceiverSettings, StreamSettings, parse_networks
 from schemas import logs
+from schemas.natsauth import NATS_AUTH_OPTIONS, NatsAuth
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,23 @@ def _hostport(prefix: str) -> Callable[[dict[str, Any], dict[str, Any], str], No
 
 def _bool(raw: str) -> bool:
     return raw.lower() in ("1", "true", "yes", "on")
+
+
+def _positive(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError(raw)
+    return value
+
+
+def _nats(key: str) -> Callable[[dict[str, Any], dict[str, Any], str], None]:
+    def apply(top: dict[str, Any], st: dict[str, Any], raw: str) -> None:
+        top.setdefault(_NATS_AUTH, {})[key] = raw
+
+    return apply
+
+
+_NATS_AUTH = "_nats_auth"
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -142,6 +160,63 @@ OPTIONS: tuple[Option, ...] = (
         _set("reload_interval", float),
         metavar="SECONDS",
     ),
+    Option(
+        "--tls-cert",
+        "FLUXRELAY_TLS_CERT",
+        "certificate chain (PEM) for HTTPS on the hook listener, reloaded on change",
+        _set("tls_cert", Path),
+        metavar="FILE",
+    ),
+    Option(
+        "--tls-key",
+        "FLUXRELAY_TLS_KEY",
+        "private key (PEM) of --tls-cert",
+        _set("tls_key", Path),
+        metavar="FILE",
+    ),
+    Option(
+        "--header-timeout",
+        "FLUXRELAY_HEADER_TIMEOUT",
+        "seconds to send a complete request head, and idle time between requests (default 15)",
+        _set("header_timeout", _positive),
+        metavar="SECONDS",
+    ),
+    Option(
+        "--read-timeout",
+        "FLUXRELAY_READ_TIMEOUT",
+        "seconds the body may take to arrive before 408 (default 30)",
+        _set("read_timeout", _positive),
+        metavar="SECONDS",
+    ),
+    Option(
+        "--rate-limit-receiver",
+        "FLUXRELAY_RATE_LIMIT_RECEIVER",
+        "requests per second per Receiver, optional bucket size (e.g. 10/50; default off)",
+        _set("rate_limit_receiver", Rate.parse),
+        metavar="RATE[/BURST]",
+    ),
+    Option(
+        "--rate-limit-source",
+        "FLUXRELAY_RATE_LIMIT_SOURCE",
+        "requests per second per source address, optional bucket size (default off)",
+        _set("rate_limit_source", Rate.parse),
+        metavar="RATE[/BURST]",
+    ),
+    Option(
+        "--rate-limit-sources-max",
+        "FLUXRELAY_RATE_LIMIT_SOURCES_MAX",
+        "source addresses tracked at most by --rate-limit-source (default 65536)",
+        _set("rate_limit_sources_max", int),
+        metavar="N",
+    ),
+    Option(
+        "--trusted-proxies",
+        "FLUXRELAY_TRUSTED_PROXIES",
+        "addresses/CIDRs whose X-Forwarded-For is believed (default none)",
+        _set("trusted_proxies", parse_networks),
+        metavar="CIDRS",
+    ),
+    *(Option(o.flag, o.env, o.help, _nats(o.key), metavar=o.metavar) for o in NATS_AUTH_OPTIONS),
     Option(
         "--log-format",
         "FLUXRELAY_LOG_FORMAT",
@@ -251,8 +326,13 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Receiver
         raise ConfigError("--log-format: text or json")
     if st.get("storage", "file") not in ("file", "memory"):
         raise ConfigError("--stream-storage: file or memory")
+    if (top.get("tls_cert") is None) != (top.get("tls_key") is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    if top.get("rate_limit_sources_max", 1) < 1:
+        raise ConfigError("--rate-limit-sources-max: at least 1")
+    nats_auth = NatsAuth.from_strings(top.pop(_NATS_AUTH, {}))
     stream = dataclasses.replace(StreamSettings(), **st)
-    return ReceiverSettings(**top, stream=stream)
+    return ReceiverSettings(**top, stream=stream, nats_auth=nats_auth)
 
 
 def hook_path_main(argv: Sequence[str]) -> int:

@@ -67,6 +67,20 @@ class HookNotFound(Rejected):
     code = "not_found"
 
 
+class SourceNotAllowed(Rejected):
+    """The source address is not in the Receiver's ``fluxrelay.io/allowed-sources``."""
+
+    status = 403
+    code = "source_not_allowed"
+
+
+class RequestTimeout(Rejected):
+    """The body did not arrive within ``--read-timeout`` (a slow or stalled sender)."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class MethodNotAllowed(Rejected):
     status = 405
     code = "method_not_allowed"
@@ -80,6 +94,13 @@ class BodyTooLarge(Rejected):
 class UnsupportedMediaType(Rejected):
     status = 415
     code = "unsupported_media_type"
+
+
+class EncodingRefused(UnsupportedMediaType):
+    """A ``Content-Encoding`` other than identity: bodies are never decompressed (no webhook
+    sender served here compresses, and inflating would bypass the body cap)."""
+
+    code = "content_encoding_refused"
 
 
 class RateLimited(Rejected):

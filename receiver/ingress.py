@@ -1,14 +1,19 @@
 """The hook endpoint: cap, look up, verify, parse, filter, store, answer.
 
-Order matters and is Flux's: the body cap applies before anything else (413 even on an
-unknown path), then the path (404), the method (405), suspension (503); the provider
-verifies the raw bytes before anything is parsed; 202 is sent only after every message of
-the delivery has a PubAck. Every refusal is a :class:`~receiver.errors.Rejected`, turned into
+Order matters and is Flux's, with fluxrelay's guards slotted in before any body byte is
+read: the body cap applies before anything else (413 even on an unknown path), then the
+source's rate limit (429), the path (404, current or still-honoured previous one), the
+Receiver's source allow-list (403), its rate limit (429), the method (405), suspension (503),
+the content encoding (415: bodies are never decompressed); the body must arrive within the
+read timeout (408); the provider verifies the raw bytes, with the previous token too during
+a rotation, before anything is parsed; 202 is sent only after every message of the delivery
+has a PubAck. Every refusal is a :class:`~receiver.errors.Rejected`, turned into
 a short JSON answer by :func:`errors_middleware`, the one place statuses are rendered.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -17,16 +22,21 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from receiver import deadlettering, normalising
+from receiver import addressing, deadlettering, normalising, rotating
 from receiver.errors import (
     BodyTooLarge,
     DeadLetter,
+    EncodingRefused,
     EventNotAllowed,
     HookNotFound,
     MethodNotAllowed,
+    RateLimited,
     Rejected,
+    RequestTimeout,
+    SourceNotAllowed,
     Suspended,
 )
+from receiver.limiting import retry_after
 from receiver.providers import PROVIDERS
 from receiver.providers.base import Parsed, Request
 from receiver.receivers import ReceiverSpec
@@ -47,29 +57,104 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except Rejected as e:
-        return web.json_response(
+        response = web.json_response(
             {**e.details, "status": "rejected", "code": e.code, "reason": e.reason},
             status=e.status,
             headers=e.headers,
         )
+        if isinstance(e, RequestTimeout):
+            response.force_close()  # the rest of the body is not worth waiting for
+        return response
     except web.HTTPRequestEntityTooLarge:
         return reply(413, status="rejected", code=BodyTooLarge.code, reason="body too large")
     except web.HTTPException as e:
         return reply(e.status, status="rejected", code="http", reason=e.reason)
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """Read at most ``limit`` bytes; chunked bodies are cut off as soon as they exceed it."""
+async def read_body(request: web.Request, limit: int, seconds: float | None = None) -> bytes:
+    """Read at most ``limit`` bytes within ``seconds``; chunked bodies are cut off as
+    soon as they exceed the limit, slow ones (slowloris) when the time is up (408, and the
+    connection is closed since the rest of the body was not read)."""
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(f"body of {request.content_length} bytes exceeds {limit}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(65536):
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"body exceeds {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in request.content.iter_chunked(65536):
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(f"body exceeds {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError as e:
+        raise RequestTimeout(f"body not received within {seconds:g} s") from e
     return b"".join(chunks)
+
+
+IDENTITY_ENCODINGS = frozenset({"", "identity"})
+
+
+def check_encoding(request: web.Request) -> None:
+    """Refuse compressed bodies (415) instead of inflating them past the body cap."""
+    encodings = [
+        part.strip().lower()
+        for value in request.headers.getall("Content-Encoding", [])
+        for part in value.split(",")
+    ]
+    if any(e not in IDENTITY_ENCODINGS for e in encodings):
+        raise EncodingRefused(
+            "compressed bodies are not accepted (Content-Encoding must be identity)",
+            headers={"Accept-Encoding": "identity"},
+        )
+
+
+def source_of(request: web.Request, state: IngressState) -> addressing.Address | None:
+    """The client address, through ``--trusted-proxies`` only."""
+    return addressing.client_address(
+        request.remote,
+        request.headers.getall("X-Forwarded-For", []),
+        state.settings.trusted_proxies,
+    )
+
+
+def limit_source(state: IngressState, source: addressing.Address | None) -> None:
+    limiter = state.source_limiter
+    if limiter is None:
+        return
+    wait = limiter.take(source)
+    state.metrics.rate_limit_sources.set(len(limiter))
+    if wait:
+        state.metrics.rate_limited.labels("source").inc()
+        raise RateLimited(
+            "too many requests from this source", headers={"Retry-After": retry_after(wait)}
+        )
+
+
+def limit_receiver(state: IngressState, spec: ReceiverSpec) -> None:
+    limiter = state.receiver_limiter
+    if limiter is None:
+        return
+    wait = limiter.take(spec.key)
+    if wait:
+        state.metrics.rate_limited.labels("receiver").inc()
+        raise RateLimited(
+            "too many requests for this receiver", headers={"Retry-After": retry_after(wait)}
+        )
+
+
+def note_previous_token(state: IngressState, spec: ReceiverSpec) -> None:
+    """Count a delivery that needed the previous token; warn once per Receiver and path."""
+    state.metrics.previous_token_used.labels(spec.key).inc()
+    rotation = spec.rotation
+    old = rotation.previous.digest if rotation is not None else ""
+    if (spec.key, old) in state.previous_token_warned:
+        return
+    state.previous_token_warned.add((spec.key, old))
+    log.warning(
+        "a delivery used the previous token (old hook path or old key); update the sender "
+        "before the rotation deadline",
+        extra={"receiver": spec.key, "provider": spec.type},
+    )
 
 
 async def handle_hook(request: web.Request) -> web.StreamResponse:
@@ -87,24 +172,38 @@ async def _handle(request: web.Request, state: IngressState) -> web.StreamRespon
     limit = state.settings.body_limit
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(f"body of {request.content_length} bytes exceeds {limit}")
-    spec = state.table.lookup(request.match_info["digest"])
-    if spec is None:
+    source = source_of(request, state)
+    try:
+        limit_source(state, source)
+    except RateLimited:
+        state.metrics.deliveries.labels("", "", "", RateLimited.code).inc()
+        raise
+    route = state.table.route(request.match_info["digest"])
+    if route is None:
         state.metrics.deliveries.labels("", "", "", "not_found").inc()
         raise HookNotFound("no receiver at this path")
+    spec = route.spec
     provider = PROVIDERS[spec.type]
     outcome = "rejected"
     event = ""
     delivery = ""
     context = {"receiver": spec.key, "provider": spec.type}
     try:
+        if not addressing.source_allowed(source, spec.allowed_sources):
+            raise SourceNotAllowed("source address not allowed for this receiver")
+        limit_receiver(state, spec)
         if request.method != "POST":
             raise MethodNotAllowed("only POST is accepted", headers={"Allow": "POST"})
         if spec.suspend:
             raise Suspended("receiver is suspended", headers={"Retry-After": "60"})
-        body = await read_body(request, limit)
+        check_encoding(request)
+        body = await read_body(request, limit, state.settings.read_timeout)
         state.metrics.body_bytes.observe(len(body))
-        req = Request(request.headers, body, request.content_type.lower(), request.remote)
-        provider.verify(spec, req)
+        remote = str(source) if source is not None else request.remote
+        req = Request(request.headers, body, request.content_type.lower(), remote)
+        used_previous = rotating.verify(provider, spec, req, state.table.now()) or route.previous
+        if used_previous:
+            note_previous_token(state, spec)
         try:
             parsed = provider.parse(spec, req)
         except DeadLetter as e:

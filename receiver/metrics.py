@@ -64,6 +64,30 @@ class IngressMetrics:
             "Deliveries JetStream had already stored (provider redeliveries).",
             registry=r,
         )
+        self.rate_limited = Counter(
+            "fluxrelay_receiver_rate_limited",
+            "Requests refused with 429, by limit (receiver or source).",
+            ["scope"],
+            registry=r,
+        )
+        self.rate_limit_sources = Gauge(
+            "fluxrelay_receiver_rate_limit_sources",
+            "Source addresses currently tracked by the per-source rate limit.",
+            registry=r,
+        )
+        self.previous_token_used = Counter(
+            "fluxrelay_receiver_previous_token_used",
+            "Deliveries accepted thanks to a Receiver's previous token (path or key): senders "
+            "still to be updated before the rotation deadline.",
+            ["receiver"],
+            registry=r,
+        )
+        self.tls_reloads = Counter(
+            "fluxrelay_receiver_tls_reloads",
+            "Reloads of the hook listener's certificate and key, by result.",
+            ["result"],
+            registry=r,
+        )
         self.nats_connected = Gauge(
             "fluxrelay_receiver_nats_connected", "1 while connected to NATS.", registry=r
         )

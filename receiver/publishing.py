@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import nats
 from nats.aio.client import Client
@@ -22,6 +23,7 @@ from nats.js.errors import NotFoundError
 
 from receiver.errors import NotStored
 from receiver.settings import StreamSettings
+from schemas.natsauth import NatsAuth
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +76,22 @@ async def ensure_streams(js: nats.js.JetStreamContext, settings: StreamSettings)
 class Publisher:
     """A NATS connection that stays up across server restarts and stores with PubAck."""
 
-    def __init__(self, servers: str, settings: StreamSettings, timeout: float) -> None:
+    def __init__(
+        self,
+        servers: str,
+        settings: StreamSettings,
+        timeout: float,
+        auth: NatsAuth | None = None,
+    ) -> None:
         self._servers = [s.strip() for s in servers.split(",") if s.strip()]
+        self._auth = auth or NatsAuth()
         self._settings = settings
         self._timeout = timeout
         self._nc: Client | None = None
         self._streams_ready = asyncio.Event()
         self._ensure_task: asyncio.Task[None] | None = None
         self.max_payload = 1024 * 1024
+        self._connect_options: dict[str, Any] = {}
 
     @property
     def ready(self) -> bool:
@@ -93,7 +103,9 @@ class Publisher:
 
     async def start(self) -> None:
         """Connect and ensure the streams; if NATS is not up yet, keep trying in the
-        background (readiness stays false until both are done)."""
+        background (readiness stays false until both are done). Unusable TLS or credential
+        files raise ConfigError here, before anything is served."""
+        self._connect_options = self._auth.connect_options()
         self._ensure_task = asyncio.create_task(self._connect_and_ensure(), name="nats-connect")
         await asyncio.sleep(0)
 
@@ -110,6 +122,7 @@ class Publisher:
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
                     error_cb=self._on_error,
+                    **self._connect_options,
                 )
             except (NatsError, OSError, TimeoutError) as e:
                 log.warning("cannot connect to NATS yet: %s", e)

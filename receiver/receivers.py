@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from receiver import addressing, rotating
 from receiver.hooks import hook_digest
+from receiver.settings import Network
 from schemas.receivers import (
     ConfigError,
     Documents,
@@ -30,11 +32,45 @@ class ReceiverSpec:
     secret: Mapping[str, bytes] = field(repr=False)
     """Every key of the referenced Secret, as raw bytes (a trailing newline is kept)."""
     digest: str = field(default="", compare=False)
+    allowed_sources: tuple[Network, ...] = field(default=(), init=False, compare=False)
+    """From the ``fluxrelay.io/allowed-sources`` annotation; empty allows every source."""
+    rotation: rotating.Rotation | None = field(default=None, init=False, compare=False)
+    """The previous token still honoured, from ``previous-token``/``previous-token-expires``."""
 
     def __post_init__(self) -> None:
+        """Derive the hook path, the allow-list and the rotation; ConfigError when the
+        annotation or the rotation keys are malformed."""
+        d = self.definition
+        object.__setattr__(self, "digest", hook_digest(self.token, d.name, d.namespace))
+        where = f"Receiver {d.key}"
         object.__setattr__(
-            self, "digest", hook_digest(self.token, self.definition.name, self.definition.namespace)
+            self, "allowed_sources", addressing.allowed_sources(dict(d.annotations), where)
         )
+        object.__setattr__(self, "rotation", self._rotation(f"{where}: Secret {d.secret_name}"))
+
+    def _rotation(self, where: str) -> rotating.Rotation | None:
+        previous = self.secret.get(rotating.PREVIOUS_TOKEN)
+        expires = self.secret.get(rotating.PREVIOUS_TOKEN_EXPIRES)
+        if previous is None and expires is None:
+            return None
+        if not previous:
+            raise ConfigError(
+                f"{where}: {rotating.PREVIOUS_TOKEN_EXPIRES!r} given without "
+                f"{rotating.PREVIOUS_TOKEN!r}"
+            )
+        if expires is None:
+            raise ConfigError(
+                f"{where}: {rotating.PREVIOUS_TOKEN!r} needs {rotating.PREVIOUS_TOKEN_EXPIRES!r} "
+                "(an RFC 3339 deadline): a previous token is never honoured forever"
+            )
+        deadline = rotating.parse_deadline(expires, where)
+        kept = {
+            k: v
+            for k, v in self.secret.items()
+            if k not in (rotating.PREVIOUS_TOKEN, rotating.PREVIOUS_TOKEN_EXPIRES)
+        }
+        previous_spec = ReceiverSpec(self.definition, {**kept, "token": previous})
+        return rotating.Rotation(previous_spec, deadline)
 
     @property
     def namespace(self) -> str:

@@ -3,28 +3,70 @@
 A request looks its Receiver up once and keeps that object, so a reload (file change,
 SIGHUP, Kubernetes watch event) never affects a request in flight and never exposes a
 half-built table.
+
+A Receiver whose Secret carries a previous token (``receiver.rotating``) is also served at
+that token's path until the deadline: an alias entry, checked against the clock at lookup
+time so it stops by itself. Current paths always win over aliases.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from receiver.errors import ConfigError
 from receiver.providers import PROVIDERS
 from receiver.receivers import ReceiverSpec
 
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What a hook path leads to: the Receiver, and whether the path is its previous one."""
+
+    spec: ReceiverSpec
+    previous: bool = False
+
 
 class ReceiverTable:
     """Immutable digest -> Receiver mapping, validated against the provider registry."""
 
-    __slots__ = ("_by_digest",)
+    __slots__ = ("_aliases", "_by_digest", "_clock")
 
-    def __init__(self, by_digest: Mapping[str, ReceiverSpec]) -> None:
+    def __init__(
+        self,
+        by_digest: Mapping[str, ReceiverSpec],
+        *,
+        clock: Callable[[], float] = time.time,
+        strict: bool = True,
+    ) -> None:
         self._by_digest = dict(by_digest)
+        self._clock = clock
+        self._aliases: dict[str, ReceiverSpec] = {}
+        for spec in self._by_digest.values():
+            rotation = spec.rotation
+            if rotation is None or rotation.previous.digest == spec.digest:
+                continue
+            old = rotation.previous.digest
+            other = self._by_digest.get(old) or self._aliases.get(old)
+            if other is not None:
+                message = (
+                    f"Receiver {spec.key}: the previous token's hook path /hook/{old} is "
+                    f"{other.key}'s: change a token"
+                )
+                if strict:
+                    raise ConfigError(message)
+                log.warning("not serving a previous hook path: %s", message)
+                continue
+            self._aliases[old] = spec
 
     @classmethod
-    def build(cls, specs: Iterable[ReceiverSpec]) -> ReceiverTable:
+    def build(
+        cls, specs: Iterable[ReceiverSpec], *, clock: Callable[[], float] = time.time
+    ) -> ReceiverTable:
         """Validate every Receiver and refuse path collisions instead of serving one of two."""
         by_digest: dict[str, ReceiverSpec] = {}
         keys: set[str] = set()
@@ -46,10 +88,26 @@ class ReceiverTable:
                     f"/hook/{spec.digest}: change one token"
                 )
             by_digest[spec.digest] = spec
-        return cls(by_digest)
+        return cls(by_digest, clock=clock)
 
     def lookup(self, digest: str) -> ReceiverSpec | None:
-        return self._by_digest.get(digest)
+        route = self.route(digest)
+        return route.spec if route is not None else None
+
+    def now(self) -> float:
+        """The table's clock (wall time, seconds since the epoch): rotation deadlines."""
+        return self._clock()
+
+    def route(self, digest: str) -> Route | None:
+        """The Receiver served at ``/hook/<digest>``, by its current or (until the rotation
+        deadline) its previous token's path."""
+        spec = self._by_digest.get(digest)
+        if spec is not None:
+            return Route(spec)
+        spec = self._aliases.get(digest)
+        if spec is not None and spec.rotation is not None and spec.rotation.active(self._clock()):
+            return Route(spec, previous=True)
+        return None
 
     def __len__(self) -> int:
         return len(self._by_digest)
@@ -58,7 +116,9 @@ class ReceiverTable:
         return iter(self._by_digest.values())
 
     @classmethod
-    def build_lenient(cls, specs: Iterable[ReceiverSpec]) -> tuple[ReceiverTable, list[Unserved]]:
+    def build_lenient(
+        cls, specs: Iterable[ReceiverSpec], *, clock: Callable[[], float] = time.time
+    ) -> tuple[ReceiverTable, list[Unserved]]:
         """Serve every valid Receiver and report the rest (used with a live Kubernetes source,
         where one broken object must not take the others down). Colliding paths: neither is
         served, since serving one would route the other's deliveries to it."""
@@ -85,7 +145,7 @@ class ReceiverTable:
                 )
             else:
                 by_digest[digest] = group[0]
-        return cls(by_digest), unserved
+        return cls(by_digest, clock=clock, strict=False), unserved
 
 
 @dataclass(frozen=True, slots=True)

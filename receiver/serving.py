@@ -10,6 +10,7 @@ import signal
 from aiohttp import web
 
 from receiver.app import create_app, create_metrics_app
+from receiver.certificates import ServerCertificates
 from receiver.errors import ConfigError
 from receiver.metrics import IngressMetrics
 from receiver.publishing import Publisher
@@ -57,7 +58,9 @@ async def _serve(
     # Compile the CDEvents schemas now (~0.7 s) rather than on the first cdevents request;
     # always, since a reload may add a cdevents Receiver later.
     cdevents.warm_up()
-    publisher = Publisher(settings.nats_url, settings.stream, settings.publish_timeout)
+    publisher = Publisher(
+        settings.nats_url, settings.stream, settings.publish_timeout, settings.nats_auth
+    )
     state = IngressState(settings, publisher, metrics, table, loaded=True)
     log.info("serving %d receiver(s)", len(table))
 
@@ -73,30 +76,49 @@ async def _serve(
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGHUP, reload.set)
 
+    certificates: ServerCertificates | None = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        certificates = ServerCertificates(
+            settings.tls_cert,
+            settings.tls_key,
+            lambda result: metrics.tls_reloads.labels(result).inc(),
+        )
+        certificates.load()
     await publisher.start()
     ingress_runner = web.AppRunner(create_app(state), access_log=None, shutdown_timeout=10)
     metrics_runner = web.AppRunner(create_metrics_app(state), access_log=None)
     await ingress_runner.setup()
     await metrics_runner.setup()
     await web.TCPSite(
-        ingress_runner, settings.listen_host, settings.listen_port, backlog=1024
+        ingress_runner,
+        settings.listen_host,
+        settings.listen_port,
+        backlog=1024,
+        ssl_context=certificates.context if certificates is not None else None,
     ).start()
     await web.TCPSite(metrics_runner, settings.metrics_host, settings.metrics_port).start()
     log.info(
-        "listening on %s:%d (metrics %s:%d)",
+        "listening on %s:%d%s (metrics %s:%d)",
         settings.listen_host,
         settings.listen_port,
+        " with TLS" if certificates is not None else "",
         settings.metrics_host,
         settings.metrics_port,
     )
-    watcher = asyncio.create_task(source.run(apply, reload), name="receiver-source")
+    tasks = [asyncio.create_task(source.run(apply, reload), name="receiver-source")]
+    if certificates is not None:
+        tasks.append(
+            asyncio.create_task(certificates.run(settings.reload_interval), name="tls-reload")
+        )
     try:
         await stop.wait()
     finally:
         log.info("stopping: finishing requests in flight")
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await ingress_runner.cleanup()
         await publisher.close()
         await metrics_runner.cleanup()
