@@ -10,10 +10,12 @@ for one object in a burst become one PATCH whose hook sees all 100 envelope ids;
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from typing import Any
 
+from reconciler.consuming import Consumer
 from reconciler.kinds import DELIVERY_ANNOTATION, REQUESTED_AT, SHARD_LABEL, ObjectRef
 from reconciler.running import Reconciler
 from schemas.envelope import Envelope
@@ -197,3 +199,74 @@ async def test_two_shards_each_patch_only_their_own_objects(
     for name in ("a1", "a2", "b1", "plain"):
         assert requested_at(kube, kube_namespace, "Kustomization", name) is not None
     assert await bus.dead() == []
+
+
+async def test_long_work_is_kept_alive_past_ack_wait_without_redelivery(
+    kube: KubeAPI, kube_namespace: str, fleet: Fleet, bus: Bus, kube_proxy: FaultProxy
+) -> None:
+    kube.apply(flux_object("Kustomization", "apps"), namespace=kube_namespace)
+    receivers = fleet.write_receivers(
+        [receiver_manifest("hook", kube_namespace, [{"kind": "Kustomization", "name": "apps"}])]
+    )
+    kube_proxy.delay(3.0, method="PATCH")  # three times the ack wait
+    settings = fleet.settings(receivers, server=kube_proxy.url, consumer={"ack_wait": 1.0})
+    reconciler = await fleet.start(settings)
+    await bus.publish(make_envelope(kube_namespace, "hook"))
+    await wait_for(lambda: acked_all(reconciler), "acked after the slow patch")
+    assert kube_proxy.count("PATCH") == 1
+    assert reconciler.metrics.redeliveries._value.get() == 0
+
+
+async def test_consumer_lag_is_exported(
+    kube: KubeAPI, kube_namespace: str, fleet: Fleet, bus: Bus, kube_proxy: FaultProxy
+) -> None:
+    kube.apply(flux_object("Kustomization", "apps"), namespace=kube_namespace)
+    receivers = fleet.write_receivers(
+        [receiver_manifest("hook", kube_namespace, [{"kind": "Kustomization", "name": "apps"}])]
+    )
+    kube_proxy.delay(600, method="PATCH")  # hold the first patch: the rest must queue
+    settings = fleet.settings(
+        receivers, server=kube_proxy.url, consumer={"max_in_flight": 1, "fetch_batch": 1}
+    )
+    reconciler = await fleet.start(settings)
+    for _ in range(10):
+        await bus.publish(make_envelope(kube_namespace, "hook"))
+    await wait_for(lambda: reconciler.metrics.consumer_pending._value.get() >= 5, "lag exported")
+    assert reconciler.metrics.consumer_ack_pending._value.get() == 1
+    kube_proxy.clear_faults()
+    await kube_proxy.drop_connections()  # the held patch fails; the message is retried
+    await wait_for(lambda: acked_all(reconciler), "all acked once released")
+    await wait_for(lambda: reconciler.metrics.consumer_pending._value.get() == 0, "lag gone")
+
+
+async def test_a_message_abandoned_on_its_last_delivery_is_dead_lettered_by_advisory(
+    bus: Bus,
+) -> None:
+    """A replica that dies holding a message's last delivery cannot dead-letter it itself:
+    the server's MAX_DELIVERIES advisory triggers it (here a raw subscriber plays the replica
+    that never acks)."""
+    from reconciler.metrics import ReconcilerMetrics
+
+    settings = bus.consumer_settings(max_deliver=1, ack_wait=1.0)
+    unused: Any = None  # this consumer only dead-letters; it never targets or patches
+    consumer = Consumer(bus.js, settings, "abandoning", unused, unused, ReconcilerMetrics())
+    await consumer.ensure()
+    advisories = await bus.nc.subscribe(consumer.advisory_subject(), cb=consumer.on_max_deliveries)
+    doc = make_envelope("ns", "hook")
+    await bus.publish(doc)
+    sub = await bus.js.pull_subscribe_bind(durable="abandoning", stream=settings.stream)
+    (msg,) = await sub.fetch(1, timeout=5)
+    assert json.loads(msg.data)["id"] == doc["id"]  # taken, never acknowledged
+
+    async def dead() -> bool:
+        with contextlib.suppress(TimeoutError):
+            await sub.fetch(1, timeout=0.5)  # pull requests make the server check expiries
+        return len(await bus.dead()) == 1
+
+    await wait_for(dead, "dead letter from the advisory")
+    ((subject, headers, data),) = await bus.dead()
+    assert headers["Fluxrelay-Dead-Reason"] == "max_deliveries"
+    assert subject.endswith(".reconciler.max_deliveries")
+    assert json.loads(data)["id"] == doc["id"]
+    await advisories.unsubscribe()
+    await sub.unsubscribe()
