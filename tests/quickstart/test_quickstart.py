@@ -65,7 +65,8 @@ def test_quick_start_runs_a_push_to_a_reconcile_and_stops_cleanly(tmp_path: Path
         text=True,
     )
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=reader, args=(proc.stdout, lines), daemon=True).start()
+    reading = threading.Thread(target=reader, args=(proc.stdout, lines), daemon=True)
+    reading.start()
     seen: list[str] = []
     try:
         wait_line(lines, seen, "fluxrelay> READY", 150)
@@ -83,6 +84,9 @@ def test_quick_start_runs_a_push_to_a_reconcile_and_stops_cleanly(tmp_path: Path
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(90)
+        reading.join(10)
+        assert proc.stdout is not None
+        proc.stdout.close()
     assert code == 0
     wait_line(lines, seen, "fluxrelay> stopped", 5)
     # Nothing it started outlives it: the receiver's port is free again.
