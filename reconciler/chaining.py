@@ -55,7 +55,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from reconciler.kinds import ObjectRef
@@ -245,8 +245,6 @@ def queued(env: Envelope, ref: ObjectRef, requested_at: str, *, source: str = SO
 
 
 def _moment(seconds: float | None) -> datetime:
-    from datetime import UTC
-
     return datetime.fromtimestamp(seconds if seconds is not None else time.time(), UTC)
 
 
