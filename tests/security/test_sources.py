@@ -56,14 +56,14 @@ def annotated(name: str, kind: str, allowed: str) -> list[dict[str, Any]]:
             "127.0.0.1,172.16.0.0/12",
             "198.51.100.4",
             id="several-headers",
-        ),  # fmt: skip
+        ),
         pytest.param(
             "127.0.0.1",
             ["garbage, 172.16.0.2"],
             "127.0.0.1,172.16.0.0/12",
             "172.16.0.2",
             id="unparseable-stops-at-the-hop-that-added-it",
-        ),  # fmt: skip
+        ),
         pytest.param("127.0.0.1", ["[2001:db8::1]:443"], "127.0.0.1", "2001:db8::1", id="v6"),
         pytest.param("::ffff:10.0.0.7", [], "", "10.0.0.7", id="v4-mapped-peer"),
         pytest.param(None, ["10.0.0.1"], "127.0.0.1", None, id="unknown-peer"),
