@@ -219,6 +219,7 @@ def main() -> int:
             "-m",
             "reconciler",
             *common,
+            "--cdevents-nats",
             "--kubeconfig",
             str(kubeconfig),
             "--metrics-listen",
