@@ -1,0 +1,345 @@
+"""The system under soak: every fluxrelay process and real server, wired as in production.
+
+One :class:`SoakSystem` is one segment of a soak: a fresh namespace of GitRepository objects on
+the shared real kube-apiserver, a fresh NATS (one ``nats-server``, or a 3-node cluster with R3
+streams), the fault proxy in front of the API server (the reconcilers' kubeconfig points at it;
+the Flux stand-in and the soak's own watch talk to the server directly, so the proxy's faults
+hit only fluxrelay), the receiver and two reconciler replicas as subprocesses (``python -m``,
+sharing one durable, so killing one leaves the other), and an HTTP CDEvents sink. It owns
+starting all of that, the handles the faults act on, and stopping everything it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from kubernetes_asyncio import client as k8s_client
+
+from bench.soak.driving import Hook
+from bench.soak.observing import HttpSink, PatchWatcher, process_rss
+from receiver.hooks import hook_path
+from reconciler.settings import CDEventsSettings
+from reconciler.sinks import stream_config
+from tests.support.faultproxy import FaultProxy
+from tests.support.fluxstandin import GIT_REPOSITORY, FluxStandIn
+from tests.support.ingress import dump_yaml, receiver_docs
+from tests.support.kubeapi import KubeAPI
+from tests.support.natscluster import NatsCluster
+from tests.support.natsd import NatsServer, free_port
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+EVENTS_STREAM = "FLUXRELAY_EVENTS"
+CDEVENTS_STREAM = "CDEVENTS"
+
+
+@dataclass(frozen=True)
+class SoakSettings:
+    """Shape of one soak segment."""
+
+    receivers: int = 20
+    objects: int = 20
+    targets: int = 2  # objects per delivery (receiver r targets objects r .. r+targets-1)
+    nats: Literal["single", "cluster"] = "single"
+    reconcilers: int = 2
+    ack_wait: float = 30.0
+    coalesce_window: float = 0.2
+    qps: int = 50
+    burst: int = 100
+    cdevents_outbox: int = 200_000
+    standin_delay: float = 0.0
+
+
+class Proc:
+    """One fluxrelay process: started, killed, restarted; knows whether it died on its own."""
+
+    def __init__(
+        self,
+        name: str,
+        cmd: list[str],
+        log_path: Path,
+        ready_url: str,
+        metrics_url: str | None = None,
+    ) -> None:
+        self.name = name
+        self.metrics_url = metrics_url
+        self.cmd = cmd
+        self.log_path = log_path
+        self.ready_url = ready_url
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.killed_by_us = 0
+        self.unexpected_exits: list[int] = []
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen is not None and self.popen.poll() is None else None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as out:
+            self.popen = subprocess.Popen(
+                self.cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL, cwd=ROOT
+            )
+
+    async def wait_ready(self, within: float = 60.0) -> None:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if self.popen is None or self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited before ready; see {self.log_path}")
+            if await asyncio.to_thread(_ok, self.ready_url):
+                return
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"{self.name} not ready after {within}s; see {self.log_path}")
+
+    def check(self) -> None:
+        """Note an exit we did not cause (a crash)."""
+        if self.popen is not None and self.popen.poll() is not None:
+            self.unexpected_exits.append(self.popen.returncode)
+            self.popen = None
+
+    def kill(self) -> None:
+        self.check()
+        if self.popen is not None:
+            self.popen.kill()
+            self.popen.wait()
+            self.killed_by_us += 1
+            self.popen = None
+
+    def stop(self) -> None:
+        self.check()
+        if self.popen is not None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(30)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+            self.popen = None
+
+    def rss(self) -> int | None:
+        return process_rss(self.pid)
+
+
+def _ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as rsp:  # loopback only
+            return bool(rsp.status == 200)
+    except OSError:
+        return False
+
+
+class SoakSystem:
+    """Everything one soak segment runs; ``async with SoakSystem(...) as system``."""
+
+    def __init__(self, kube: KubeAPI, settings: SoakSettings, workdir: Path) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.workdir = workdir
+        self.namespace = f"soak-{uuid.uuid4().hex[:8]}"
+        self.single: NatsServer | None = None
+        self.cluster: NatsCluster | None = None
+        self.proxy = FaultProxy(kube.url, kube.ca_file)
+        self.sink = HttpSink()
+        self.receiver: Proc | None = None
+        self.reconcilers: list[Proc] = []
+        self.hooks: list[Hook] = []
+        self.watcher: PatchWatcher | None = None
+        self._api: k8s_client.ApiClient | None = None
+        self._standin: FluxStandIn | None = None
+
+    # --------------------------------------------------------------------------- wiring
+
+    @property
+    def nats_url(self) -> str:
+        if self.cluster is not None:
+            return self.cluster.url
+        assert self.single is not None
+        return self.single.url
+
+    def object_key(self, index: int) -> str:
+        return f"GitRepository/{self.namespace}/src-{index}"
+
+    async def __aenter__(self) -> SoakSystem:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        s = self.settings
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self._create_objects)
+        if s.nats == "cluster":
+            self.cluster = await asyncio.to_thread(NatsCluster(name="soak").start)
+            await self.cluster.wait_meta_leader()
+            await self._create_cdevents_stream(replicas=3)
+        else:
+            self.single = await asyncio.to_thread(NatsServer(name="soak").start)
+        await self.proxy.start()
+        await self.sink.start()
+        kubeconfig = self.kube.write_kubeconfig(self.workdir / "kubeconfig", server=self.proxy.url)
+        config = self.workdir / "receivers.yaml"
+        config.write_text(self._receivers_yaml())
+        self.receiver = self._receiver_proc(config)
+        self.receiver.start()
+        await self.receiver.wait_ready()
+        if self.cluster is not None:
+            await self.cluster.wait_stream_current(EVENTS_STREAM)
+        for i in range(s.reconcilers):
+            proc = self._reconciler_proc(i, config, kubeconfig)
+            self.reconcilers.append(proc)
+            proc.start()
+        for proc in self.reconcilers:
+            await proc.wait_ready()
+        self._api = await self.kube.api_client()
+        self._standin = FluxStandIn(
+            self._api, self.namespace, (GIT_REPOSITORY,), delay=s.standin_delay
+        )
+        await self._standin.start()
+        self.watcher = await PatchWatcher(
+            self._api,
+            self.namespace,
+            GIT_REPOSITORY.group,
+            GIT_REPOSITORY.version,
+            GIT_REPOSITORY.plural,
+            GIT_REPOSITORY.kind,
+        ).start()
+
+    async def stop(self) -> None:
+        if self.watcher is not None:
+            await self.watcher.stop()
+        if self._standin is not None:
+            await self._standin.stop()
+            self._standin = None
+        for proc in [*self.reconcilers, *([self.receiver] if self.receiver else [])]:
+            await asyncio.to_thread(proc.stop)
+        await self.sink.stop()
+        await self.proxy.stop()
+        if self._api is not None:
+            await self._api.close()
+            self._api = None
+        if self.cluster is not None:
+            await asyncio.to_thread(self.cluster.cleanup)
+        if self.single is not None:
+            await asyncio.to_thread(self.single.cleanup)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self.kube.delete_namespace, self.namespace)
+
+    def _create_objects(self) -> None:
+        self.kube.create_namespace(self.namespace)
+        manifests: list[dict[str, Any]] = [
+            {
+                "apiVersion": GIT_REPOSITORY.api_version,
+                "kind": GIT_REPOSITORY.kind,
+                "metadata": {"name": f"src-{i}", "namespace": self.namespace},
+                "spec": {
+                    "url": f"https://github.com/example/soak-{i}.git",
+                    "interval": "10m",
+                    "ref": {"branch": "main"},
+                },
+            }
+            for i in range(self.settings.objects)
+        ]
+        self.kube.apply_manifests(manifests, namespace=self.namespace)
+
+    async def _create_cdevents_stream(self, replicas: int) -> None:
+        """In a cluster, the CDEvents stream is made R3 up front (the sink keeps an existing
+        stream as it is; left to the sink it would be R1 and die with its node)."""
+        import nats
+
+        assert self.cluster is not None
+        config = stream_config(CDEventsSettings(stream=CDEVENTS_STREAM))
+        config.num_replicas = replicas
+        nc = await nats.connect(servers=self.cluster.urls)
+        try:
+            await nc.jetstream(timeout=10).add_stream(config)
+        finally:
+            await nc.close()
+
+    def _receivers_yaml(self) -> str:
+        s = self.settings
+        docs: list[dict[str, Any]] = []
+        self.hooks = []
+        port = free_port()
+        self._hook_port = port
+        for r in range(s.receivers):
+            token = f"soak-token-{r}"
+            name = f"soak-{r}"
+            indexes = [(r + k) % s.objects for k in range(s.targets)]
+            resources = [{"kind": "GitRepository", "name": f"src-{i}"} for i in indexes]
+            docs += receiver_docs(
+                name, "github", token=token, namespace=self.namespace, resources=resources
+            )
+            path = hook_path(token.encode(), name, self.namespace)
+            targets = tuple(self.object_key(i) for i in indexes)
+            self.hooks.append(Hook(r, f"http://127.0.0.1:{port}{path}", token, targets))
+        return dump_yaml(docs)
+
+    def _receiver_proc(self, config: Path) -> Proc:
+        metrics = free_port()
+        cmd = [
+            sys.executable, "-m", "receiver",
+            "--config", str(config),
+            "--nats-url", self.nats_url,
+            "--listen", f"127.0.0.1:{self._hook_port}",
+            "--metrics-listen", f"127.0.0.1:{metrics}",
+            "--log-format", "json",
+            "--retry-after", "1",
+        ]  # fmt: skip
+        if self.settings.nats == "cluster":
+            cmd += ["--stream-replicas", "3"]
+        return Proc(
+            "receiver", cmd, self.workdir / "receiver.log", f"http://127.0.0.1:{metrics}/readyz"
+        )
+
+    def _reconciler_proc(self, index: int, config: Path, kubeconfig: Path) -> Proc:
+        s = self.settings
+        metrics = free_port()
+        cmd = [
+            sys.executable, "-m", "reconciler",
+            "--config", str(config),
+            "--namespace", self.namespace,
+            "--nats-url", self.nats_url,
+            "--kubeconfig", str(kubeconfig),
+            "--metrics-listen", f"127.0.0.1:{metrics}",
+            "--log-format", "json",
+            "--ack-wait", str(s.ack_wait),
+            "--coalesce-window", str(s.coalesce_window),
+            "--qps", str(s.qps),
+            "--burst", str(s.burst),
+            "--cdevents-nats",
+            "--cdevents-stream", CDEVENTS_STREAM,
+            "--cdevents-sink", f"{self.sink.url},name=http",
+            "--cdevents-outbox", str(s.cdevents_outbox),
+        ]  # fmt: skip
+        return Proc(
+            f"reconciler-{index}",
+            cmd,
+            self.workdir / f"reconciler-{index}.log",
+            f"http://127.0.0.1:{metrics}/readyz",
+            f"http://127.0.0.1:{metrics}/metrics",
+        )
+
+    def check_processes(self) -> None:
+        for proc in [*self.reconcilers, *([self.receiver] if self.receiver else [])]:
+            proc.check()
+
+    async def rss(self) -> dict[str, int | None]:
+        procs = [*([self.receiver] if self.receiver else []), *self.reconcilers]
+        return {p.name: p.rss() for p in procs}
