@@ -84,6 +84,16 @@ def ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
 
+def statuses(deliveries: Sequence[Delivery]) -> dict[str, int]:
+    """How the sent deliveries were answered (``"error"``: no answer)."""
+    out: dict[str, int] = {}
+    for d in deliveries:
+        if d.sent is not None:
+            key = str(d.status) if d.status is not None else "error"
+            out[key] = out.get(key, 0) + 1
+    return out
+
+
 def latency_summary(deliveries: Sequence[Delivery], events: Sequence[Seen]) -> dict[str, Any]:
     """Per delivery: response -> annotation seen, and send -> annotation seen (p50/p99, ms)."""
     seen = first_seen(events)
@@ -102,6 +112,7 @@ def latency_summary(deliveries: Sequence[Delivery], events: Sequence[Seen]) -> d
         from_send.append(at - d.sent)
     response_times = [d.done - d.sent for d in deliveries if d.accepted and d.done and d.sent]
     return {
+        "statuses": statuses(deliveries),
         "deliveries": len(deliveries),
         "accepted": sum(d.accepted for d in deliveries),
         "seen": len(from_send),
@@ -213,6 +224,7 @@ def burst_summary(
         1 for name, x in last.items() if final.get(name, (None, None))[1] == x.attribution
     )
     return {
+        "statuses": statuses(deliveries),
         "deliveries_planned": len(deliveries),
         "deliveries_sent": len(sent),
         "deliveries_accepted": len(accepted),

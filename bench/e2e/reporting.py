@@ -68,6 +68,29 @@ TITLES = {
     ),
     "fanout": ("(c) fan-out", FANOUT_ROWS, "Goal: within 10% of objects/QPS."),
 }
+NOTES = (
+    "How to read these tables:",
+    "",
+    "- *response* is the webhook's answer: fluxrelay's 202 (stored on JetStream); webhook's "
+    "200 after `kubectl annotate` exited, which is why its response -> annotation is negative "
+    "(the watch sees the write before webhook answers). *send -> annotation* is the end-to-end "
+    "time a pusher sees for both.",
+    "- fluxrelay's coalescing window is trailing: every patch waits the window "
+    "(default 0.2 s) for more deliveries, so the default row carries it; the "
+    "`fluxrelay-window-0` row is the same path with `--coalesce-window 0`.",
+    "- burst: the load generator keeps at most `max_in_flight` requests open (like wrk's "
+    "connections), so webhook + kubectl, which holds each request for a kubectl run, is "
+    "offered the same schedule but can only take what that cap lets through; deliveries "
+    "still waiting 1 s after the schedule ended are not sent. Objects count as current "
+    "when the watch sees their last accepted delivery's annotation.",
+    "- API requests: fluxrelay's reconciler talks to the API server through the fault proxy, "
+    "which records every request (watches excluded); kubectl sends no bearer token over "
+    "plain HTTP, so webhook + kubectl goes direct and its writes are counted from the watch. "
+    "The bound check allows `qps x 0.1 s` of timing slack (the proxy stamps a request when "
+    "the server's answer starts).",
+    "- Medians are per metric over runs (booleans: all runs must hold).",
+    "",
+)
 
 
 def lookup(median: Mapping[str, Any], dotted: str) -> Any:
@@ -111,6 +134,7 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"{meta['coalesce_window_s']:g} s, load generator in-flight cap {meta['max_in_flight']}.",
         "",
     ]
+    lines += NOTES
     for scenario, (title, rows, goal) in TITLES.items():
         systems: Mapping[str, Any] = results["scenarios"].get(scenario) or {}
         if not systems:

@@ -75,6 +75,9 @@ log = logging.getLogger("bench.e2e")
 ROOT = Path(__file__).resolve().parents[2]
 PUSH = ROOT / "tests" / "receiver" / "fixtures" / "github_push.json"
 SCENARIOS = ("latency", "burst", "fanout")
+SETTLE_S = 120.0
+"""Seconds past the burst bound a system gets to bring every object up to date (the wait
+also ends after 5 s without any write, when nothing more is coming)."""
 
 
 @dataclass(frozen=True)
@@ -275,7 +278,7 @@ async def burst(
         def quiet() -> bool:
             return not watcher.events or time.monotonic() - watcher.events[-1].at > 5.0
 
-        await until(lambda: current() or quiet(), bound + 30, step=0.1)
+        await until(lambda: current() or quiet(), bound + SETTLE_S, step=0.1)
         summary = burst_summary(deliveries, watcher.events, await watcher.current(), bound)
         summary["deliveries_not_sent"] = not_sent
         summary["writes_seen"] = writes_summary(watcher.events)
@@ -364,6 +367,7 @@ async def one_run(bench: Bench, run: int, results: dict[str, dict[str, list[Any]
 
     def record(scenario: str, system: str, summary: dict[str, Any]) -> None:
         results.setdefault(scenario, {}).setdefault(system, []).append(summary)
+        summary["loadavg_1m"] = round(os.getloadavg()[0], 2)
         print(f"run {run + 1} {scenario:8s} {system:22s} {json.dumps(summary)}", flush=True)
 
     if "latency" in opts.scenarios:
@@ -395,7 +399,7 @@ async def one_run(bench: Bench, run: int, results: dict[str, dict[str, list[Any]
                     relay = fluxrelay(bench, where, kubeconfig, opts.window)
                     await start(relay)
                     try:
-                        drain = functools.partial(relay.drained, 15)
+                        drain = functools.partial(relay.drained, 30)
                         summary = await burst(bench, relay, where, proxy, drain)
                     finally:
                         await asyncio.to_thread(relay.stop)

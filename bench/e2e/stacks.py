@@ -307,7 +307,7 @@ SCRIPT = """#!/bin/sh
 exec {kubectl} --kubeconfig "$BENCH_KUBECONFIG" --cache-dir "$BENCH_KUBE_CACHE" \\
   -n "$1" annotate --overwrite "kustomization/$2" \\
   "reconcile.fluxcd.io/requestedAt=$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)" \\
-  "fluxrelay.io/delivery=$3"
+  "fluxrelay.io/delivery=$3" 2>>"$BENCH_KUBECTL_ERRORS"
 """
 
 
@@ -369,6 +369,7 @@ class WebhookKubectl:
         env = {
             "BENCH_KUBECONFIG": str(self.kubeconfig),
             "BENCH_KUBE_CACHE": str(self.workdir / "kube-cache"),
+            "BENCH_KUBECTL_ERRORS": str(self.workdir / "kubectl-errors.log"),
         }
         cmd = [WEBHOOK, "-hooks", str(hooks), "-ip", "127.0.0.1", "-port", str(self.port)]
         self.proc = spawn(cmd, self.workdir / "webhook.log", env)

@@ -12,7 +12,6 @@ version seen.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import ssl
@@ -76,8 +75,9 @@ class AnnotationWatcher:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # wait() and not ``suppress(CancelledError)``: a cancel of the caller must not be
+            # swallowed along with the watch task's own.
+            await asyncio.wait({self._task})
             self._task = None
         if self._session is not None:
             await self._session.close()
