@@ -188,12 +188,17 @@ async def run_segment(kube: KubeAPI, fault: Fault, options: SoakOptions) -> dict
     return result
 
 
-async def run_soak(kube: KubeAPI, faults: list[str], options: SoakOptions) -> list[dict[str, Any]]:
+async def run_soak(
+    kube: KubeAPI, faults: list[str], options: SoakOptions, partial: Path | None = None
+) -> list[dict[str, Any]]:
+    """Every segment in turn; after each, the results so far go to ``partial`` (if given)."""
     out = []
     for name in faults:
         log.info("soak segment %s", name)
         out.append(await run_segment(kube, FAULTS[name], options))
         print(json.dumps(_summary(out[-1])), flush=True)
+        if partial is not None:
+            await asyncio.to_thread(partial.write_text, json.dumps(out, indent=2) + "\n")
     return out
 
 
@@ -318,7 +323,8 @@ def main() -> int:
     started = time.monotonic()
     try:
         kube.apply_crds()
-        results = asyncio.run(run_soak(kube, faults, options))
+        args.out.mkdir(parents=True, exist_ok=True)
+        results = asyncio.run(run_soak(kube, faults, options, args.out / "partial.json"))
     finally:
         kube.stop()
     wall = time.monotonic() - started
