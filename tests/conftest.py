@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.natsd import NatsServer
 
-pytest_plugins = ["tests.support.kube_fixtures"]
+pytest_plugins = ["tests.support.kube_fixtures", "tests.support.secret_scan"]
 
 
 @pytest.fixture(scope="session")

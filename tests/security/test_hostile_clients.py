@@ -72,7 +72,10 @@ async def test_a_request_head_trickled_slowly_is_closed_and_others_are_served(
         # While the slow client holds its connection, a normal delivery goes through.
         ok = await ingress.client.post(path_of("gh"), data=BODY, headers=signed(BODY))
         assert ok.status == 202
-        answer = await asyncio.wait_for(reader.read(), BOUND)
+        try:
+            answer = await asyncio.wait_for(reader.read(), BOUND)
+        except ConnectionResetError:  # closed while our unread bytes were in its buffer
+            answer = b""
         assert answer == b"", "closed without an answer"
         sent = await asyncio.wait_for(sender, BOUND)
         assert sent < len(head), "the server hung up before the head was complete"
@@ -104,6 +107,9 @@ async def test_a_body_trickled_slowly_is_cut_off_with_408(ingress: Ingress) -> N
     sender = asyncio.create_task(trickle(writer, [body[i : i + 1] for i in range(len(body))], 0.1))
     try:
         status = await asyncio.wait_for(reader.readline(), BOUND)
+        # Stop sending once answered: bytes still arriving when the server closes would make
+        # its kernel reset the connection, and a reset drops the answer from our buffer.
+        sender.cancel()
         assert status.startswith(b"HTTP/1.1 408"), status
         rest = await asyncio.wait_for(reader.read(), BOUND)
         assert b'"request_timeout"' in rest
