@@ -19,9 +19,9 @@ succeeded at least once is appended to FILE (the CI run checks every provider wa
 from __future__ import annotations
 
 import base64
-import importlib
 import hashlib
 import hmac
+import importlib
 import json
 import os
 import sys
@@ -30,6 +30,10 @@ import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
 
 atheris: Any = importlib.import_module("atheris")  # untyped; a dev dependency
 
@@ -43,10 +47,6 @@ with atheris.instrument_imports(include=["receiver", "schemas"]):
     from receiver.providers.gcr import GCR, StaticKeys
     from receiver.providers.generic_oidc import GenericOIDC
     from receiver.receivers import ReceiverSpec, specs_from_documents
-
-import jwt
-from cryptography.hazmat.primitives.asymmetric import rsa
-from jwt.algorithms import RSAAlgorithm
 
 FUZZ_TOKEN = "fuzz-harness-t0ken"  # noqa: S105  (a throwaway test credential)
 USER = "fuzz-user"
