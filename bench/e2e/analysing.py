@@ -247,7 +247,7 @@ def burst_summary(
 
 
 def median_of(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Key by key: the median of numeric values, all() of booleans, the first of the rest."""
+    """Key by key: the median of numbers, ``"k/n"`` runs for verdicts, the first of the rest."""
     out: dict[str, Any] = {}
     keys: list[str] = []
     for run in runs:
@@ -257,7 +257,7 @@ def median_of(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if not values:
             out[key] = None
         elif all(isinstance(v, bool) for v in values):
-            out[key] = all(values)
+            out[key] = f"{sum(values)}/{len(values)}"
         elif all(isinstance(v, int | float) for v in values):
             out[key] = round(statistics.median(values), 3)
         elif all(isinstance(v, Mapping) for v in values):

@@ -189,8 +189,10 @@ class FluxRelay:
         qps: float,
         burst: int,
         window: float,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.workdir = workdir
+        self.extra_args = extra_args
         self.config = config
         self.kubeconfig = kubeconfig
         self.qps, self.burst, self.window = qps, burst, window
@@ -236,6 +238,7 @@ class FluxRelay:
                     str(self.burst),
                     "--coalesce-window",
                     str(self.window),
+                    *self.extra_args,
                 ],
                 self.workdir / "reconciler.log",
             )

@@ -107,7 +107,7 @@ def test_medians_of_runs_key_by_key() -> None:
     ]
     assert median_of(runs) == {
         "p99": 20.0,
-        "ok": False,
+        "ok": "2/3",
         "api": {"n": 2},
         "note": "x",
         "missing": None,
