@@ -24,6 +24,7 @@ from reconciler.settings import (
     ReconcilerSettings,
 )
 from schemas import logs
+from schemas.natsauth import NATS_AUTH_OPTIONS, NatsAuth
 from schemas.receivers import ConfigError
 
 Apply = Callable[[dict[str, dict[str, Any]], str], None]
@@ -106,6 +107,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("--nats-url", "FLUXRELAY_NATS_URL",
            "NATS server URL(s), comma-separated (default nats://127.0.0.1:4222)",
            _set("nats_url"), metavar="URL"),
+    *(
+        Option(o.flag, o.env, o.help, _set(o.key, section="nats_auth"), metavar=o.metavar)
+        for o in NATS_AUTH_OPTIONS
+    ),
     Option("--kubeconfig", "FLUXRELAY_KUBECONFIG",
            "kubeconfig file (in-cluster service account when absent)",
            _set("kubeconfig", Path), metavar="FILE"),
@@ -240,7 +245,13 @@ def parser() -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> ReconcilerSettings:
     """Flags win over variables, variables over defaults."""
-    sections: dict[str, dict[str, Any]] = {"top": {}, "consumer": {}, "patch": {}, "cdevents": {}}
+    sections: dict[str, dict[str, Any]] = {
+        "top": {},
+        "consumer": {},
+        "patch": {},
+        "cdevents": {},
+        "nats_auth": {},
+    }
     for opt in OPTIONS:
         raw = getattr(args, opt.flag.lstrip("-").replace("-", "_"))
         if raw is None:
@@ -266,7 +277,10 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Reconcil
     if patch.min_concurrency > patch.max_concurrency:
         raise ConfigError("--min-concurrency must not exceed --max-concurrency")
     cdevents = dataclasses.replace(CDEventsSettings(), **sections["cdevents"])
-    return ReconcilerSettings(**top, consumer=consumer, patch=patch, cdevents=cdevents)
+    nats_auth = NatsAuth.from_strings(sections["nats_auth"])
+    return ReconcilerSettings(
+        **top, consumer=consumer, patch=patch, cdevents=cdevents, nats_auth=nats_auth
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -187,7 +187,9 @@ class Reconciler:
                 per_namespace=s.namespace is not None,
             )
         if s.cdevents.enabled:
-            sinks = build_sinks(s.nats_url, s.cdevents, self.outcome_metrics)
+            sinks = build_sinks(
+                s.nats_url, s.cdevents, self.outcome_metrics, s.nats_auth.connect_options()
+            )
             self.emitter = Emitter(sinks, self.outcome_metrics)
             await self.emitter.start()
         if self.watcher is None and self.emitter is None:
@@ -207,6 +209,7 @@ class Reconciler:
     async def _connect(self) -> Client:
         delay = 0.2
         servers = [u.strip() for u in self.settings.nats_url.split(",") if u.strip()]
+        options = self.settings.nats_auth.connect_options()
         while True:
             try:
                 return await nats.connect(
@@ -218,6 +221,7 @@ class Reconciler:
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
                     error_cb=self._on_error,
+                    **options,
                 )
             except (NatsError, OSError, TimeoutError) as e:
                 log.warning("cannot connect to NATS yet: %s", e)

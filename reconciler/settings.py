@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from schemas import subjects
+from schemas.natsauth import NatsAuth
 
 DURABLE_BASE = "fluxrelay-reconciler"
 
@@ -143,6 +144,8 @@ class ReconcilerSettings:
     """Everything ``fluxrelay-reconciler`` needs to run."""
 
     nats_url: str = "nats://127.0.0.1:4222"
+    nats_auth: NatsAuth = field(default_factory=NatsAuth)
+    """TLS and credentials for NATS (shared with the receiver: ``schemas.natsauth``)."""
     """NATS server URL(s), comma-separated for a cluster."""
     kubeconfig: Path | None = None
     """Kubeconfig file; the in-cluster service account when absent."""

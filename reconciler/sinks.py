@@ -252,7 +252,9 @@ class NatsSink(OutboxSink):
         metrics: OutcomeMetrics,
         *,
         name: str = "nats",
+        connect_options: Mapping[str, Any] | None = None,
     ) -> None:
+        self._connect_options = dict(connect_options or {})
         super().__init__(
             name,
             release_of(settings.nats_spec_version),
@@ -275,6 +277,7 @@ class NatsSink(OutboxSink):
                     reconnect_time_wait=0.5,
                     connect_timeout=2,
                     error_cb=self._on_error,
+                    **self._connect_options,
                 )
             except (NatsError, OSError, TimeoutError) as e:
                 raise Retry(f"cannot connect to NATS: {e}") from e
@@ -453,11 +456,15 @@ def parse_sink_option(
 
 
 def build_sinks(
-    nats_url: str, settings: CDEventsSettings, metrics: OutcomeMetrics
+    nats_url: str,
+    settings: CDEventsSettings,
+    metrics: OutcomeMetrics,
+    connect_options: Mapping[str, Any] | None = None,
 ) -> list[OutboxSink]:
-    """The sinks ``settings`` asks for (JetStream first, then HTTP in the given order)."""
+    """The sinks ``settings`` asks for (JetStream first, then HTTP in the given order);
+    ``connect_options`` carry the process's NATS TLS and credentials."""
     out: list[OutboxSink] = []
     if settings.nats:
-        out.append(NatsSink(nats_url, settings, metrics))
+        out.append(NatsSink(nats_url, settings, metrics, connect_options=connect_options))
     out.extend(HttpSink(sink, settings, metrics) for sink in settings.sinks)
     return out

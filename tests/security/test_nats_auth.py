@@ -274,3 +274,37 @@ async def test_missing_files_fail_the_publisher_start(auth: NatsAuth) -> None:
     with pytest.raises(ConfigError):
         await publisher.start()
     await publisher.close()
+
+
+async def test_the_reconciler_connects_with_the_same_options(
+    token_server: NatsServer, tmp_path: Path
+) -> None:
+    """The reconciler reads the same flags (schemas.natsauth) and its connection (and its
+    CDEvents sink's) carries them: with the token file it is connected, JetStream answers."""
+    from reconciler.cli import parser as reconciler_parser
+    from reconciler.cli import settings_from as reconciler_settings
+    from reconciler.running import Reconciler
+
+    token_file = tmp_path / "nats-token"
+    token_file.write_text(NATS_TOKEN + "\n")
+    config = tmp_path / "receivers.yaml"
+    config.write_text("")
+    args = reconciler_parser().parse_args(
+        [
+            "--nats-url",
+            token_server.url,
+            "--nats-token-file",
+            str(token_file),
+            "--config",
+            str(config),
+        ]
+    )
+    settings = reconciler_settings(args, {})
+    assert settings.nats_auth.token_file == token_file
+    nc = await Reconciler(settings)._connect()
+    try:
+        assert nc.is_connected
+        info = await nc.jetstream().account_info()
+        assert info.streams >= 0
+    finally:
+        await nc.close()
