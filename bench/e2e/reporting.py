@@ -124,6 +124,43 @@ def cell(median: Mapping[str, Any] | None, keys: str) -> str:
     return " / ".join(parts)
 
 
+PER_RUN: Mapping[str, Sequence[Row]] = {
+    "latency": (
+        ("accepted", "accepted"),
+        ("send -> annotation p99 ms", "send_to_annotation_p99_ms"),
+    ),
+    "burst": (
+        ("sent", "deliveries_sent"),
+        ("last current after burst s", "last_object_current_after_burst_s"),
+        ("max API req in 1 s", "api.max_requests_1s"),
+    ),
+    "fanout": (("all seen s", "to_all_seen_s"), ("max API req in 1 s", "api.max_requests_1s")),
+}
+
+
+def per_run(results: Mapping[str, Any]) -> list[str]:
+    """Each run's key numbers and the machine's load: medians hide runs that differ."""
+    lines = [
+        "## Per run",
+        "",
+        "The load average (1 min, 2 CPUs) shows how busy the shared machine was; in the burst, "
+        "a busy machine also lowers what the load generator manages to send, so runs with "
+        "fewer deliveries sent are lighter runs, not faster systems.",
+        "",
+    ]
+    for scenario, systems in results["scenarios"].items():
+        for name, result in systems.items():
+            cells = []
+            for run in result["runs"]:
+                values = ", ".join(
+                    f"{label} {cell(run, key)}" for label, key in PER_RUN.get(scenario, ())
+                )
+                cells.append(f"[{values}; load {run.get('loadavg_1m')}]")
+            lines.append(f"- {scenario} / {name}: " + " ".join(cells))
+    lines.append("")
+    return lines
+
+
 def markdown(results: Mapping[str, Any]) -> str:
     meta = results["meta"]
     lines = [
@@ -154,4 +191,5 @@ def markdown(results: Mapping[str, Any]) -> str:
                 continue
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += per_run(results)
     return "\n".join(lines)
