@@ -174,6 +174,9 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"{meta['coalesce_window_s']:g} s, load generator in-flight cap {meta['max_in_flight']}.",
         "",
     ]
+    if meta.get("commit"):
+        dirty = " (with uncommitted changes)" if meta.get("code_under_test_modified") else ""
+        lines += [f"Code measured: commit `{meta['commit']}`{dirty}.", ""]
     if meta.get("reconciler_args"):
         lines += [f"Extra reconciler flags: `{' '.join(meta['reconciler_args'])}`.", ""]
     lines += NOTES

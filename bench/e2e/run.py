@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -458,6 +459,8 @@ async def bench_main(opts: Options) -> dict[str, Any]:
         if os.environ.get("BENCH_E2E_KEEP") is None:
             shutil.rmtree(workdir, ignore_errors=True)
     meta = {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "code_under_test_modified": bool(git("status", "--porcelain", *CODE_UNDER_TEST)),
         **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
         "cpus": os.cpu_count(),
         "cluster_setup_s": round(setup_s, 1),
@@ -474,6 +477,20 @@ async def bench_main(opts: Options) -> dict[str, Any]:
             for scenario, systems in results.items()
         },
     }
+
+
+CODE_UNDER_TEST = ("receiver", "reconciler", "schemas")
+
+
+def git(*args: str) -> str:
+    """A git answer about the tree measured (empty when git is unavailable)."""
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip()
 
 
 def parse(argv: list[str] | None) -> Options:
