@@ -1,11 +1,15 @@
-"""Coalescing: many deliveries for one object inside a short window become one patch.
+"""Coalescing: many deliveries for one object become few patches, without delaying the first.
 
 A push storm (a monorepo merge train, a registry pushing every tag) names the same Flux
-object many times a second; Flux would reconcile once anyway, so one reconcile request is
-enough. The first delivery for an object opens a batch and its window; every delivery for the
-same object joins it until the window ends and the batch's patch starts. Patches for one
-object never overlap: while one is in flight (waiting for the rate limit, retrying) the next
-batch keeps gathering, so a slow API server means more coalescing, not more requests.
+object many times a second; Flux would reconcile once anyway. The window works like a
+leading- and trailing-edge throttle per object: a delivery for an object that was not
+patched within the last ``window`` seconds is patched at once (after the deliveries already
+in hand for it join, i.e. at the next turn of the event loop), so a lone push costs no
+waiting; deliveries arriving within ``window`` of the last patch gather into one batch that
+is patched when the window has passed. Patches for one object never overlap: while one is in
+flight (waiting for the rate limit, retrying) the next batch keeps gathering, so a slow API
+server means more coalescing, not more requests. Under a burst an object is thus patched at
+most once per window, and the last patch always carries the newest deliveries.
 
 Every delivery waits for the patch that covered it and gets its outcome (success with the
 ``requestedAt`` value, or the error), so a message is acked only when its own patch is done;
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -39,7 +44,7 @@ class _Batch:
 
 
 class Coalescer:
-    """Gathers deliveries per object for ``window`` seconds, then patches once."""
+    """Patches an idle object at once; gathers deliveries within ``window`` of its last patch."""
 
     def __init__(self, patch: PatchFn, window: float, metrics: ReconcilerMetrics) -> None:
         self._patch = patch
@@ -48,6 +53,8 @@ class Coalescer:
         self._open: dict[str, _Batch] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._last_start: dict[str, float] = {}
+        """Monotonic time each object's latest patch started (pruned once a window old)."""
 
     @property
     def open_batches(self) -> int:
@@ -69,12 +76,29 @@ class Coalescer:
         batch.waiters.append(waiter)
         return await asyncio.shield(waiter)
 
+    def _wait_left(self, key: str) -> float:
+        last = self._last_start.get(key)
+        return 0.0 if last is None else max(0.0, last + self.window - time.monotonic())
+
+    def _prune(self) -> None:
+        horizon = time.monotonic() - self.window
+        for key in [k for k, t in self._last_start.items() if t <= horizon]:
+            del self._last_start[key]
+
     async def _flush(self, batch: _Batch) -> None:
-        await asyncio.sleep(self.window)
         key = batch.ref.key
+        # Zero for an idle object: the deliveries already dispatched in this turn still join.
+        await asyncio.sleep(self._wait_left(key))
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
+            # A patch that held the lock may have started within the window: keep gathering.
+            left = self._wait_left(key)
+            if left > 0:
+                await asyncio.sleep(left)
             batch.closed = True
+            if len(self._last_start) > 4096:
+                self._prune()
+            self._last_start[key] = time.monotonic()
             if self._open.get(key) is batch:
                 del self._open[key]
             try:

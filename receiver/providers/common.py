@@ -121,7 +121,9 @@ def load_json(body: bytes | str, what: str = "body") -> Any:
     if not _depth_ok(raw):
         raise PayloadInvalid(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH}")
     try:
-        doc = json.loads(raw)
+        # Strict decoding first: json.loads(bytes) would let encoded lone surrogates through
+        # ("surrogatepass"), which no UTF-8 envelope can carry (found by the atheris run).
+        doc = json.loads(raw.decode(json.detect_encoding(raw)))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise PayloadInvalid(f"{what}: invalid JSON") from e
     if _SURROGATE_ESCAPE.search(raw) and not _encodable(doc):

@@ -101,8 +101,35 @@ async def test_deliveries_during_a_patch_wait_and_form_the_next_one() -> None:
 
 async def test_close_cancels_waiting_deliveries() -> None:
     coalescer = Coalescer(Recording(), 10.0, ReconcilerMetrics())
-    waiting = asyncio.create_task(coalescer.submit(A, envs(1)[0]))
+    first, second = envs(2)
+    await coalescer.submit(A, first)  # patched at once; the next one waits out the window
+    waiting = asyncio.create_task(coalescer.submit(A, second))
     await asyncio.sleep(0.01)
+    assert not waiting.done()
     await coalescer.close()
     with pytest.raises(asyncio.CancelledError):
         await waiting
+
+
+async def test_an_idle_object_is_patched_at_once_not_after_the_window() -> None:
+    patch = Recording()
+    coalescer = Coalescer(patch, 30.0, ReconcilerMetrics())
+    # A window of 30 s would make this time out if the first delivery waited for it.
+    result = await asyncio.wait_for(coalescer.submit(A, envs(1)[0]), 10)
+    assert result.requested_at == "t1"
+    assert len(patch.calls) == 1
+
+
+async def test_deliveries_within_the_window_of_a_patch_gather_until_it_passes() -> None:
+    patch = Recording()
+    window = 0.2
+    coalescer = Coalescer(patch, window, ReconcilerMetrics())
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await coalescer.submit(A, envs(1)[0])
+    later = await asyncio.gather(*(coalescer.submit(A, d) for d in envs(4)))
+    assert len(patch.calls) == 2
+    assert len(patch.calls[1][1]) == 4
+    assert {r.requested_at for r in later} == {"t2"}
+    # The second patch respected the window: at most one patch per object per window.
+    assert loop.time() - started >= window
