@@ -281,6 +281,13 @@ OPTIONS: tuple[Option, ...] = (
         metavar="BYTES",
     ),
     Option(
+        "--dead-subject-prefix",
+        "FLUXRELAY_DEAD_SUBJECT_PREFIX",
+        "subject prefix of dead letters (default fluxrelay.dead)",
+        _set("dead_subject_prefix", stream=True),
+        metavar="PREFIX",
+    ),
+    Option(
         "--dead-stream",
         "FLUXRELAY_DEAD_STREAM",
         "dead-letter stream name (default FLUXRELAY_DEAD)",

@@ -46,8 +46,19 @@ class _Batch:
 class Coalescer:
     """Patches an idle object at once; gathers deliveries within ``window`` of its last patch."""
 
-    def __init__(self, patch: PatchFn, window: float, metrics: ReconcilerMetrics) -> None:
+    def __init__(
+        self,
+        patch: PatchFn,
+        window: float,
+        metrics: ReconcilerMetrics,
+        *,
+        admit: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._patch = patch
+        self._admit = admit
+        """Waits for the API rate limit; the batch keeps gathering until it returns, so
+        under a saturated budget an object's pending patch carries every delivery that
+        arrived before it could be sent (``patch`` must then not wait for it again)."""
         self.window = window
         self._metrics = metrics
         self._open: dict[str, _Batch] = {}
@@ -95,6 +106,8 @@ class Coalescer:
             left = self._wait_left(key)
             if left > 0:
                 await asyncio.sleep(left)
+            if self._admit is not None:
+                await self._admit()
             batch.closed = True
             if len(self._last_start) > 4096:
                 self._prune()

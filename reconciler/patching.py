@@ -89,7 +89,9 @@ class Patcher:
         self._clock = RequestClock()
         self.on_patched = on_patched
 
-    async def patch(self, ref: ObjectRef, envelopes: Sequence[Envelope]) -> Patched:
+    async def patch(
+        self, ref: ObjectRef, envelopes: Sequence[Envelope], *, admitted: bool = False
+    ) -> Patched:
         """Request a reconcile of ``ref`` for ``envelopes`` (the last one is recorded).
 
         Raises TemporaryError / PermanentError from the gate.
@@ -110,7 +112,7 @@ class Patcher:
             )
 
         try:
-            await self._gate.call("patch", ref.key, send)
+            await self._gate.call("patch", ref.key, send, admitted=admitted)
         except Exception as e:
             self._metrics.patches.labels(ref.kind, getattr(e, "reason", "error")).inc()
             raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 
@@ -148,7 +149,12 @@ class Reconciler:
             await files.load()
             self._spawn(files.run(), "receivers")
         patcher = Patcher(self.api, gate, self.metrics, await self._start_reporting())
-        self.coalescer = Coalescer(patcher.patch, s.coalesce_window, self.metrics)
+        self.coalescer = Coalescer(
+            functools.partial(patcher.patch, admitted=True),
+            s.coalesce_window,
+            self.metrics,
+            admit=gate.admit,
+        )
         self.targeter = Targeter(
             self.api,
             gate,

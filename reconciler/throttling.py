@@ -212,13 +212,29 @@ class ApiGate:
         ceiling = min(self.settings.retry_max, self.settings.retry_base * 2 ** (attempt - 1))
         return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not security
 
-    async def call(self, verb: str, what: str, request: Callable[[], Awaitable[T]]) -> T:
-        """Run ``request`` with retries; raise TemporaryError/PermanentError when it fails."""
+    async def admit(self) -> None:
+        """Wait for a rate-limit token ahead of a call made with ``admitted=True``: the
+        coalescer holds a batch open until its request may really be sent."""
+        await self.bucket.acquire()
+
+    async def call(
+        self,
+        verb: str,
+        what: str,
+        request: Callable[[], Awaitable[T]],
+        *,
+        admitted: bool = False,
+    ) -> T:
+        """Run ``request`` with retries; raise TemporaryError/PermanentError when it fails.
+
+        ``admitted``: the caller already holds the first attempt's token (see :meth:`admit`).
+        """
         attempts = max(1, self.settings.attempts)
         for attempt in range(1, attempts + 1):
             epoch = await self.limiter.acquire()
             try:
-                await self.bucket.acquire()
+                if not (admitted and attempt == 1):
+                    await self.bucket.acquire()
                 result = await asyncio.wait_for(request(), self.settings.request_timeout)
             except ApiException as e:
                 await self.limiter.release()

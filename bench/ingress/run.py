@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 from receiver.hooks import hook_path
@@ -33,8 +34,17 @@ PUSH = (ROOT / "tests" / "receiver" / "fixtures" / "github_push.json").read_byte
 TOKEN = "bench-token"
 
 LUA = """
+-- Every request gets its own delivery id (run nonce, wrk thread, counter): nothing may be
+-- deduplicated, each 202 must be a newly stored message.
 local counter = 0
-local prefix = tostring(math.random(1, 1e9))
+local threads = 0
+function setup(thread)
+  thread:set("id", threads)
+  threads = threads + 1
+end
+function init(args)
+  prefix = "{nonce}-" .. tostring(id)
+end
 wrk.method = "POST"
 wrk.body = {body}
 wrk.headers["Content-Type"] = "application/json"
@@ -129,7 +139,8 @@ def main() -> int:
     path = hook_path(TOKEN.encode(), "bench", "default")
     script = tmp / "post.lua"
     script.write_text(
-        LUA.replace("{body}", lua_string(PUSH))
+        LUA.replace("{nonce}", uuid.uuid4().hex)
+        .replace("{body}", lua_string(PUSH))
         .replace("{signature}", "sha256=" + hmac_hex(TOKEN, PUSH))
         .replace("{path}", path)
     )
@@ -168,6 +179,8 @@ def main() -> int:
                         f"bench{run}.events",
                         "--dead-stream",
                         f"BENCHDEAD{run}",
+                        "--dead-subject-prefix",
+                        f"bench{run}.dead",
                         "--log-level",
                         "WARNING",
                     ]

@@ -133,3 +133,28 @@ async def test_deliveries_within_the_window_of_a_patch_gather_until_it_passes() 
     assert {r.requested_at for r in later} == {"t2"}
     # The second patch respected the window: at most one patch per object per window.
     assert loop.time() - started >= window
+
+
+async def test_a_batch_waiting_for_the_rate_limit_keeps_gathering() -> None:
+    """Under a saturated API budget the pending patch carries every delivery that arrived
+    before it could be sent: after a burst each object needs one patch, not two."""
+    patch = Recording()
+    gate = asyncio.Event()
+    admitted = 0
+
+    async def admit() -> None:
+        nonlocal admitted
+        await gate.wait()
+        admitted += 1
+
+    coalescer = Coalescer(patch, 0.0, ReconcilerMetrics(), admit=admit)
+    first = asyncio.create_task(coalescer.submit(A, envs(1)[0]))
+    await asyncio.sleep(0.01)
+    later = [asyncio.create_task(coalescer.submit(A, d)) for d in envs(9)]
+    await asyncio.sleep(0.01)
+    assert patch.calls == []
+    gate.set()
+    await asyncio.gather(first, *later)
+    assert len(patch.calls) == 1
+    assert len(patch.calls[0][1]) == 10
+    assert admitted == 1
