@@ -10,6 +10,7 @@ whose only other proof is the hook path.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 
@@ -22,8 +23,12 @@ ALLOWED_SOURCES_ANNOTATION = "fluxrelay.io/allowed-sources"
 """Receiver annotation: comma-separated addresses/CIDRs; absent means every source."""
 
 
+@functools.lru_cache(maxsize=8192)
 def parse_address(text: str | None) -> Address | None:
-    """An address from a peer name or a forwarded entry (``[v6]`` and ``v4:port`` accepted)."""
+    """An address from a peer name or a forwarded entry (``[v6]`` and ``v4:port`` accepted).
+
+    Cached: a handful of peers (providers' webhook senders, the ingress controller) make
+    nearly every request, and parsing is a visible share of a request's cost."""
     if not text:
         return None
     value = text.strip()
