@@ -42,9 +42,27 @@ def test_the_configuration_reference_is_generated_from_the_clis() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+BENCHMARKS = ("bench.e2e.run", "bench.ingress.run", "bench.index.run", "bench.soak.run")
+
+
+def bench_flags() -> set[str]:
+    """Flags the benchmark commands the README gives really take (from their --help)."""
+    flags: set[str] = set()
+    for module in BENCHMARKS:
+        out = subprocess.run(
+            [sys.executable, "-m", module, "--help"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        flags |= set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]+)", out))
+    return flags
+
+
 def test_every_documented_flag_exists() -> None:
     known = {o.flag for o in receiver_cli.OPTIONS} | {o.flag for o in reconciler_cli.OPTIONS}
-    known |= SUBCOMMAND_FLAGS
+    known |= SUBCOMMAND_FLAGS | bench_flags()
     mentioned = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]+)", README))
     assert mentioned, "README mentions no flags?"
     assert mentioned <= known, f"README documents flags that do not exist: {mentioned - known}"
