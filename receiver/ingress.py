@@ -78,8 +78,7 @@ async def read_body(request: web.Request, limit: int, seconds: float | None = No
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(f"body of {request.content_length} bytes exceeds {limit}")
     if request.content.at_eof() or (
-        request.content_length is not None
-        and request.content.total_bytes >= request.content_length
+        request.content_length is not None and request.content.total_bytes >= request.content_length
     ):
         # Already received with the headers (the common case for webhooks): no deadline to
         # arm, the bytes are in memory.
