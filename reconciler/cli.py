@@ -135,7 +135,8 @@ OPTIONS: tuple[Option, ...] = (
            "metrics and probes listener (default 0.0.0.0:9090)", _hostport,
            metavar="HOST:PORT"),
     Option("--coalesce-window", "FLUXRELAY_COALESCE_WINDOW",
-           "seconds events for one object are gathered into one patch (default 0.2)",
+           "at most one patch per object per this many seconds; an idle object is patched at "
+           "once, later events gather into the next patch (default 0.2)",
            _set("coalesce_window", float), metavar="SECONDS"),
     Option("--qps", "FLUXRELAY_QPS", "Kubernetes API requests per second (default 50)",
            _set("qps", _positive(float), "patch"), metavar="N"),

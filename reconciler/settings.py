@@ -167,7 +167,8 @@ class ReconcilerSettings:
     """Let a Receiver target objects in other namespaces (Flux's default; Flux's
     ``--no-cross-namespace-refs`` is ``--no-cross-namespace-refs`` here too)."""
     coalesce_window: float = 0.2
-    """Seconds events for one object are gathered into one patch."""
+    """At most one patch per object per window: an idle object is patched at once, events
+    arriving within the window of its last patch are gathered into the next one."""
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9090
     reload_interval: float = 2.0
