@@ -248,6 +248,11 @@ class Consumer:
     async def process(self, env: Envelope) -> None:
         """Target and patch; raise the error that decides the message's fate."""
         targets = await self.targeter.targets(env)
+        # The webhook body was needed for CEL filters only. Drop it before the (possibly long)
+        # wait for the patch: thousands of in-flight messages then hold routing fields, not
+        # bodies (the soak showed RSS following the in-flight count). Dead letters use the
+        # message's own bytes.
+        env["payload"] = None
         done = self._done.get(env["id"], set())
         todo = [ref for ref in targets.refs if ref.key not in done]
         results = await asyncio.gather(

@@ -398,6 +398,9 @@ async def test_a_signed_push_comes_out_as_one_chain_of_cdevents_on_nats_and_http
                 async with http.get(url) as metrics_resp:
                     exposition = await metrics_resp.text()
     finally:
+        # Stop the reconciler while its nats-server still runs (the fixture stops the server
+        # first): otherwise its clients reconnect against a dead server during teardown.
+        await fleet.stop_all()
         await nc.close()
         await ingress.close()
 
