@@ -45,6 +45,12 @@ def parse_address(text: str | None) -> Address | None:
     return address
 
 
+@functools.lru_cache(maxsize=8192)
+def text(address: Address) -> str:
+    """``str(address)``, cached for the same reason as :func:`parse_address`."""
+    return str(address)
+
+
 def _within(address: Address, networks: Sequence[Network]) -> bool:
     return any(address.version == net.version and address in net for net in networks)
 

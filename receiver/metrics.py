@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -88,6 +89,24 @@ class IngressMetrics:
             ["result"],
             registry=r,
         )
+        self._deliveries: dict[tuple[str, str, str, str], Any] = {}
+        self._request_times = {c: self.request_seconds.labels(f"{c}xx") for c in range(1, 6)}
         self.nats_connected = Gauge(
             "fluxrelay_receiver_nats_connected", "1 while connected to NATS.", registry=r
+        )
+
+    def delivery(self, receiver: str, provider: str, event: str, outcome: str) -> Any:
+        """The deliveries counter's child for these labels, looked up once: prometheus'
+        ``labels()`` validates and locks on every call, a visible cost per request. The cache
+        holds exactly the children the counter itself keeps."""
+        key = (receiver, provider, event, outcome)
+        child = self._deliveries.get(key)
+        if child is None:
+            child = self._deliveries[key] = self.deliveries.labels(*key)
+        return child
+
+    def request_time(self, status: int) -> Any:
+        """The request-time histogram's child for ``status``'s class (``2xx``...)."""
+        return self._request_times.get(status // 100) or self.request_seconds.labels(
+            f"{status // 100}xx"
         )

@@ -7,6 +7,7 @@ identical too). Each message is a CloudEvent in NATS binary mode.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -14,6 +15,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from receiver.errors import PayloadInvalid
 from receiver.providers.base import Item, Parsed
@@ -61,36 +64,59 @@ def messages(
     """Envelope every item of ``parsed`` and wrap it as a binary-mode CloudEvent."""
     received = received_at.isoformat().replace("+00:00", "Z")
     subject = subjects.event_subject(spec.type, spec.namespace, spec.name, stream_prefix)
+    constant = constant_headers(spec.namespace, spec.name)
     out: list[Message] = []
     for item in parsed.items:
         doc = build(spec, parsed, item, received, trace)
         payload = encode(doc, parsed.raw_payload)
-        headers = natsbinding.to_headers(
-            {
-                "specversion": "1.0",
-                "id": doc["id"],
-                "source": f"/fluxrelay/receivers/{spec.namespace}/{spec.name}",
-                "type": envelope.CLOUDEVENT_TYPE,
-                "subject": item.delivery_id,
-                "time": received,
-                "traceparent": trace,
-            }
-        )
-        headers["Nats-Msg-Id"] = doc["id"]
+        headers = {
+            **constant,
+            "ce-id": doc["id"],
+            "ce-subject": natsbinding.encode_value(item.delivery_id),
+            "ce-time": received,
+            "ce-traceparent": trace,
+            "Nats-Msg-Id": doc["id"],
+        }
         out.append(Message(doc["id"], subject, payload, headers))
     return out
 
 
+@functools.lru_cache(maxsize=4096)
+def constant_headers(namespace: str, name: str) -> dict[str, str]:
+    """The binary-mode headers that are the same for every event of a Receiver (encoded
+    once, not per event); callers copy, never change, the cached dict."""
+    return natsbinding.to_headers(
+        {
+            "specversion": "1.0",
+            "id": "-",  # per event, set by the caller
+            "source": f"/fluxrelay/receivers/{namespace}/{name}",
+            "type": envelope.CLOUDEVENT_TYPE,
+        }
+    )
+
+
 def encode(doc: dict[str, Any], raw_payload: bytes | None) -> bytes:
-    """The envelope as compact JSON; a verbatim JSON body is spliced in, not re-encoded."""
+    """The envelope as compact JSON; a verbatim JSON body is spliced in, not re-encoded.
+
+    orjson writes the same compact UTF-8 JSON as ``json.dumps(separators=(",", ":"),
+    ensure_ascii=False)``, several times faster; what it cannot write (integers past 64
+    bits from a payload the standard library decoded) falls back to the standard library.
+    """
+    head: dict[str, Any]
     if raw_payload is None:
+        head = doc
+    else:
+        head = dict(doc)
+        del head["payload"]
+    try:
+        text = orjson.dumps(head)
+    except orjson.JSONEncodeError:
         try:
-            return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+            text = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode()
         except UnicodeEncodeError as e:  # a lone surrogate a provider let through
             raise PayloadInvalid("payload: text is not valid Unicode") from e
-    head = dict(doc)
-    del head["payload"]
-    text = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode()
+    if raw_payload is None:
+        return text
     return text[:-1] + b',"payload":' + raw_payload.strip() + b"}"
 
 

@@ -15,6 +15,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from receiver.errors import ConfigError, PayloadInvalid, SignatureInvalid
 from receiver.providers.base import Item, Request
 from receiver.receivers import ReceiverSpec
@@ -114,12 +116,24 @@ def _depth_ok(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
 
 
 def load_json(body: bytes | str, what: str = "body") -> Any:
-    """Decode JSON, refusing empty, non-UTF-8, too deeply nested or malformed input."""
+    """Decode JSON, refusing empty, non-UTF-8, too deeply nested or malformed input.
+
+    orjson reads the common case (strict UTF-8, no BOM, integers within 64 bits) about three
+    times faster than the standard library, and refuses lone surrogates itself. Whatever it
+    refuses, and any body with a run of 19 or more digits (orjson turns integers past 64 bits
+    into floats), goes through the standard library, so what is accepted and how it reads
+    does not depend on which decoder ran.
+    """
     raw = body.encode() if isinstance(body, str) else body
     if not raw.strip():
         raise PayloadInvalid(f"{what}: empty, JSON expected")
     if not _depth_ok(raw):
         raise PayloadInvalid(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH}")
+    if _LONG_DIGIT_RUN not in raw.translate(_DIGITS_ONLY):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass  # the standard library decides (and words the refusal)
     try:
         # Strict decoding first: json.loads(bytes) would let encoded lone surrogates through
         # ("surrogatepass"), which no UTF-8 envelope can carry (found by the atheris run).
@@ -131,6 +145,10 @@ def load_json(body: bytes | str, what: str = "body") -> Any:
     return doc
 
 
+_DIGITS_ONLY = bytes(0x39 if 0x30 <= c <= 0x39 else 0x20 for c in range(256))
+_LONG_DIGIT_RUN = b"9" * 19
+"""A run of 19 digits: with every digit mapped to 9 and everything else to a space, a
+substring test finds it at C speed (a regex takes ten times longer than the parse)."""
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 

@@ -1,0 +1,94 @@
+"""The publisher's own PubAck handling, against a real nats-server: every way the stream can
+fail to store an event is a NotStored (503 at the edge), never a 202 and never a crash."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+import pytest
+
+from receiver.errors import NotStored
+from receiver.publishing import Publisher
+from receiver.settings import StreamSettings
+from tests.support.natsd import NatsServer
+
+
+async def ready_publisher(url: str, name: str, ack_wait: float = 2.0) -> Publisher:
+    settings = StreamSettings(
+        name=name,
+        subject_prefix=f"{name.lower()}.events",
+        dead_name=f"{name}_DEAD",
+        dead_subject_prefix=f"{name.lower()}.dead",
+    )
+    publisher = Publisher(url, settings, ack_wait)
+    await publisher.start()
+    for _ in range(200):
+        if publisher.ready:
+            return publisher
+        await asyncio.sleep(0.02)
+    raise RuntimeError("publisher never became ready")
+
+
+async def test_acks_name_stream_sequence_and_duplicates(nats_server: NatsServer) -> None:
+    publisher = await ready_publisher(nats_server.url, "PUBOK")
+    try:
+        hdrs = {"Nats-Msg-Id": "one"}
+        first = await asyncio.gather(
+            *(
+                publisher.publish(f"pubok.events.x.{i}", b"{}", {"Nats-Msg-Id": f"m{i}"})
+                for i in range(50)
+            )
+        )
+        assert sorted(s.seq for s in first) == list(range(1, 51))
+        assert {s.stream for s in first} == {"PUBOK"}
+        assert not any(s.duplicate for s in first)
+        once = await publisher.publish("pubok.events.x", b"{}", hdrs)
+        again = await publisher.publish("pubok.events.x", b"{}", hdrs)
+        assert not once.duplicate
+        assert again.duplicate and again.seq == once.seq
+    finally:
+        await publisher.close()
+
+
+async def test_a_deleted_stream_is_not_stored(nats_server: NatsServer) -> None:
+    publisher = await ready_publisher(nats_server.url, "PUBGONE")
+    nc = await nats.connect(nats_server.url)
+    try:
+        await nc.jetstream().delete_stream("PUBGONE")
+        with pytest.raises(NotStored, match="no stream"):
+            await publisher.publish("pubgone.events.x", b"{}", {"Nats-Msg-Id": "a"})
+    finally:
+        await nc.close()
+        await publisher.close()
+
+
+async def test_a_subject_captured_by_another_stream_is_refused(nats_server: NatsServer) -> None:
+    """The expected-stream header makes a misrouted subject an error, not a silent store."""
+    publisher = await ready_publisher(nats_server.url, "PUBMINE")
+    nc = await nats.connect(nats_server.url)
+    try:
+        await nc.jetstream().add_stream(name="OTHER", subjects=["other.>"])
+        with pytest.raises(NotStored, match="refused"):
+            await publisher._store("PUBMINE", "other.x", b"{}", {"Nats-Msg-Id": "b"})
+        info = await nc.jetstream().stream_info("OTHER")
+        assert info.state.messages == 0
+    finally:
+        await nc.close()
+        await publisher.close()
+
+
+async def test_no_ack_within_the_timeout_is_not_stored(nats_server: NatsServer) -> None:
+    """A subject nobody answers (a plain subscriber swallows the request): NotStored after
+    the publish timeout, and the waiting reply is forgotten."""
+    publisher = await ready_publisher(nats_server.url, "PUBSLOW", ack_wait=0.3)
+    nc = await nats.connect(nats_server.url)
+    try:
+        await nc.subscribe("silent.>")
+        await nc.flush()
+        with pytest.raises(NotStored, match="TimeoutError"):
+            await publisher._store("PUBSLOW", "silent.x", b"{}", {})
+        assert publisher._waiting == {}
+    finally:
+        await nc.close()
+        await publisher.close()
