@@ -124,6 +124,10 @@ class CDEventsSettings:
     """``context.source`` of emitted events."""
     outbox_size: int = 10_000
     """Events one sink holds while it cannot deliver; more are dropped and counted."""
+    send_window: int = 32
+    """Events one sink has in flight at once (concurrent PubAcks or POSTs; events within one
+    window may arrive in any order). One at a time, a sink could not keep up with a few
+    hundred deliveries/s (each costs about five events); see ``reconciler.sinks``."""
     retry_initial: float = 0.5
     """First delay between tries of one event (doubling with jitter)."""
     retry_max: float = 30.0
