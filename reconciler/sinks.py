@@ -132,12 +132,14 @@ class OutboxSink:
         outbox_size: int,
         retry: RetryPolicy,
         send_window: int = 1,
+        send_timeout: float = 60.0,
     ) -> None:
         self.name = name
         self.release = release
         self._metrics = metrics
         self._retry = retry
         self._window = max(1, send_window)
+        self._send_timeout = send_timeout
         self._healthy = True
         """False from a failed try until the next delivered event: windows are then one event."""
         self._outbox: asyncio.Queue[_Item] = asyncio.Queue(maxsize=outbox_size)
@@ -227,15 +229,27 @@ class OutboxSink:
             self._current.remove(item)
 
     async def _attempt(self, item: _Item) -> Retry | None:
-        """One try of ``item``: None when it is done with (sent, or refused for good)."""
+        """One try of ``item``: None when it is done with (sent, or refused for good).
+
+        Nothing escapes: an unexpected error or a try that outlives ``send_timeout`` (the
+        sink's own request timeout should have ended it) is retried like any failure, so the
+        one worker never stops or stalls for good, leaving the outbox to fill silently.
+        """
         try:
-            await self.send(item.event(), dict(item.extensions))
+            await asyncio.wait_for(
+                self.send(item.event(), dict(item.extensions)), self._send_timeout
+            )
         except Rejected as e:
             self._metrics.sink_failed.labels(self.name, "rejected").inc()
             log.error("sink %s refused CDEvent %s: %s", self.name, item.event_id, e)
             return None
         except Retry as e:
             return e
+        except TimeoutError:
+            return Retry(f"no answer within {self._send_timeout:g}s")
+        except Exception as e:
+            log.exception("sink %s: unexpected error sending CDEvent %s", self.name, item.event_id)
+            return Retry(f"internal error: {type(e).__name__}")
         self._metrics.sink_sent.labels(self.name).inc()
         self._healthy = True
         return None
@@ -314,6 +328,7 @@ class NatsSink(OutboxSink):
             outbox_size=settings.outbox_size,
             retry=RetryPolicy.of(settings),
             send_window=settings.send_window,
+            send_timeout=2 * settings.request_timeout,
         )
         self._servers = [s.strip() for s in servers.split(",") if s.strip()]
         self._settings = settings
@@ -422,6 +437,7 @@ class HttpSink(OutboxSink):
             outbox_size=settings.outbox_size,
             retry=RetryPolicy.of(settings),
             send_window=settings.send_window,
+            send_timeout=2 * settings.request_timeout,
         )
         self._sink = sink
         self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout)

@@ -18,7 +18,7 @@ import hashlib
 import hmac
 import json
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -35,9 +35,23 @@ from reconciler.chaining import Planned
 from reconciler.emitting import Emitter
 from reconciler.outcome_metrics import OutcomeMetrics
 from reconciler.settings import CDEventsSettings, HttpSinkSettings
-from reconciler.sinks import HttpSink, NatsSink, parse_sink_option, signature
+from reconciler.sinks import (
+    HttpSink,
+    NatsSink,
+    OutboxSink,
+    RetryPolicy,
+    parse_sink_option,
+    signature,
+)
 from schemas import natsbinding
-from schemas.cdevents import Event, SpecRelease, build_event, decode_http, pipelinerun_queued
+from schemas.cdevents import (
+    Event,
+    SpecRelease,
+    build_event,
+    decode_http,
+    pipelinerun_queued,
+    release_of,
+)
 from tests.reconciler.conftest import wait_for
 from tests.support.natsd import NatsServer
 
@@ -461,3 +475,37 @@ def test_sink_options_parse_and_read_secrets(tmp_path: Path) -> None:
 def test_bad_sink_options_are_refused(raw: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_sink_option(raw, 1, {})
+
+
+class Buggy(OutboxSink):
+    """A sink whose first try raises something unexpected and whose second try hangs."""
+
+    def __init__(self, metrics: OutcomeMetrics) -> None:
+        super().__init__(
+            "buggy",
+            release_of("0.5.1"),
+            metrics,
+            outbox_size=10,
+            retry=RetryPolicy(initial=0.01, maximum=0.05),
+            send_timeout=0.2,
+        )
+        self.tries = 0
+        self.sent: list[str] = []
+
+    async def send(self, event: Event, extensions: Mapping[str, str]) -> None:
+        self.tries += 1
+        if self.tries == 1:
+            raise RuntimeError("a bug")
+        if self.tries == 2:
+            await asyncio.sleep(3600)
+        self.sent.append(event["context"]["id"])
+
+
+async def test_an_unexpected_error_or_a_hung_try_does_not_stop_the_worker() -> None:
+    metrics = OutcomeMetrics(CollectorRegistry())
+    sink = Buggy(metrics)
+    await sink.start()
+    assert sink.offer(event(1), {}) and sink.offer(event(2), {})
+    await wait_for(lambda: sink.sent == ["id-1", "id-2"], "both delivered after the bug and hang")
+    await sink.close(1)
+    assert metrics.sink_retries.labels("buggy")._value.get() == 2
