@@ -347,6 +347,24 @@ def _epoch(text: str | None) -> float | None:
         return None
 
 
+def _followed(env: Envelope) -> Envelope:
+    """What ``finished`` and MTTP need of an envelope while its request is followed.
+
+    A request is followed until Flux settles it (up to ``outcome_timeout``, 600 s), and when
+    Flux lags, hundreds of them are; each held its whole coalesced batch of envelopes (repo,
+    commits, headers...). The soak at 500/s saw the followed count climb by ~2/s with RSS
+    following it. Only ids, trace context, the incoming CDEvent's ids and ``received_at`` are
+    read afterwards.
+    """
+    slim: dict[str, Any] = {
+        key: env[key] for key in ("id", "delivery_id", "traceparent", "received_at") if key in env
+    }
+    context = _incoming(env)
+    if context is not None:
+        slim["cdevent"] = {"context": {k: context[k] for k in ("id", "chainId") if k in context}}
+    return slim  # type: ignore[return-value]
+
+
 class ChainReporter:
     """Follows each delivery: ingest event, ``queued`` per patch, outcome → ``finished``.
 
@@ -399,7 +417,7 @@ class ChainReporter:
             if self._emit is not None:
                 self._emit(queued(env, ref, requested_at, source=self._source))
         if self._watcher is not None:
-            batch = list(envelopes)
+            batch = [_followed(env) for env in envelopes]
             future = self._watcher.follow(ref, requested_at, patched_at)
             future.add_done_callback(
                 lambda f: None if f.cancelled() else self._on_outcome(f.result(), batch)
