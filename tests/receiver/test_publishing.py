@@ -88,7 +88,7 @@ async def test_no_ack_within_the_timeout_is_not_stored(nats_server: NatsServer) 
         await nc.flush()
         with pytest.raises(NotStored, match="TimeoutError"):
             await publisher._store("PUBSLOW", "silent.x", b"{}", {})
-        assert publisher._waiting == {}
+        assert publisher._acks.waiting == 0
     finally:
         await nc.close()
         await publisher.close()

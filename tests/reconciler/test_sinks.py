@@ -390,6 +390,27 @@ async def test_jetstream_sink_loses_nothing_across_a_nats_restart(
     assert metrics.sink_retries.labels("nats")._value.get() >= 1
 
 
+async def test_a_deleted_cdevents_stream_is_recreated_and_nothing_is_lost(
+    nats_server: NatsServer,
+) -> None:
+    """The server answers "no responders" for a subject no stream takes: the sink checks its
+    stream again (creating it) and retries, rather than counting the event as sent."""
+    metrics = OutcomeMetrics(CollectorRegistry())
+    sink = NatsSink(nats_server.url, FAST, metrics)
+    await sink.start()
+    sink.offer(event(0), {})
+    await wait_for(lambda: metrics.sink_sent.labels("nats")._value.get() == 1, "first PubAck")
+    nc = await nats.connect(nats_server.url)
+    await nc.jetstream().delete_stream("CDEVENTS")
+    await nc.close()
+    sink.offer(event(1), {})
+    await wait_for(lambda: metrics.sink_sent.labels("nats")._value.get() == 2, "second PubAck")
+    await sink.close(5)
+    stored = await read_stream(nats_server.url, "CDEVENTS")
+    assert [json.loads(data)["context"]["id"] for _, _, data in stored] == ["id-1"]
+    assert metrics.sink_retries.labels("nats")._value.get() >= 1
+
+
 # --------------------------------------------------------------------------- emitter
 
 

@@ -1,0 +1,141 @@
+"""Storing a message on JetStream and reading its PubAck, as both processes do it.
+
+The receiver stores every accepted delivery and the reconciler every CDEvent it emits; both
+must know the message is in the stream before they move on. nats-py's
+``JetStreamContext.publish`` does this, but per message it draws a random reply token from
+the OS, wraps the wait in ``asyncio.wait_for`` and decodes the ack into a dataclass, which
+together cost about as much as the rest of the publish (measured on the receiver's hot path,
+see the README). :class:`AckedPublisher` speaks the same protocol (a request whose reply
+subject the stream answers with its PubAck JSON) with one wildcard reply subscription per
+connection, counter tokens, one timer handle per wait and orjson.
+
+It lives in ``schemas`` because the PubAck is part of the contract with the bus, read the
+same way on both sides (like :mod:`schemas.natsauth`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import orjson
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+
+EXPECTED_STREAM = "Nats-Expected-Stream"
+"""The stream must be this one, or the server refuses the message (a subject captured by
+another stream, say after a misconfiguration, is an error rather than a silent store)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What JetStream acknowledged."""
+
+    stream: str
+    seq: int
+    duplicate: bool
+
+
+class NotAcknowledged(Exception):
+    """No PubAck. ``refused`` when the server answered: no stream took the subject (deleted,
+    or a memory stream lost with a restart) or the stream refused the message, so the caller
+    may check its stream before trying again; otherwise there was no answer at all and the
+    message may or may not be stored."""
+
+    def __init__(self, message: str, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
+
+
+def read_pub_ack(reply: Msg) -> Stored:
+    """A PubAck, or :class:`NotAcknowledged` for an error or "no responders"."""
+    if reply.headers and reply.headers.get("Status") == "503":
+        raise NotAcknowledged("no stream for the subject", refused=True)
+    try:
+        ack = orjson.loads(reply.data)
+    except orjson.JSONDecodeError as e:
+        raise NotAcknowledged("unreadable acknowledgement") from e
+    if not isinstance(ack, dict):
+        raise NotAcknowledged("unreadable acknowledgement")
+    error = ack.get("error")
+    if error is not None:
+        code = error.get("err_code") if isinstance(error, dict) else None
+        raise NotAcknowledged(f"refused by the stream (error {code})", refused=True)
+    try:
+        return Stored(str(ack["stream"]), int(ack["seq"]), bool(ack.get("duplicate", False)))
+    except (KeyError, TypeError, ValueError) as e:
+        raise NotAcknowledged("unreadable acknowledgement") from e
+
+
+def _expire(future: asyncio.Future[Msg]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
+class AckedPublisher:
+    """Publishes with a reply subject and waits for the stream's PubAck, on one connection.
+
+    :meth:`attach` must run once after connecting (it subscribes the reply inbox; nats-py
+    renews the subscription after a reconnect). A wait that outlives ``ack_wait`` raises
+    :class:`NotAcknowledged` and its reply, if it comes later, is ignored.
+    """
+
+    def __init__(self) -> None:
+        self._nc: Client | None = None
+        self._prefix = ""
+        self._tokens = itertools.count()
+        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+
+    @property
+    def attached(self) -> bool:
+        return self._nc is not None
+
+    @property
+    def waiting(self) -> int:
+        """Publishes waiting for their PubAck now."""
+        return len(self._waiting)
+
+    async def attach(self, nc: Client) -> None:
+        prefix = nc.new_inbox() + "."
+        await nc.subscribe(prefix + "*", cb=self._on_reply)
+        self._nc, self._prefix = nc, prefix
+
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes,
+        headers: Mapping[str, str],
+        stream: str,
+        ack_wait: float,
+    ) -> Stored:
+        """Store one message on ``stream`` or raise :class:`NotAcknowledged`."""
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            raise NotAcknowledged("not connected")
+        token = str(next(self._tokens))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Msg] = loop.create_future()
+        self._waiting[token] = future
+        timer = loop.call_later(ack_wait, _expire, future)
+        try:
+            await nc.publish(
+                subject,
+                payload,
+                reply=self._prefix + token,
+                headers={**headers, EXPECTED_STREAM: stream},
+            )
+            reply = await future
+        except (NatsError, TimeoutError, OSError) as e:
+            raise NotAcknowledged(type(e).__name__) from e
+        finally:
+            timer.cancel()
+            del self._waiting[token]
+        return read_pub_ack(reply)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        future = self._waiting.get(msg.subject[len(self._prefix) :])
+        if future is not None and not future.done():
+            future.set_result(msg)
