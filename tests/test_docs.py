@@ -42,7 +42,13 @@ def test_the_configuration_reference_is_generated_from_the_clis() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-BENCHMARKS = ("bench.e2e.run", "bench.ingress.run", "bench.index.run", "bench.soak.run")
+BENCHMARKS = (
+    "bench.e2e.run",
+    "bench.ingress.run",
+    "bench.index.run",
+    "bench.soak.run",
+    "bench.soak.memory",
+)
 
 
 def bench_flags() -> set[str]:

@@ -58,6 +58,9 @@ end
 """
 
 
+KEYS = ("rps", "p50_ms", "p99_ms", "non2xx", "cpu_us_per_request")
+
+
 def lua_string(data: bytes) -> str:
     return "[==[" + data.decode() + "]==]"
 
@@ -70,12 +73,14 @@ def parse_wrk(out: str) -> dict[str, float]:
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     p99 = ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    total = re.search(r"(\d+) requests in", out)
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
     return {
         "rps": rps,
         "p50_ms": p50,
         "p99_ms": p99,
+        "requests": float(total.group(1)) if total else 0.0,
         "non2xx": float(non2xx.group(1)) if non2xx else 0.0,
         "socket_errors": 1.0 if errors else 0.0,
     }
@@ -101,6 +106,13 @@ def wrk(port: int, script: Path, duration: int, connections: int) -> dict[str, f
         check=True,
     ).stdout
     return parse_wrk(out)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far (the server is pinned to one core, so CPU per
+    request is the cost that bounds its throughput, and is less disturbed by other load)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -198,14 +210,19 @@ def main() -> int:
                     else:
                         wait_port(port)
                     wrk(port, script, 2, args.connections)  # warm-up
+                    cpu_before = cpu_seconds(proc.pid)
                     result = wrk(port, script, args.duration, args.connections)
+                    result["cpu_us_per_request"] = (
+                        (cpu_seconds(proc.pid) - cpu_before) / result["requests"] * 1e6
+                    )
                     if name == "receiver":
                         rss.append(peak_rss_mib(proc.pid))
                     results[name].append(result)
                     print(
                         f"run {run + 1} {name:8s} {result['rps']:9.0f} req/s  "
                         f"p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms  "
-                        f"non-2xx {result['non2xx']:.0f}",
+                        f"non-2xx {result['non2xx']:.0f}  "
+                        f"cpu {result['cpu_us_per_request']:.0f} us/request",
                         flush=True,
                     )
                 finally:
@@ -223,8 +240,8 @@ def main() -> int:
         "duration_s": args.duration,
         "runs": args.runs,
         "cpus": os.cpu_count(),
-        "receiver": {k: median("receiver", k) for k in ("rps", "p50_ms", "p99_ms", "non2xx")},
-        "bare": {k: median("bare", k) for k in ("rps", "p50_ms", "p99_ms", "non2xx")},
+        "receiver": {k: median("receiver", k) for k in KEYS},
+        "bare": {k: median("bare", k) for k in KEYS},
         "ratio": statistics.median(
             r["rps"] / b["rps"] for r, b in zip(results["receiver"], results["bare"], strict=True)
         ),
