@@ -4,6 +4,7 @@ then Ctrl-C stops everything it started."""
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import shlex
@@ -75,7 +76,7 @@ def test_quick_start_runs_a_push_to_a_reconcile_and_stops_cleanly(tmp_path: Path
             shlex.split(send), capture_output=True, text=True, timeout=60, check=False
         )
         assert sent.stdout.startswith("202 "), sent.stdout + sent.stderr
-        delivery = sent.stdout.split('"id": "')[1].split('"')[0]
+        delivery = json.loads(sent.stdout.removeprefix("202 "))["id"]
 
         for target in ("GitRepository/flux-system/fleet", "Kustomization/flux-system/apps"):
             line = wait_line(lines, seen, f"fluxrelay> PATCHED {target} ", 60)
