@@ -125,7 +125,6 @@ class Publisher:
                 log.warning("cannot connect to NATS yet: %s", e)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        await self._acks.attach(self._nc)
         await self._ensure_loop()
 
     def _schedule_ensure(self) -> None:
@@ -138,6 +137,8 @@ class Publisher:
             nc = self._nc
             if nc is not None and nc.is_connected:
                 try:
+                    if not self._acks.attached:  # once: nats-py renews it on reconnect
+                        await self._acks.attach(nc)
                     await ensure_streams(nc.jetstream(timeout=self._timeout), self._settings)
                     self.max_payload = nc.max_payload
                     self._streams_ready.set()
