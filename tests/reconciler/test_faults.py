@@ -178,8 +178,24 @@ async def test_a_reconciler_killed_mid_batch_loses_nothing(
         for port in ports:
             await asyncio.to_thread(wait_port, port, 30.0)
         await publish_all(bus, kube_namespace, count)
-        await wait_for(lambda: kube_proxy.count("PATCH") >= 4, "patches in flight")
-        victim = procs[0]
+
+        def unacked(port: int) -> float:
+            """One message, one target: targeted and not yet acked = held unacked (its patch
+            is in flight behind the proxy's delay)."""
+            acked = scrape(port, 'fluxrelay_reconciler_messages_total{outcome="ack"}')
+            return scrape(port, "fluxrelay_reconciler_targets_total") - acked
+
+        # Kill a replica while it holds unacked messages (either may have pulled them all).
+        held = [0.0, 0.0]
+        victim_index = 0  # until one is chosen
+
+        def holding() -> bool:
+            held[:] = [unacked(port) for port in ports]
+            return max(held) >= 1
+
+        await wait_for(holding, "a replica holding unacked messages")
+        victim_index = held.index(max(held))
+        victim, survivor_port = procs[victim_index], ports[1 - victim_index]
         victim.send_signal(signal.SIGKILL)
         victim.wait(10)
         kube_proxy.clear_faults()
@@ -190,7 +206,7 @@ async def test_a_reconciler_killed_mid_batch_loses_nothing(
             return bool(info.num_pending == 0 and info.num_ack_pending == 0)
 
         await wait_for(drained, "every message acked by the survivor")
-        assert scrape(ports[1], "fluxrelay_reconciler_redeliveries_total") >= 1
+        assert scrape(survivor_port, "fluxrelay_reconciler_redeliveries_total") >= 1
         assert await bus.dead() == []
     finally:
         for proc in procs:
@@ -201,4 +217,5 @@ async def test_a_reconciler_killed_mid_batch_loses_nothing(
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-    assert procs[1].returncode == 0  # the survivor drained and exited cleanly on SIGTERM
+    survivor = procs[1 - victim_index]
+    assert survivor.returncode == 0  # the survivor drained and exited cleanly on SIGTERM
