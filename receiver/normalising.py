@@ -2,7 +2,10 @@
 
 The message id is derived from receiver + provider delivery id, so a provider's redelivery
 maps to the same ``Nats-Msg-Id`` (stored once) and the same envelope ``id`` (the 202 body is
-identical too). Each message is a CloudEvent in NATS binary mode.
+identical too). Each message is a CloudEvent in NATS binary mode, its headers encoded here
+as NATS header lines (:mod:`schemas.natsheaders`): the Receiver's constant ones once, the
+per-event ones from values that cannot break a line (hex ids, an ISO timestamp, a validated
+or generated traceparent, a percent-encoded delivery id).
 """
 
 from __future__ import annotations
@@ -21,19 +24,19 @@ import orjson
 from receiver.errors import PayloadInvalid
 from receiver.providers.base import Item, Parsed
 from receiver.receivers import ReceiverSpec
-from schemas import envelope, natsbinding, subjects
+from schemas import envelope, natsbinding, natsheaders, subjects
 
 _TRACEPARENT = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One message ready to publish."""
+    """One message ready to publish; ``headers`` are NATS header lines."""
 
     id: str
     subject: str
     payload: bytes
-    headers: dict[str, str]
+    headers: bytes
 
 
 def event_id(spec: ReceiverSpec, delivery_id: str) -> str:
@@ -69,30 +72,32 @@ def messages(
     for item in parsed.items:
         doc = build(spec, parsed, item, received, trace)
         payload = encode(doc, parsed.raw_payload)
-        headers = {
-            **constant,
-            "ce-id": doc["id"],
-            "ce-subject": natsbinding.encode_value(item.delivery_id),
-            "ce-time": received,
-            "ce-traceparent": trace,
-            "Nats-Msg-Id": doc["id"],
-        }
-        out.append(Message(doc["id"], subject, payload, headers))
+        ident = doc["id"]
+        headers = (
+            constant
+            + (
+                f"ce-id: {ident}\r\nce-subject: {natsbinding.encode_value(item.delivery_id)}\r\n"
+                f"ce-time: {received}\r\nce-traceparent: {trace}\r\nNats-Msg-Id: {ident}\r\n"
+            ).encode()
+        )
+        out.append(Message(ident, subject, payload, headers))
     return out
 
 
 @functools.lru_cache(maxsize=4096)
-def constant_headers(namespace: str, name: str) -> dict[str, str]:
-    """The binary-mode headers that are the same for every event of a Receiver (encoded
-    once, not per event); callers copy, never change, the cached dict."""
-    return natsbinding.to_headers(
+def constant_headers(namespace: str, name: str) -> bytes:
+    """The binary-mode header lines that are the same for every event of a Receiver,
+    encoded once, not per event (``ce-id`` is per event and added by the caller)."""
+    headers = natsbinding.to_headers(
         {
             "specversion": "1.0",
-            "id": "-",  # per event, set by the caller
+            "id": "-",
             "source": f"/fluxrelay/receivers/{namespace}/{name}",
             "type": envelope.CLOUDEVENT_TYPE,
         }
     )
+    del headers["ce-id"]
+    return natsheaders.lines(headers)
 
 
 def encode(doc: dict[str, Any], raw_payload: bytes | None) -> bytes:

@@ -159,7 +159,9 @@ class Publisher:
     async def _on_error(self, e: Exception) -> None:
         log.warning("NATS: %s", e)
 
-    async def publish(self, subject: str, payload: bytes, headers: Mapping[str, str]) -> Stored:
+    async def publish(
+        self, subject: str, payload: bytes, headers: Mapping[str, str] | bytes
+    ) -> Stored:
         """Store one event or raise :class:`NotStored`; never returns without a PubAck."""
         return await self._store(self._settings.name, subject, payload, headers)
 
@@ -170,7 +172,7 @@ class Publisher:
         return await self._store(self._settings.dead_name, subject, payload, headers)
 
     async def _store(
-        self, stream: str, subject: str, payload: bytes, headers: Mapping[str, str]
+        self, stream: str, subject: str, payload: bytes, headers: Mapping[str, str] | bytes
     ) -> Stored:
         nc = self._nc
         if nc is None or not nc.is_connected or not self._acks.attached:

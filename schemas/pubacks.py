@@ -9,6 +9,14 @@ see the README). :class:`AckedPublisher` speaks the same protocol (a request who
 subject the stream answers with its PubAck JSON) with one wildcard reply subscription per
 connection, counter tokens, one timer handle per wait and orjson.
 
+It also writes the ``HPUB`` command itself, from header lines encoded once
+(:mod:`schemas.natsheaders`), and hands it to the connection's pending buffer the way
+``Client.publish`` does. That uses two private members of nats-py's client
+(``_send_command``, ``_flush_pending``/``_flush_queue``), checked when attaching: if a
+nats-py release drops them, publishing falls back to ``Client.publish`` with a header dict
+(slower, same bytes on the wire). ``pyproject.toml`` bounds nats-py to the tested major
+version, and the tests run both paths against a real server.
+
 It lives in ``schemas`` because the PubAck is part of the contract with the bus, read the
 same way on both sides (like :mod:`schemas.natsauth`).
 """
@@ -16,14 +24,20 @@ same way on both sides (like :mod:`schemas.natsauth`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import BadSubjectError
 from nats.errors import Error as NatsError
+
+from schemas import natsheaders
 
 EXPECTED_STREAM = "Nats-Expected-Stream"
 """The stream must be this one, or the server refuses the message (a subject captured by
@@ -70,6 +84,27 @@ def read_pub_ack(reply: Msg) -> Stored:
         raise NotAcknowledged("unreadable acknowledgement") from e
 
 
+_SUBJECT_BREAKS = re.compile(r"[\s]")
+
+
+@functools.lru_cache(maxsize=4096)
+def _subject_bytes(subject: str) -> bytes:
+    """A subject checked (no whitespace: it would end the protocol line) and encoded, once."""
+    if not subject or _SUBJECT_BREAKS.search(subject):
+        raise BadSubjectError
+    return subject.encode()
+
+
+@functools.lru_cache(maxsize=64)
+def _stream_line(stream: str) -> bytes:
+    return natsheaders.line(EXPECTED_STREAM, stream)
+
+
+def _raw_capable(nc: Client) -> bool:
+    """Whether this nats-py client has the members :meth:`AckedPublisher._send` writes to."""
+    return all(hasattr(nc, name) for name in ("_send_command", "_flush_pending", "_flush_queue"))
+
+
 def _expire(future: asyncio.Future[Msg]) -> None:
     if not future.done():
         future.set_exception(TimeoutError())
@@ -88,6 +123,9 @@ class AckedPublisher:
         self._prefix = ""
         self._tokens = itertools.count()
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self.raw = True
+        """Write HPUB commands directly (see the module docstring); False uses
+        ``Client.publish``. Set at :meth:`attach` from what the client offers."""
 
     @property
     def attached(self) -> bool:
@@ -102,31 +140,36 @@ class AckedPublisher:
         prefix = nc.new_inbox() + "."
         await nc.subscribe(prefix + "*", cb=self._on_reply)
         self._nc, self._prefix = nc, prefix
+        self.raw = self.raw and _raw_capable(nc)
 
     async def publish(
         self,
         subject: str,
         payload: bytes,
-        headers: Mapping[str, str],
+        headers: Mapping[str, str] | bytes,
         stream: str,
         ack_wait: float,
     ) -> Stored:
-        """Store one message on ``stream`` or raise :class:`NotAcknowledged`."""
+        """Store one message on ``stream`` or raise :class:`NotAcknowledged`.
+
+        ``headers`` is a mapping, or header lines already encoded with
+        :mod:`schemas.natsheaders` (the hot path: constant lines are encoded once).
+        Invalid headers or subject raise :class:`~schemas.natsheaders.HeaderError` /
+        ``BadSubjectError`` before anything is sent.
+        """
         nc = self._nc
         if nc is None or not nc.is_connected:
             raise NotAcknowledged("not connected")
+        header_lines = headers if isinstance(headers, bytes) else natsheaders.lines(headers)
+        header_block = natsheaders.block(header_lines + _stream_line(stream))
+        subject_bytes = _subject_bytes(subject)
         token = str(next(self._tokens))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Msg] = loop.create_future()
         self._waiting[token] = future
         timer = loop.call_later(ack_wait, _expire, future)
         try:
-            await nc.publish(
-                subject,
-                payload,
-                reply=self._prefix + token,
-                headers={**headers, EXPECTED_STREAM: stream},
-            )
+            await self._send(nc, subject_bytes, self._prefix + token, header_block, payload)
             reply = await future
         except (NatsError, TimeoutError, OSError) as e:
             raise NotAcknowledged(type(e).__name__) from e
@@ -134,6 +177,40 @@ class AckedPublisher:
             timer.cancel()
             del self._waiting[token]
         return read_pub_ack(reply)
+
+    async def _send(
+        self, nc: Client, subject: bytes, reply: str, header_block: bytes, payload: bytes
+    ) -> None:
+        if not self.raw:
+            await nc.publish(
+                subject.decode(),
+                payload,
+                reply=reply,
+                headers=natsheaders.parse(header_block[len(natsheaders.VERSION_LINE) :]),
+            )
+            return
+        if nc.is_closed:
+            raise NotAcknowledged("connection closed")
+        if nc.is_draining_pubs:
+            raise NotAcknowledged("connection draining")
+        if len(payload) > nc.max_payload:
+            raise NotAcknowledged("message exceeds the server's max_payload")
+        client: Any = nc  # private members, checked by _raw_capable at attach
+        await client._send_command(
+            b"HPUB %b %b %d %d\r\n%b%b\r\n"
+            % (
+                subject,
+                reply.encode(),
+                len(header_block),
+                len(header_block) + len(payload),
+                header_block,
+                payload,
+            )
+        )
+        nc.stats["out_msgs"] += 1
+        nc.stats["out_bytes"] += len(payload)
+        if client._flush_queue is not None and client._flush_queue.empty():
+            await client._flush_pending()
 
     async def _on_reply(self, msg: Msg) -> None:
         future = self._waiting.get(msg.subject[len(self._prefix) :])

@@ -11,6 +11,7 @@ import pytest
 from receiver.errors import NotStored
 from receiver.publishing import Publisher
 from receiver.settings import StreamSettings
+from schemas import natsheaders
 from tests.support.natsd import NatsServer
 
 
@@ -47,6 +48,46 @@ async def test_acks_name_stream_sequence_and_duplicates(nats_server: NatsServer)
         again = await publisher.publish("pubok.events.x", b"{}", hdrs)
         assert not once.duplicate
         assert again.duplicate and again.seq == once.seq
+    finally:
+        await publisher.close()
+
+
+@pytest.mark.parametrize("raw", [True, False], ids=["hpub", "client-publish"])
+async def test_both_send_paths_store_the_same_headers(nats_server: NatsServer, raw: bool) -> None:
+    """The direct HPUB path and the ``Client.publish`` fallback (used if nats-py ever lacks
+    the members the direct path needs) store identical messages, dict or encoded lines."""
+    name = f"PUBPATH{int(raw)}"
+    publisher = await ready_publisher(nats_server.url, name)
+    publisher._acks.raw = raw
+    nc = await nats.connect(nats_server.url)
+    try:
+        subject = f"{name.lower()}.events.x"
+        lines = natsheaders.lines({"ce-id": "e1", "Nats-Msg-Id": "e1", "ce-time": "t"})
+        first = await publisher.publish(subject, b'{"a":1}', lines)
+        second = await publisher.publish(subject, b"", {"Nats-Msg-Id": "e2", "X-Two": "2"})
+        js = nc.jetstream()
+        one = await js.get_msg(name, first.seq)
+        two = await js.get_msg(name, second.seq)
+        assert one.data == b'{"a":1}'
+        expected = {"Nats-Expected-Stream": name}
+        assert one.headers == {"ce-id": "e1", "Nats-Msg-Id": "e1", "ce-time": "t", **expected}
+        assert not two.data
+        assert two.headers == {"Nats-Msg-Id": "e2", "X-Two": "2", **expected}
+        dup = await publisher.publish(subject, b"{}", lines)
+        assert dup.duplicate and dup.seq == first.seq
+    finally:
+        await nc.close()
+        await publisher.close()
+
+
+async def test_invalid_headers_are_refused_before_sending(nats_server: NatsServer) -> None:
+    publisher = await ready_publisher(nats_server.url, "PUBBAD")
+    try:
+        with pytest.raises(natsheaders.HeaderError):
+            await publisher.publish("pubbad.events.x", b"{}", {"Nats-Msg-Id": "a\r\nPUB x 0"})
+        assert publisher._acks.waiting == 0
+        ok = await publisher.publish("pubbad.events.x", b"{}", {"Nats-Msg-Id": "a"})
+        assert ok.seq == 1
     finally:
         await publisher.close()
 
