@@ -12,7 +12,7 @@ from schemas.natsheaders import HeaderError
 TOKEN_CHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 keys = st.text(alphabet=TOKEN_CHARS, min_size=1, max_size=20)
 values = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"),
+    alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\r\n"),
     max_size=40,
 )
 
