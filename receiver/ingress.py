@@ -115,6 +115,8 @@ IDENTITY_ENCODINGS = frozenset({"", "identity"})
 
 def check_encoding(request: web.Request) -> None:
     """Refuse compressed bodies (415) instead of inflating them past the body cap."""
+    if "Content-Encoding" not in request.headers:
+        return
     encodings = [
         part.strip().lower()
         for value in request.headers.getall("Content-Encoding", [])
@@ -204,7 +206,6 @@ async def _handle(request: web.Request, state: IngressState) -> web.StreamRespon
     outcome = "rejected"
     event = ""
     delivery = ""
-    context = {"receiver": spec.key, "provider": spec.type}
     try:
         if not addressing.source_allowed(source, spec.allowed_sources):
             raise SourceNotAllowed("source address not allowed for this receiver")
@@ -251,11 +252,18 @@ async def _handle(request: web.Request, state: IngressState) -> web.StreamRespon
                 state.metrics.duplicates.inc()
             duplicate = duplicate and stored.duplicate
         outcome = "duplicate" if duplicate else "accepted"
-        log.info(
-            "stored %d event(s)",
-            len(msgs),
-            extra={**context, "delivery_id": delivery, "event": event, "event_id": msgs[0].id},
-        )
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "stored %d event(s)",
+                len(msgs),
+                extra={
+                    "receiver": spec.key,
+                    "provider": spec.type,
+                    "delivery_id": delivery,
+                    "event": event,
+                    "event_id": msgs[0].id,
+                },
+            )
         body_out: dict[str, object] = {"status": "accepted", "id": msgs[0].id}
         if len(msgs) > 1:
             body_out["ids"] = [m.id for m in msgs]
@@ -268,7 +276,8 @@ async def _handle(request: web.Request, state: IngressState) -> web.StreamRespon
             "rejected: %s",
             e.reason,
             extra={
-                **context,
+                "receiver": spec.key,
+                "provider": spec.type,
                 "delivery_id": delivery or None,
                 "event": event or None,
                 "status": e.status,

@@ -66,7 +66,7 @@ def messages(
 ) -> list[Message]:
     """Envelope every item of ``parsed`` and wrap it as a binary-mode CloudEvent."""
     received = received_at.isoformat().replace("+00:00", "Z")
-    subject = subjects.event_subject(spec.type, spec.namespace, spec.name, stream_prefix)
+    subject = event_subject(spec.type, spec.namespace, spec.name, stream_prefix)
     constant = constant_headers(spec.namespace, spec.name)
     out: list[Message] = []
     for item in parsed.items:
@@ -82,6 +82,10 @@ def messages(
         )
         out.append(Message(ident, subject, payload, headers))
     return out
+
+
+event_subject = functools.lru_cache(maxsize=4096)(subjects.event_subject)
+"""The Receiver's subject, escaped once (three regex substitutions otherwise, per event)."""
 
 
 @functools.lru_cache(maxsize=4096)

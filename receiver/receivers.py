@@ -36,11 +36,21 @@ class ReceiverSpec:
     """From the ``fluxrelay.io/allowed-sources`` annotation; empty allows every source."""
     rotation: rotating.Rotation | None = field(default=None, init=False, compare=False)
     """The previous token still honoured, from ``previous-token``/``previous-token-expires``."""
+    namespace: str = field(default="", init=False, compare=False)
+    name: str = field(default="", init=False, compare=False)
+    type: str = field(default="", init=False, compare=False)
+    """The provider."""
+    key: str = field(default="", init=False, compare=False)
+    """``namespace/name``."""
+    suspend: bool = field(default=False, init=False, compare=False)
 
     def __post_init__(self) -> None:
         """Derive the hook path, the allow-list and the rotation; ConfigError when the
         annotation or the rotation keys are malformed."""
         d = self.definition
+        # Copied out of the definition once: read several times per request.
+        for attribute in ("namespace", "name", "type", "key", "suspend"):
+            object.__setattr__(self, attribute, getattr(d, attribute))
         object.__setattr__(self, "digest", hook_digest(self.token, d.name, d.namespace))
         where = f"Receiver {d.key}"
         object.__setattr__(
@@ -73,28 +83,8 @@ class ReceiverSpec:
         return rotating.Rotation(previous_spec, deadline)
 
     @property
-    def namespace(self) -> str:
-        return self.definition.namespace
-
-    @property
-    def name(self) -> str:
-        return self.definition.name
-
-    @property
-    def type(self) -> str:
-        return self.definition.type
-
-    @property
-    def key(self) -> str:
-        return self.definition.key
-
-    @property
     def secret_name(self) -> str:
         return self.definition.secret_name
-
-    @property
-    def suspend(self) -> bool:
-        return self.definition.suspend
 
     @property
     def token(self) -> bytes:

@@ -206,6 +206,30 @@ def _parts(path: str) -> tuple[str, ...]:
     return tuple(path.split("."))
 
 
+def member(doc: Any, key: str) -> dict[str, Any] | None:
+    """The object at top-level ``key`` (None when absent or null; 400 when not an object):
+    read once, then its fields with :func:`str_in`, instead of walking ``key.field`` paths
+    one by one on the hot path."""
+    node = field_path(doc, key)
+    if node is None or type(node) is dict:
+        return node
+    if isinstance(node, Mapping):
+        return dict(node)
+    raise PayloadInvalid(f"{key}: object expected")
+
+
+def str_in(node: dict[str, Any] | None, key: str, path: str) -> str | None:
+    """``node[key]`` as an optional string; ``path`` names it in the 400."""
+    if node is None:
+        return None
+    value = node.get(key)
+    if value is None or type(value) is str:
+        return value
+    if isinstance(value, str):
+        return str(value)
+    raise PayloadInvalid(f"{path}: string expected")
+
+
 def opt_str(doc: Any, path: str) -> str | None:
     value = field_path(doc, path)
     if value is None:
@@ -268,18 +292,29 @@ def repository(
 
 
 def commit_paths(commits: list[Any], what: str = "commits") -> list[str]:
-    """Union of added/modified/removed over a GitHub-shaped commit list, order kept."""
+    """Union of added/modified/removed over a GitHub-shaped commit list, order kept.
+
+    Written as plain loops with exact-type checks first: it runs for every push, and the
+    generator-per-list form cost more than the rest of the field extraction.
+    """
     seen: dict[str, None] = {}
     for i, commit in enumerate(commits):
-        if not isinstance(commit, Mapping):
+        if type(commit) is not dict and not isinstance(commit, Mapping):
             raise PayloadInvalid(f"{what}[{i}]: object expected")
-        for key in ("added", "modified", "removed"):
-            paths = commit.get(key) or []
-            if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        for key in _CHANGE_KEYS:
+            paths = commit.get(key)
+            if not paths:
+                continue
+            if type(paths) is not list:
                 raise PayloadInvalid(f"{what}[{i}].{key}: array of strings expected")
             for path in paths:
-                seen.setdefault(path, None)
+                if type(path) is not str and not isinstance(path, str):
+                    raise PayloadInvalid(f"{what}[{i}].{key}: array of strings expected")
+                seen[path] = None
     return list(seen)
+
+
+_CHANGE_KEYS = ("added", "modified", "removed")
 
 
 def items_per_change(delivery: str, changes: list[dict[str, Any]]) -> tuple[Item, ...]:

@@ -19,6 +19,17 @@ MAX_PAYLOAD_COMMITS = 20
 CONTENT_TYPES = ("application/json", "application/x-www-form-urlencoded")
 
 
+def repository(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """The envelope's repository block from a GitHub-shaped ``repository`` object."""
+    repo = common.member(doc, "repository")
+    return common.repository(
+        common.str_in(repo, "clone_url", "repository.clone_url"),
+        common.str_in(repo, "ssh_url", "repository.ssh_url"),
+        common.str_in(repo, "html_url", "repository.html_url"),
+        common.str_in(repo, "full_name", "repository.full_name"),
+    )
+
+
 def push_fields(doc: dict[str, Any], total_commits: int | None = None) -> dict[str, Any]:
     """Envelope fields of a GitHub-shaped push (shared by Gitea/Forgejo, which copy it).
 
@@ -33,12 +44,7 @@ def push_fields(doc: dict[str, Any], total_commits: int | None = None) -> dict[s
     else:
         within = len(commits) < MAX_PAYLOAD_COMMITS
     return {
-        "repository": common.repository(
-            common.opt_str(doc, "repository.clone_url"),
-            common.opt_str(doc, "repository.ssh_url"),
-            common.opt_str(doc, "repository.html_url"),
-            common.opt_str(doc, "repository.full_name"),
-        ),
+        "repository": repository(doc),
         "ref": common.req_str(doc, "ref"),
         "revision": common.opt_str(doc, "after"),
         "previous_revision": common.opt_str(doc, "before"),
@@ -52,14 +58,7 @@ def push_fields(doc: dict[str, Any], total_commits: int | None = None) -> dict[s
 
 def other_fields(doc: dict[str, Any], event: str) -> dict[str, Any]:
     """Best-effort fields for non-push events: the repository, and the tag of a release."""
-    fields: dict[str, Any] = {
-        "repository": common.repository(
-            common.opt_str(doc, "repository.clone_url"),
-            common.opt_str(doc, "repository.ssh_url"),
-            common.opt_str(doc, "repository.html_url"),
-            common.opt_str(doc, "repository.full_name"),
-        )
-    }
+    fields: dict[str, Any] = {"repository": repository(doc)}
     if event == "release":
         tag = common.opt_str(doc, "release.tag_name")
         if tag:
