@@ -9,6 +9,10 @@ see the README). :class:`AckedPublisher` speaks the same protocol (a request who
 subject the stream answers with its PubAck JSON) with one wildcard reply subscription per
 connection, counter tokens, one timer handle per wait and orjson.
 
+Replies are handed over without the subscription's queue and task: the inbox is subscribed
+with ``future=`` set to a :class:`_Replies` object, which nats-py resolves in its read loop
+for every message (``set_result``), and which completes the waiting publish directly.
+
 It also writes the ``HPUB`` command itself, from header lines encoded once
 (:mod:`schemas.natsheaders`), and hands it to the connection's pending buffer the way
 ``Client.publish`` does. That uses two private members of nats-py's client
@@ -100,6 +104,26 @@ def _stream_line(stream: str) -> bytes:
     return natsheaders.line(EXPECTED_STREAM, stream)
 
 
+class _Replies:
+    """Stands in for the subscription's future: nats-py calls ``set_result(msg)`` for each
+    message on a subscription that has one (``cancelled()`` is asked first), in its read loop.
+    Each reply completes the publish waiting for its token, then the next may arrive."""
+
+    __slots__ = ("_publisher",)
+
+    def __init__(self, publisher: AckedPublisher) -> None:
+        self._publisher = publisher
+
+    def cancelled(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, msg: Msg) -> None:
+        self._publisher.deliver(msg)
+
+
 def _raw_capable(nc: Client) -> bool:
     """Whether this nats-py client has the members :meth:`AckedPublisher._send` writes to."""
     return all(hasattr(nc, name) for name in ("_send_command", "_flush_pending", "_flush_queue"))
@@ -124,8 +148,9 @@ class AckedPublisher:
         self._tokens = itertools.count()
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
         self.raw = True
-        """Write HPUB commands directly (see the module docstring); False uses
-        ``Client.publish``. Set at :meth:`attach` from what the client offers."""
+        """Write HPUB commands directly and take replies without the subscription queue
+        (see the module docstring); False uses ``Client.publish`` and a callback. Set at
+        :meth:`attach` from what the client offers."""
 
     @property
     def attached(self) -> bool:
@@ -138,9 +163,14 @@ class AckedPublisher:
 
     async def attach(self, nc: Client) -> None:
         prefix = nc.new_inbox() + "."
-        await nc.subscribe(prefix + "*", cb=self._on_reply)
-        self._nc, self._prefix = nc, prefix
         self.raw = self.raw and _raw_capable(nc)
+        self._prefix = prefix
+        if self.raw:
+            replies: Any = _Replies(self)
+            await nc.subscribe(prefix + "*", future=replies)
+        else:
+            await nc.subscribe(prefix + "*", cb=self._on_reply)
+        self._nc = nc
 
     async def publish(
         self,
@@ -212,7 +242,11 @@ class AckedPublisher:
         if client._flush_queue is not None and client._flush_queue.empty():
             await client._flush_pending()
 
-    async def _on_reply(self, msg: Msg) -> None:
+    def deliver(self, msg: Msg) -> None:
+        """Complete the publish waiting for ``msg`` (a late or unknown reply is dropped)."""
         future = self._waiting.get(msg.subject[len(self._prefix) :])
         if future is not None and not future.done():
             future.set_result(msg)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        self.deliver(msg)
