@@ -129,9 +129,9 @@ def _raw_capable(nc: Client) -> bool:
     return all(hasattr(nc, name) for name in ("_send_command", "_flush_pending", "_flush_queue"))
 
 
-def _expire(future: asyncio.Future[Msg]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError())
+SWEEP_SECONDS = 0.1
+"""How often waits past their ``ack_wait`` are failed (so a timeout fires at most this late).
+One repeating timer per publisher, instead of a timer armed and cancelled per message."""
 
 
 class AckedPublisher:
@@ -146,7 +146,9 @@ class AckedPublisher:
         self._nc: Client | None = None
         self._prefix = ""
         self._tokens = itertools.count()
-        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._waiting: dict[str, tuple[asyncio.Future[Msg], float]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._sweeper_loop: asyncio.AbstractEventLoop | None = None
         self.raw = True
         """Write HPUB commands directly and take replies without the subscription queue
         (see the module docstring); False uses ``Client.publish`` and a callback. Set at
@@ -196,15 +198,16 @@ class AckedPublisher:
         token = str(next(self._tokens))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Msg] = loop.create_future()
-        self._waiting[token] = future
-        timer = loop.call_later(ack_wait, _expire, future)
+        self._waiting[token] = (future, loop.time() + ack_wait)
+        if self._sweeper is None or self._sweeper_loop is not loop:
+            self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep, loop)
+            self._sweeper_loop = loop
         try:
             await self._send(nc, subject_bytes, self._prefix + token, header_block, payload)
             reply = await future
         except (NatsError, TimeoutError, OSError) as e:
             raise NotAcknowledged(type(e).__name__) from e
         finally:
-            timer.cancel()
             del self._waiting[token]
         return read_pub_ack(reply)
 
@@ -242,11 +245,23 @@ class AckedPublisher:
         if client._flush_queue is not None and client._flush_queue.empty():
             await client._flush_pending()
 
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail the waits past their deadline; re-arm while anything is waiting."""
+        now = loop.time()
+        expired = [f for f, deadline in self._waiting.values() if deadline <= now]
+        for future in expired:
+            if not future.done():
+                future.set_exception(TimeoutError())
+        if self._waiting and not loop.is_closed():
+            self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep, loop)
+        else:
+            self._sweeper = None
+
     def deliver(self, msg: Msg) -> None:
         """Complete the publish waiting for ``msg`` (a late or unknown reply is dropped)."""
-        future = self._waiting.get(msg.subject[len(self._prefix) :])
-        if future is not None and not future.done():
-            future.set_result(msg)
+        waiting = self._waiting.get(msg.subject[len(self._prefix) :])
+        if waiting is not None and not waiting[0].done():
+            waiting[0].set_result(msg)
 
     async def _on_reply(self, msg: Msg) -> None:
         self.deliver(msg)

@@ -7,11 +7,13 @@ import asyncio
 
 import nats
 import pytest
+from nats.aio.msg import Msg
 
 from receiver.errors import NotStored
 from receiver.publishing import Publisher
 from receiver.settings import StreamSettings
 from schemas import natsheaders
+from schemas.pubacks import SWEEP_SECONDS, AckedPublisher, NotAcknowledged
 from tests.support.natsd import NatsServer
 
 
@@ -133,3 +135,32 @@ async def test_no_ack_within_the_timeout_is_not_stored(nats_server: NatsServer) 
     finally:
         await nc.close()
         await publisher.close()
+
+
+async def test_an_unanswered_publish_times_out_and_the_sweeper_stops(
+    nats_server: NatsServer,
+) -> None:
+    """No stream and a silent subscriber: no PubAck and no "no responders" either, so only the
+    ack-wait deadline ends the wait (one sweeping timer, not a timer per message)."""
+    async def swallow(msg: Msg) -> None:
+        pass
+
+    nc = await nats.connect(nats_server.url)
+    try:
+        await nc.subscribe("silent.x", cb=swallow)
+        acks = AckedPublisher()
+        await acks.attach(nc)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        results = await asyncio.gather(
+            *(acks.publish("silent.x", b"{}", {"Nats-Msg-Id": str(i)}, "S", 0.3) for i in range(5)),
+            return_exceptions=True,
+        )
+        waited = loop.time() - started
+        assert all(isinstance(r, NotAcknowledged) and not r.refused for r in results)
+        assert 0.3 <= waited < 0.3 + SWEEP_SECONDS + 0.5
+        assert acks.waiting == 0
+        await asyncio.sleep(SWEEP_SECONDS * 2)
+        assert acks._sweeper is None
+    finally:
+        await nc.close()
