@@ -1,8 +1,16 @@
-"""aiohttp application factories: the hook ingress and the metrics/health endpoint."""
+"""aiohttp server factories: the hook ingress (low-level server) and the metrics/health
+application."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from receiver import ingress
@@ -16,38 +24,43 @@ LINGERING_SECONDS = 2.0
 spent reading and discarding the rest before the connection is closed."""
 
 
-def create_app(state: IngressState) -> web.Application:
-    """The ingress app. ``client_max_size`` backs up the handler's own streaming cap.
+def server_options(state: IngressState) -> dict[str, Any]:
+    """Arguments of aiohttp's low-level ``web.Server`` for the ingress (also given to
+    ``RawTestServer`` by the tests).
 
     ``keepalive_timeout`` is aiohttp's timer for a connection waiting for a complete request
     head (armed when the connection opens and after each answer, not reset by partial data),
     so it bounds slow-header clients as well as idle ones; ``auto_decompress`` is off so a
     compressed body reaches the handler as sent and is refused (no decompression bombs).
+    Requests carry the body cap as ``client_max_size``, backing up the handler's own
+    streaming cap.
     """
-    app = web.Application(
-        middlewares=[ingress.errors_middleware],
-        client_max_size=state.settings.body_limit,
-        handler_args={
-            **HEAD_LIMITS,
-            "keepalive_timeout": state.settings.header_timeout,
-            "lingering_time": LINGERING_SECONDS,
-            "auto_decompress": False,
-        },
-    )
-    app[STATE] = state
-    app.router.add_route("*", "/hook/{digest}", ingress.handle_hook)
-    app.router.add_get("/healthz", ingress.handle_healthz)
-    app.router.add_get("/readyz", ingress.handle_readyz)
-    app.router.add_route("*", "/{tail:.*}", _not_found)
-    return app
-
-
-async def _not_found(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE]
     limit = state.settings.body_limit
-    if request.content_length is not None and request.content_length > limit:
-        return ingress.reply(413, status="rejected", code="body_too_large", reason="body too large")
-    return ingress.reply(404, status="rejected", code="not_found", reason="no such path")
+
+    def request_factory(
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        return web.BaseRequest(
+            message, payload, protocol, writer, task, task.get_loop(), client_max_size=limit
+        )
+
+    return {
+        **HEAD_LIMITS,
+        "request_factory": request_factory,
+        "keepalive_timeout": state.settings.header_timeout,
+        "lingering_time": LINGERING_SECONDS,
+        "auto_decompress": False,
+    }
+
+
+def create_server(state: IngressState) -> web.Server:
+    """The ingress: one handler on aiohttp's low-level server (see
+    :func:`receiver.ingress.create_handler` for why there is no application router)."""
+    return web.Server(ingress.create_handler(state), **server_options(state))
 
 
 async def _metrics(request: web.Request) -> web.StreamResponse:

@@ -86,6 +86,11 @@ class MethodNotAllowed(Rejected):
     code = "method_not_allowed"
 
 
+class ExpectationFailed(Rejected):
+    status = 417
+    code = "expectation_failed"
+
+
 class BodyTooLarge(Rejected):
     status = 413
     code = "body_too_large"

@@ -8,7 +8,8 @@ the content encoding (415: bodies are never decompressed); the body must arrive 
 read timeout (408); the provider verifies the raw bytes, with the previous token too during
 a rotation, before anything is parsed; 202 is sent only after every message of the delivery
 has a PubAck. Every refusal is a :class:`~receiver.errors.Rejected`, turned into
-a short JSON answer by :func:`errors_middleware`, the one place statuses are rendered.
+a short JSON answer by :func:`render`, the one place statuses are rendered. A sender that
+asked ``Expect: 100-continue`` is told to send the body only after the checks before it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import orjson
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from receiver import addressing, deadlettering, normalising, rotating
 from receiver.errors import (
@@ -29,6 +30,7 @@ from receiver.errors import (
     DeadLetter,
     EncodingRefused,
     EventNotAllowed,
+    ExpectationFailed,
     HookNotFound,
     MethodNotAllowed,
     RateLimited,
@@ -45,7 +47,7 @@ from receiver.state import STATE, IngressState
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 def reply(http_status: int, **body: object) -> web.Response:
@@ -64,27 +66,72 @@ def json_response(
 JSON = "application/json"
 
 
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render :class:`Rejected` as JSON; never let an exception become an HTML 500."""
-    try:
-        return await handler(request)
-    except Rejected as e:
-        response = json_response(
-            {**e.details, "status": "rejected", "code": e.code, "reason": e.reason},
-            e.status,
-            e.headers,
-        )
-        if isinstance(e, RequestTimeout):
-            response.force_close()  # the rest of the body is not worth waiting for
-        return response
-    except web.HTTPRequestEntityTooLarge:
-        return reply(413, status="rejected", code=BodyTooLarge.code, reason="body too large")
-    except web.HTTPException as e:
-        return reply(e.status, status="rejected", code="http", reason=e.reason)
+def render(error: Rejected) -> web.Response:
+    """A refusal as its short JSON answer: the one place statuses are rendered."""
+    response = json_response(
+        {**error.details, "status": "rejected", "code": error.code, "reason": error.reason},
+        error.status,
+        error.headers,
+    )
+    if isinstance(error, RequestTimeout):
+        response.force_close()  # the rest of the body is not worth waiting for
+    return response
 
 
-async def read_body(request: web.Request, limit: int, seconds: float | None = None) -> bytes:
+HOOK_PREFIX = "/hook/"
+PROBE_METHODS = frozenset({"GET", "HEAD"})
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+def create_handler(state: IngressState) -> Handler:
+    """The ingress as one request handler for aiohttp's low-level server.
+
+    Three fixed paths need no router: dispatching on the path prefix here skips aiohttp's
+    URL resolution, match-info objects and middleware chain, about a tenth of the CPU per
+    delivery in the ingress benchmark. No exception becomes an HTML page: refusals are
+    rendered by :func:`render`, aiohttp's own HTTP errors as the same JSON shape.
+    """
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            path = request.path
+            if path.startswith(HOOK_PREFIX):
+                return await handle_hook(request, state, path[len(HOOK_PREFIX) :])
+            if path in PROBE_PATHS:
+                if request.method not in PROBE_METHODS:
+                    raise MethodNotAllowed("only GET is accepted", headers={"Allow": "GET, HEAD"})
+                return readyz(state) if path == "/readyz" else reply(200, status="ok")
+            return not_found(request, state)
+        except Rejected as e:
+            return render(e)
+        except web.HTTPRequestEntityTooLarge:
+            return reply(413, status="rejected", code=BodyTooLarge.code, reason="body too large")
+        except web.HTTPException as e:
+            return reply(e.status, status="rejected", code="http", reason=e.reason)
+
+    return handle
+
+
+def not_found(request: web.BaseRequest, state: IngressState) -> web.Response:
+    limit = state.settings.body_limit
+    if request.content_length is not None and request.content_length > limit:
+        return reply(413, status="rejected", code="body_too_large", reason="body too large")
+    return reply(404, status="rejected", code="not_found", reason="no such path")
+
+
+async def expect_continue(request: web.BaseRequest) -> None:
+    """Answer ``Expect: 100-continue`` once the request has passed every check that needs no
+    body, so a refused sender (404, 413, 429, 405...) never uploads it."""
+    expect = request.headers.get("Expect")
+    if expect is None:
+        return
+    if request.version != HttpVersion11 or expect.lower() != "100-continue":
+        raise ExpectationFailed(f"unsupported Expect: {expect[:64]}")
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0
+
+
+async def read_body(request: web.BaseRequest, limit: int, seconds: float | None = None) -> bytes:
     """Read at most ``limit`` bytes within ``seconds``; chunked bodies are cut off as
     soon as they exceed the limit, slow ones (slowloris) when the time is up (408, and the
     connection is closed since the rest of the body was not read)."""
@@ -113,7 +160,7 @@ async def read_body(request: web.Request, limit: int, seconds: float | None = No
 IDENTITY_ENCODINGS = frozenset({"", "identity"})
 
 
-def check_encoding(request: web.Request) -> None:
+def check_encoding(request: web.BaseRequest) -> None:
     """Refuse compressed bodies (415) instead of inflating them past the body cap."""
     if "Content-Encoding" not in request.headers:
         return
@@ -129,7 +176,7 @@ def check_encoding(request: web.Request) -> None:
         )
 
 
-def source_of(request: web.Request, state: IngressState) -> addressing.Address | None:
+def source_of(request: web.BaseRequest, state: IngressState) -> addressing.Address | None:
     """The client address, through ``--trusted-proxies`` only."""
     return addressing.client_address(
         request.remote,
@@ -178,16 +225,20 @@ def note_previous_token(state: IngressState, spec: ReceiverSpec) -> None:
     )
 
 
-async def handle_hook(request: web.Request) -> web.StreamResponse:
+async def handle_hook(
+    request: web.BaseRequest, state: IngressState, digest: str
+) -> web.StreamResponse:
     """Serve ``/hook/<digest>``."""
-    state = request.app[STATE]
     started = time.perf_counter()
-    response = await _handle(request, state)
+    try:
+        response = await _handle(request, state, digest)
+    except Rejected as e:
+        response = render(e)
     state.metrics.request_time(response.status).observe(time.perf_counter() - started)
     return response
 
 
-async def _handle(request: web.Request, state: IngressState) -> web.StreamResponse:
+async def _handle(request: web.BaseRequest, state: IngressState, digest: str) -> web.StreamResponse:
     limit = state.settings.body_limit
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(f"body of {request.content_length} bytes exceeds {limit}")
@@ -197,7 +248,7 @@ async def _handle(request: web.Request, state: IngressState) -> web.StreamRespon
     except RateLimited:
         state.metrics.delivery("", "", "", RateLimited.code).inc()
         raise
-    route = state.table.route(request.match_info["digest"])
+    route = state.table.route(digest)
     if route is None:
         state.metrics.delivery("", "", "", "not_found").inc()
         raise HookNotFound("no receiver at this path")
@@ -215,6 +266,7 @@ async def _handle(request: web.Request, state: IngressState) -> web.StreamRespon
         if spec.suspend:
             raise Suspended("receiver is suspended", headers={"Retry-After": "60"})
         check_encoding(request)
+        await expect_continue(request)
         body = await read_body(request, limit, state.settings.read_timeout)
         state.metrics.body_bytes.observe(len(body))
         remote = addressing.text(source) if source is not None else request.remote
@@ -306,12 +358,7 @@ def allowed_items(spec: ReceiverSpec, parsed: Parsed) -> Parsed:
     return dataclasses.replace(parsed, items=kept)
 
 
-async def handle_healthz(request: web.Request) -> web.StreamResponse:
-    return reply(200, status="ok")
-
-
-async def handle_readyz(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE]
+def readyz(state: IngressState) -> web.Response:
     problems = []
     if not state.publisher.ready:
         problems.append("NATS not connected or streams not ready")
@@ -320,3 +367,11 @@ async def handle_readyz(request: web.Request) -> web.StreamResponse:
     if problems:
         return reply(503, status="unready", reasons=problems)
     return reply(200, status="ready", receivers=len(state.table))
+
+
+async def handle_healthz(request: web.Request) -> web.StreamResponse:
+    return reply(200, status="ok")
+
+
+async def handle_readyz(request: web.Request) -> web.StreamResponse:
+    return readyz(request.app[STATE])

@@ -9,7 +9,7 @@ import signal
 
 from aiohttp import web
 
-from receiver.app import create_app, create_metrics_app
+from receiver.app import create_metrics_app, create_server
 from receiver.certificates import ServerCertificates
 from receiver.errors import ConfigError
 from receiver.metrics import IngressMetrics
@@ -85,7 +85,7 @@ async def _serve(
         )
         certificates.load()
     await publisher.start()
-    ingress_runner = web.AppRunner(create_app(state), access_log=None, shutdown_timeout=10)
+    ingress_runner = web.ServerRunner(create_server(state), shutdown_timeout=10)
     metrics_runner = web.AppRunner(create_metrics_app(state), access_log=None)
     await ingress_runner.setup()
     await metrics_runner.setup()

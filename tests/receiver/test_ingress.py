@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import AsyncIterator
 
@@ -106,3 +107,75 @@ async def test_probes(ingress: Ingress) -> None:
     ready = await ingress.client.get("/readyz")
     assert ready.status == 200
     assert (await ready.json())["receivers"] == 2
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+async def test_probes_on_the_hook_port_answer_get_and_head_only(
+    ingress: Ingress, path: str
+) -> None:
+    assert (await ingress.client.head(path)).status == 200
+    refused = await ingress.client.post(path, data=b"{}")
+    assert refused.status == 405
+    assert refused.headers["Allow"] == "GET, HEAD"
+    assert (await refused.json())["code"] == "method_not_allowed"
+
+
+async def raw_exchange(ingress: Ingress, head: str, body: bytes | None) -> tuple[bytes, bytes]:
+    """Send ``head``; read what comes before the body is sent (with a short wait), then send
+    ``body`` (if any) and read the rest. Returns (before, after)."""
+    server = ingress.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(head.encode())
+        await writer.drain()
+        try:
+            before = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        except TimeoutError:
+            before = b""
+        after = b""
+        if body is not None and before.startswith(b"HTTP/1.1 100"):
+            writer.write(body)
+            await writer.drain()
+            after = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        return before, after
+    finally:
+        writer.close()
+
+
+def expect_head(path: str, body: bytes, expect: str = "100-continue") -> str:
+    lines = [f"POST {path} HTTP/1.1", "Host: x", f"Content-Length: {len(body)}"]
+    lines += [f"{k}: {v}" for k, v in push_headers(body).items()]
+    lines += [f"Expect: {expect}", "Connection: close"]
+    return "\r\n".join(lines) + "\r\n\r\n"
+
+
+async def test_expect_100_continue_asks_for_the_body_then_stores_it(ingress: Ingress) -> None:
+    body = json_of_size(300)
+    before, after = await raw_exchange(ingress, expect_head(path_of("gen"), body), body)
+    assert before == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert after.startswith(b"HTTP/1.1 202")
+    assert len(await ingress.stored()) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        pytest.param("/hook/" + "0" * 64, b"404", id="unknown-hook"),
+        pytest.param(path_of("off"), b"503", id="suspended"),
+    ],
+)
+async def test_a_refused_expect_100_continue_never_uploads_the_body(
+    ingress: Ingress, path: str, status: bytes
+) -> None:
+    body = json_of_size(300)
+    before, after = await raw_exchange(ingress, expect_head(path, body), body)
+    assert before.startswith(b"HTTP/1.1 " + status), before
+    assert after == b""
+    assert await ingress.stored() == []
+
+
+async def test_an_unknown_expectation_is_417(ingress: Ingress) -> None:
+    body = json_of_size(300)
+    before, _ = await raw_exchange(ingress, expect_head(path_of("gen"), body, "fly"), body)
+    assert before.startswith(b"HTTP/1.1 417")
+    assert await ingress.stored() == []

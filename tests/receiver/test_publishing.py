@@ -142,6 +142,7 @@ async def test_an_unanswered_publish_times_out_and_the_sweeper_stops(
 ) -> None:
     """No stream and a silent subscriber: no PubAck and no "no responders" either, so only the
     ack-wait deadline ends the wait (one sweeping timer, not a timer per message)."""
+
     async def swallow(msg: Msg) -> None:
         pass
 

@@ -18,10 +18,11 @@ from typing import Any
 
 import nats
 import yaml
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import RawTestServer, TestClient
 
-from receiver.app import create_app
+from receiver.app import server_options
 from receiver.hooks import hook_path
+from receiver.ingress import create_handler
 from receiver.metrics import IngressMetrics
 from receiver.publishing import Publisher
 from receiver.receivers import specs_from_documents
@@ -162,6 +163,9 @@ async def start_ingress(
         await asyncio.sleep(0.02)
     else:
         raise RuntimeError("publisher never became ready")
-    client: TestClient[Any, Any] = TestClient(TestServer(create_app(state)))
+    server = RawTestServer(create_handler(state))
+    # The server options go to start_server: RawTestServer's constructor ignores them.
+    await server.start_server(**server_options(state))
+    client: TestClient[Any, Any] = TestClient(server)
     await client.start_server()
     return Ingress(client, state, nats_url, stream.name)
