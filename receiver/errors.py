@@ -1,6 +1,6 @@
 """The receiver's error tree: every refusal carries its HTTP status and a short reason.
 
-Handlers and providers raise these; one middleware turns them into JSON responses, so the
+Handlers and providers raise these; one renderer turns them into JSON responses, so the
 status code for each kind of failure is decided once (Flux-compatible where Flux decides).
 """
 
