@@ -349,12 +349,16 @@ def allowed_items(spec: ReceiverSpec, parsed: Parsed) -> Parsed:
     (Flux's answer). Items with their own event type are filtered one by one; when none is
     left the answer is 200 "ignored", since a sender cannot split an envelope to retry only
     part of it and would otherwise retry it forever."""
-    if not any(item.event for item in parsed.items):
-        if not parsed.event:
+    for item in parsed.items:
+        if item.event:
+            break
+    else:  # one event type for the whole delivery (written as loops: this runs per request)
+        if not parsed.event or spec.allows(parsed.event):
             return parsed  # providers without event types: spec.events does not apply (Flux)
-        if not any(spec.allows(name) for name in (parsed.event, *parsed.aliases)):
-            raise EventNotAllowed(f"event {parsed.event!r} is not in spec.events")
-        return parsed
+        for alias in parsed.aliases:
+            if spec.allows(alias):
+                return parsed
+        raise EventNotAllowed(f"event {parsed.event!r} is not in spec.events")
     kept = tuple(item for item in parsed.items if spec.allows(item.event or parsed.event))
     return dataclasses.replace(parsed, items=kept)
 

@@ -34,7 +34,7 @@ class Route:
 class ReceiverTable:
     """Immutable digest -> Receiver mapping, validated against the provider registry."""
 
-    __slots__ = ("_aliases", "_by_digest", "_clock")
+    __slots__ = ("_aliases", "_by_digest", "_clock", "_routes")
 
     def __init__(
         self,
@@ -44,6 +44,8 @@ class ReceiverTable:
         strict: bool = True,
     ) -> None:
         self._by_digest = dict(by_digest)
+        self._routes = {digest: Route(spec) for digest, spec in self._by_digest.items()}
+        """Built once: the lookup on every request allocates nothing."""
         self._clock = clock
         self._aliases: dict[str, ReceiverSpec] = {}
         for spec in self._by_digest.values():
@@ -101,9 +103,9 @@ class ReceiverTable:
     def route(self, digest: str) -> Route | None:
         """The Receiver served at ``/hook/<digest>``, by its current or (until the rotation
         deadline) its previous token's path."""
-        spec = self._by_digest.get(digest)
-        if spec is not None:
-            return Route(spec)
+        route = self._routes.get(digest)
+        if route is not None:
+            return route
         spec = self._aliases.get(digest)
         if spec is not None and spec.rotation is not None and spec.rotation.active(self._clock()):
             return Route(spec, previous=True)
