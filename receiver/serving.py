@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 
@@ -21,6 +22,28 @@ from receiver.state import IngressState
 from schemas import cdevents
 
 log = logging.getLogger(__name__)
+
+
+GC_YOUNG_THRESHOLD = 10_000
+"""Allocations between young-generation collections (CPython's default is 700)."""
+
+
+def settle_heap() -> None:
+    """Tune the cyclic garbage collector for serving, once startup is done.
+
+    Measured under the ingress benchmark, the collector took about a tenth of the CPU and
+    caused the longest stalls: each young collection walks every object still held by the
+    requests in flight, however few were allocated since the last one, and the full ones
+    walked the ~57,000 objects of the loaded program (compiled schemas, modules) for 30-40 ms
+    each, a p99 spike at 64 connections. Freezing moves what startup built out of the
+    collector's reach for good; a higher young threshold makes the per-collection walk rare.
+    Garbage without cycles is freed by reference counting regardless; cyclic garbage waits
+    a little longer.
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def make_source(settings: ReceiverSettings, metrics: IngressMetrics) -> ReceiverSource:
@@ -97,6 +120,7 @@ async def _serve(
         ssl_context=certificates.context if certificates is not None else None,
     ).start()
     await web.TCPSite(metrics_runner, settings.metrics_host, settings.metrics_port).start()
+    settle_heap()
     log.info(
         "listening on %s:%d%s (metrics %s:%d)",
         settings.listen_host,
