@@ -1,14 +1,115 @@
-"""Ingress metrics on a registry owned by the app (no global state, one per process or test)."""
+"""Ingress metrics on a registry owned by the app (no global state, one per process or test).
+
+The four series updated on every delivery (deliveries, publish latency, request time, body
+size) are plain counters read by a collector at scrape time: prometheus_client's metric
+objects take a lock per update (they are thread-safe), and those locks and label lookups
+were a measurable part of the CPU per delivery. The event loop is the only writer and the
+scrape runs on the same loop, so plain integers are exact. The exposition is the same as
+prometheus_client's own Counter and Histogram (names, labels, buckets, ``_created``).
+"""
 
 from __future__ import annotations
 
+import bisect
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 BODY_BUCKETS = (256, 1024, 4096, 16384, 65536, 262144, 1048576, 3145728, float("inf"))
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class Count:
+    """One counter series."""
+
+    __slots__ = ("created", "value")
+
+    def __init__(self) -> None:
+        self.value = 0
+        self.created = time.time()
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+
+class Distribution:
+    """One histogram series: a count per bucket (upper bounds, the last one +Inf) and a sum."""
+
+    __slots__ = ("bounds", "counts", "created", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, amount)] += 1
+        self.sum += amount
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        total = 0
+        out = []
+        for bound, count in zip(self.bounds, self.counts, strict=True):
+            total += count
+            out.append((floatToGoString(bound), float(total)))  # type: ignore[no-untyped-call]
+        return out
+
+
+class Family(Collector):
+    """Series of one metric by label values, exposed like prometheus_client's own."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labels: Sequence[str] = (),
+        buckets: Sequence[float] | None = None,
+    ) -> None:
+        self.name, self.documentation, self.labels = name, documentation, list(labels)
+        self.bounds: tuple[float, ...] | None = None
+        if buckets is not None:
+            bounds = tuple(float(b) for b in buckets)
+            self.bounds = bounds if bounds[-1] == float("inf") else (*bounds, float("inf"))
+        self.series: dict[tuple[str, ...], Any] = {}
+
+    def child(self, *values: str) -> Any:
+        """The series for ``values`` (created on first use, then looked up in a dict)."""
+        series = self.series.get(values)
+        if series is None:
+            if len(values) != len(self.labels):
+                raise ValueError(f"{self.name}: {len(self.labels)} label values expected")
+            series = Distribution(self.bounds) if self.bounds is not None else Count()
+            self.series[values] = series
+        return series
+
+    def value(self, *values: str) -> float:
+        """The current count (or, for a histogram, the sum) of one series: for tests."""
+        series = self.series.get(values)
+        if series is None:
+            return 0.0
+        return float(series.value if isinstance(series, Count) else series.sum)
+
+    def collect(self) -> Iterator[Metric]:
+        if self.bounds is None:
+            counter = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+            for values, count in self.series.items():
+                counter.add_metric(list(values), count.value, created=count.created)
+            yield counter
+            return
+        histogram = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+        for values, dist in self.series.items():
+            histogram.add_metric(list(values), dist.cumulative(), dist.sum)
+            histogram.add_sample(
+                self.name + "_created", dict(zip(self.labels, values, strict=True)), dist.created
+            )
+        yield histogram
 
 
 @dataclass
@@ -19,31 +120,36 @@ class IngressMetrics:
 
     def __post_init__(self) -> None:
         r = self.registry
-        self.deliveries = Counter(
+        self.deliveries = Family(
             "fluxrelay_receiver_deliveries",
             "Webhook deliveries by receiver, provider, event and outcome.",
             ["receiver", "provider", "event", "outcome"],
-            registry=r,
         )
-        self.publish_seconds = Histogram(
+        self.publish_latency = Family(
             "fluxrelay_receiver_publish_seconds",
             "Time from publish to JetStream PubAck.",
             buckets=LATENCY_BUCKETS,
-            registry=r,
         )
-        self.request_seconds = Histogram(
+        self.request_seconds = Family(
             "fluxrelay_receiver_request_seconds",
             "Time to answer a hook request, by status code class.",
             ["code"],
             buckets=LATENCY_BUCKETS,
-            registry=r,
         )
-        self.body_bytes = Histogram(
+        self.body_sizes = Family(
             "fluxrelay_receiver_body_bytes",
             "Sizes of request bodies read.",
             buckets=BODY_BUCKETS,
-            registry=r,
         )
+        for family in (
+            self.deliveries,
+            self.publish_latency,
+            self.request_seconds,
+            self.body_sizes,
+        ):
+            r.register(family)
+        self.publish_seconds = self.publish_latency.child()
+        self.body_bytes = self.body_sizes.child()
         self.receivers = Gauge(
             "fluxrelay_receiver_receivers", "Receivers currently served.", registry=r
         )
@@ -89,24 +195,18 @@ class IngressMetrics:
             ["result"],
             registry=r,
         )
-        self._deliveries: dict[tuple[str, str, str, str], Any] = {}
-        self._request_times = {c: self.request_seconds.labels(f"{c}xx") for c in range(1, 6)}
+        self._request_times = {c: self.request_seconds.child(f"{c}xx") for c in range(1, 6)}
         self.nats_connected = Gauge(
             "fluxrelay_receiver_nats_connected", "1 while connected to NATS.", registry=r
         )
 
-    def delivery(self, receiver: str, provider: str, event: str, outcome: str) -> Any:
-        """The deliveries counter's child for these labels, looked up once: prometheus'
-        ``labels()`` validates and locks on every call, a visible cost per request. The cache
-        holds exactly the children the counter itself keeps."""
-        key = (receiver, provider, event, outcome)
-        child = self._deliveries.get(key)
-        if child is None:
-            child = self._deliveries[key] = self.deliveries.labels(*key)
-        return child
+    def delivery(self, receiver: str, provider: str, event: str, outcome: str) -> Count:
+        """The deliveries counter for these labels."""
+        return self.deliveries.child(receiver, provider, event, outcome)  # type: ignore[no-any-return]
 
-    def request_time(self, status: int) -> Any:
-        """The request-time histogram's child for ``status``'s class (``2xx``...)."""
-        return self._request_times.get(status // 100) or self.request_seconds.labels(
-            f"{status // 100}xx"
-        )
+    def request_time(self, status: int) -> Distribution:
+        """The request-time histogram's series for ``status``'s class (``2xx``...)."""
+        series = self._request_times.get(status // 100)
+        if series is None:
+            series = self.request_seconds.child(f"{status // 100}xx")
+        return series  # type: ignore[no-any-return]

@@ -128,7 +128,7 @@ async def test_a_receiver_over_its_limit_gets_429_with_retry_after(limited: Ingr
     assert other.status == 202, "another receiver has its own bucket"
     metrics = limited.state.metrics
     assert metrics.rate_limited.labels("receiver")._value.get() == 1
-    assert metrics.deliveries.labels("default/a", "github", "", "rate_limited")._value.get() == 1
+    assert metrics.deliveries.value("default/a", "github", "", "rate_limited") == 1
 
 
 async def test_a_limited_request_is_answered_before_its_body_is_sent(limited: Ingress) -> None:
