@@ -3,14 +3,9 @@ application."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from aiohttp import web
-from aiohttp.abc import AbstractStreamWriter
-from aiohttp.http_parser import RawRequestMessage
-from aiohttp.streams import StreamReader
-from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from receiver import ingress
@@ -32,25 +27,11 @@ def server_options(state: IngressState) -> dict[str, Any]:
     head (armed when the connection opens and after each answer, not reset by partial data),
     so it bounds slow-header clients as well as idle ones; ``auto_decompress`` is off so a
     compressed body reaches the handler as sent and is refused (no decompression bombs).
-    Requests carry the body cap as ``client_max_size``, backing up the handler's own
-    streaming cap.
+    The body cap is the handler's own (:func:`receiver.ingress.read_body`), which never
+    calls ``request.read()``; aiohttp's ``client_max_size`` would only apply to that.
     """
-    limit = state.settings.body_limit
-
-    def request_factory(
-        message: RawRequestMessage,
-        payload: StreamReader,
-        protocol: RequestHandler,
-        writer: AbstractStreamWriter,
-        task: asyncio.Task[None],
-    ) -> web.BaseRequest:
-        return web.BaseRequest(
-            message, payload, protocol, writer, task, task.get_loop(), client_max_size=limit
-        )
-
     return {
         **HEAD_LIMITS,
-        "request_factory": request_factory,
         "keepalive_timeout": state.settings.header_timeout,
         "lingering_time": LINGERING_SECONDS,
         "auto_decompress": False,

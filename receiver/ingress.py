@@ -179,10 +179,11 @@ def check_encoding(request: web.BaseRequest) -> None:
 
 def source_of(request: web.BaseRequest, state: IngressState) -> addressing.Address | None:
     """The client address, through ``--trusted-proxies`` only."""
+    trusted = state.settings.trusted_proxies
+    if not trusted:  # X-Forwarded-For is not even read
+        return addressing.parse_address(request.remote)
     return addressing.client_address(
-        request.remote,
-        request.headers.getall("X-Forwarded-For", []),
-        state.settings.trusted_proxies,
+        request.remote, request.headers.getall("X-Forwarded-For", []), trusted
     )
 
 

@@ -23,7 +23,7 @@ import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from receiver import errors as receiver_errors
-from receiver.metrics import IngressMetrics
+from receiver.metrics import Family, IngressMetrics
 from tests.deploy.rendering import DEPLOY_DIR, JSON, by_kind, named, render, selector_matches
 
 DASHBOARD = DEPLOY_DIR / "observability" / "grafana-dashboard.json"
@@ -41,12 +41,17 @@ def exported_series() -> dict[str, set[str]]:
     holders = (IngressMetrics(), ReconcilerMetrics(), OutcomeMetrics(CollectorRegistry()))
     for holder in holders:
         for metric in vars(holder).values():
-            if not isinstance(metric, Counter | Gauge | Histogram):
+            if isinstance(metric, Family):  # the receiver's lock-free hot-path metrics
+                name, labels = metric.name, set(metric.labels)
+                histogram, counter = metric.bounds is not None, metric.bounds is None
+            elif isinstance(metric, Counter | Gauge | Histogram):
+                name, labels = metric._name, set(metric._labelnames)
+                histogram, counter = isinstance(metric, Histogram), isinstance(metric, Counter)
+            else:
                 continue
-            name, labels = metric._name, set(metric._labelnames)
-            if isinstance(metric, Counter):
+            if counter:
                 names = [f"{name}_total"]
-            elif isinstance(metric, Histogram):
+            elif histogram:
                 names = [f"{name}_bucket", f"{name}_count", f"{name}_sum"]
             else:
                 names = [name]
