@@ -174,8 +174,18 @@ async def test_a_refused_expect_100_continue_never_uploads_the_body(
     assert await ingress.stored() == []
 
 
-async def test_an_unknown_expectation_is_417(ingress: Ingress) -> None:
+@pytest.mark.parametrize("expect", ["fly", "\xff\xfe-continue"], ids=["unknown", "not-utf8"])
+async def test_an_unknown_expectation_is_417(ingress: Ingress, expect: str) -> None:
     body = json_of_size(300)
-    before, _ = await raw_exchange(ingress, expect_head(path_of("gen"), body, "fly"), body)
-    assert before.startswith(b"HTTP/1.1 417")
+    head = expect_head(path_of("gen"), body, expect).encode("latin-1")
+    server = ingress.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 417"), answer[:100]
+    assert b'"code":"expectation_failed"' in answer
     assert await ingress.stored() == []
