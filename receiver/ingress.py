@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -57,10 +58,16 @@ def reply(http_status: int, **body: object) -> web.Response:
 def json_response(
     body: dict[str, object], http_status: int, headers: dict[str, str] | None = None
 ) -> web.Response:
-    """A JSON answer, written by orjson (aiohttp's helper encodes twice: dumps, then text)."""
-    return web.Response(
-        body=orjson.dumps(body), status=http_status, headers=headers, content_type=JSON
-    )
+    """A JSON answer, written by orjson (aiohttp's helper encodes twice: dumps, then text).
+
+    A reason quoting request text with a lone surrogate (aiohttp's escape for a non-UTF-8
+    byte) cannot be UTF-8: the standard library writes it ASCII-escaped instead of failing.
+    """
+    try:
+        data = orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        data = json.dumps(body, separators=(",", ":")).encode()
+    return web.Response(body=data, status=http_status, headers=headers, content_type=JSON)
 
 
 JSON = "application/json"

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 from collections.abc import AsyncIterator
 
 import pytest
 
+from receiver.ingress import json_response
 from receiver.settings import MiB
 from tests.support.ingress import Ingress, hmac_hex, path_of, receiver_docs, start_ingress
 from tests.support.natsd import NatsServer
@@ -189,3 +191,12 @@ async def test_an_unknown_expectation_is_417(ingress: Ingress, expect: str) -> N
     assert answer.startswith(b"HTTP/1.1 417"), answer[:100]
     assert b'"code":"expectation_failed"' in answer
     assert await ingress.stored() == []
+
+
+def test_an_answer_quoting_undecodable_request_text_is_still_json() -> None:
+    """aiohttp hands a non-UTF-8 header byte over as a lone surrogate; an answer quoting it
+    is written ASCII-escaped rather than failing into a 500."""
+    response = json_response({"reason": "bad \udcff value"}, 400)
+    assert response.status == 400
+    assert isinstance(response.body, bytes)
+    assert json.loads(response.body) == {"reason": "bad \udcff value"}
