@@ -210,30 +210,6 @@ def _parts(path: str) -> tuple[str, ...]:
     return tuple(path.split("."))
 
 
-def member(doc: Any, key: str) -> dict[str, Any] | None:
-    """The object at top-level ``key`` (None when absent or null; 400 when not an object):
-    read once, then its fields with :func:`str_in`, instead of walking ``key.field`` paths
-    one by one on the hot path."""
-    node = field_path(doc, key)
-    if node is None or type(node) is dict:
-        return node
-    if isinstance(node, Mapping):
-        return dict(node)
-    raise PayloadInvalid(f"{key}: object expected")
-
-
-def str_in(node: dict[str, Any] | None, key: str, path: str) -> str | None:
-    """``node[key]`` as an optional string; ``path`` names it in the 400."""
-    if node is None:
-        return None
-    value = node.get(key)
-    if value is None or type(value) is str:
-        return value
-    if isinstance(value, str):
-        return str(value)
-    raise PayloadInvalid(f"{path}: string expected")
-
-
 def opt_str(doc: Any, path: str) -> str | None:
     value = field_path(doc, path)
     if value is None:

@@ -21,12 +21,11 @@ CONTENT_TYPES = ("application/json", "application/x-www-form-urlencoded")
 
 def repository(doc: dict[str, Any]) -> dict[str, Any] | None:
     """The envelope's repository block from a GitHub-shaped ``repository`` object."""
-    repo = common.member(doc, "repository")
     return common.repository(
-        common.str_in(repo, "clone_url", "repository.clone_url"),
-        common.str_in(repo, "ssh_url", "repository.ssh_url"),
-        common.str_in(repo, "html_url", "repository.html_url"),
-        common.str_in(repo, "full_name", "repository.full_name"),
+        common.opt_str(doc, "repository.clone_url"),
+        common.opt_str(doc, "repository.ssh_url"),
+        common.opt_str(doc, "repository.html_url"),
+        common.opt_str(doc, "repository.full_name"),
     )
 
 
