@@ -102,8 +102,14 @@ def create_handler(state: IngressState) -> Handler:
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         try:
             path = request.path
-            if path.startswith(HOOK_PREFIX):
-                return await handle_hook(request, state, path[len(HOOK_PREFIX) :])
+            if path.startswith(HOOK_PREFIX):  # timed here: a wrapper would be one more coroutine
+                started = time.perf_counter()
+                try:
+                    response = await handle_hook(request, state, path[len(HOOK_PREFIX) :])
+                except Rejected as e:
+                    response = render(e)
+                state.metrics.request_time(response.status).observe(time.perf_counter() - started)
+                return response
             if path in PROBE_PATHS:
                 if request.method not in PROBE_METHODS:
                     raise MethodNotAllowed("only GET is accepted", headers={"Allow": "GET, HEAD"})
@@ -235,17 +241,7 @@ def note_previous_token(state: IngressState, spec: ReceiverSpec) -> None:
 async def handle_hook(
     request: web.BaseRequest, state: IngressState, digest: str
 ) -> web.StreamResponse:
-    """Serve ``/hook/<digest>``."""
-    started = time.perf_counter()
-    try:
-        response = await _handle(request, state, digest)
-    except Rejected as e:
-        response = render(e)
-    state.metrics.request_time(response.status).observe(time.perf_counter() - started)
-    return response
-
-
-async def _handle(request: web.BaseRequest, state: IngressState, digest: str) -> web.StreamResponse:
+    """Serve ``/hook/<digest>``: answer, or raise the :class:`Rejected` to render."""
     limit = state.settings.body_limit
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(f"body of {request.content_length} bytes exceeds {limit}")

@@ -29,9 +29,10 @@ from schemas import envelope, natsbinding, natsheaders, subjects
 _TRACEPARENT = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Message:
-    """One message ready to publish; ``headers`` are NATS header lines."""
+    """One message ready to publish; ``headers`` are NATS header lines. (Not frozen: built
+    per event, never changed, and a frozen ``__init__`` costs four times as much.)"""
 
     id: str
     subject: str

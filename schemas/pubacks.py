@@ -15,8 +15,9 @@ for every message (``set_result``), and which completes the waiting publish dire
 
 It also writes the ``HPUB`` command itself, from header lines encoded once
 (:mod:`schemas.natsheaders`), and hands it to the connection's pending buffer the way
-``Client.publish`` does. That uses two private members of nats-py's client
-(``_send_command``, ``_flush_pending``/``_flush_queue``), checked when attaching: if a
+``Client.publish`` does (without its two coroutines per message). That uses private members
+of nats-py's client (the ``_pending`` buffer and its size and limit, ``_flush_pending`` and
+``_flush_queue``), checked when attaching: if a
 nats-py release drops them, publishing falls back to ``Client.publish`` with a header dict
 (slower, same bytes on the wire). ``pyproject.toml`` bounds nats-py to the tested major
 version, and the tests run both paths against a real server.
@@ -31,7 +32,7 @@ import asyncio
 import functools
 import itertools
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,9 +49,10 @@ EXPECTED_STREAM = "Nats-Expected-Stream"
 another stream, say after a misconfiguration, is an error rather than a silent store)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Stored:
-    """What JetStream acknowledged."""
+    """What JetStream acknowledged. (Not frozen: one per publish, never changed, and a
+    frozen ``__init__`` costs four times as much.)"""
 
     stream: str
     seq: int
@@ -125,8 +127,17 @@ class _Replies:
 
 
 def _raw_capable(nc: Client) -> bool:
-    """Whether this nats-py client has the members :meth:`AckedPublisher._send` writes to."""
-    return all(hasattr(nc, name) for name in ("_send_command", "_flush_pending", "_flush_queue"))
+    """Whether this nats-py client has the members :meth:`AckedPublisher._write` uses."""
+    return all(hasattr(nc, name) for name in _RAW_MEMBERS)
+
+
+_RAW_MEMBERS = (
+    "_pending",
+    "_pending_data_size",
+    "_max_pending_size",
+    "_flush_pending",
+    "_flush_queue",
+)
 
 
 SWEEP_SECONDS = 0.1
@@ -203,7 +214,17 @@ class AckedPublisher:
             self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep, loop)
             self._sweeper_loop = loop
         try:
-            await self._send(nc, subject_bytes, self._prefix + token, header_block, payload)
+            if self.raw:
+                flush = self._write(nc, subject_bytes, self._prefix + token, header_block, payload)
+                if flush is not None:
+                    await flush
+            else:
+                await nc.publish(
+                    subject,
+                    payload,
+                    reply=self._prefix + token,
+                    headers=natsheaders.parse(header_block[len(natsheaders.VERSION_LINE) :]),
+                )
             reply = await future
         except (NatsError, TimeoutError, OSError) as e:
             raise NotAcknowledged(type(e).__name__) from e
@@ -211,17 +232,12 @@ class AckedPublisher:
             del self._waiting[token]
         return read_pub_ack(reply)
 
-    async def _send(
+    def _write(
         self, nc: Client, subject: bytes, reply: str, header_block: bytes, payload: bytes
-    ) -> None:
-        if not self.raw:
-            await nc.publish(
-                subject.decode(),
-                payload,
-                reply=reply,
-                headers=natsheaders.parse(header_block[len(natsheaders.VERSION_LINE) :]),
-            )
-            return
+    ) -> Awaitable[Any] | None:
+        """Append the ``HPUB`` to the connection's pending buffer, as ``Client.publish`` does,
+        without its two coroutines per message; returns the flush to await when this write
+        must kick the flusher (the first of a batch) or the buffer is over its limit."""
         if nc.is_closed:
             raise NotAcknowledged("connection closed")
         if nc.is_draining_pubs:
@@ -229,21 +245,25 @@ class AckedPublisher:
         if len(payload) > nc.max_payload:
             raise NotAcknowledged("message exceeds the server's max_payload")
         client: Any = nc  # private members, checked by _raw_capable at attach
-        await client._send_command(
-            b"HPUB %b %b %d %d\r\n%b%b\r\n"
-            % (
-                subject,
-                reply.encode(),
-                len(header_block),
-                len(header_block) + len(payload),
-                header_block,
-                payload,
-            )
+        command = b"HPUB %b %b %d %d\r\n%b%b\r\n" % (
+            subject,
+            reply.encode(),
+            len(header_block),
+            len(header_block) + len(payload),
+            header_block,
+            payload,
         )
+        client._pending.append(command)
+        client._pending_data_size += len(command)
         nc.stats["out_msgs"] += 1
         nc.stats["out_bytes"] += len(payload)
+        if 0 < client._max_pending_size < client._pending_data_size:
+            flush: Awaitable[Any] = client._flush_pending(force_flush=True)
+            return flush
         if client._flush_queue is not None and client._flush_queue.empty():
-            await client._flush_pending()
+            flush = client._flush_pending()
+            return flush
+        return None
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         """Fail the waits past their deadline; re-arm while anything is waiting."""

@@ -5,7 +5,6 @@ mismatch into a 400 instead of a crash.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import itertools
@@ -193,30 +192,60 @@ def field_path(doc: Any, path: str) -> Any:
     """Walk dotted ``path``; None when absent; 400 when an intermediate is not an object.
 
     Decoded JSON objects are plain dicts, so the common case avoids the (slow) ABC check;
-    this runs a dozen times per delivery on the hot path.
+    this runs a dozen times per delivery on the hot path, hence the split cached in a plain
+    dict and no enumerate: the position is worked out only for the error message.
     """
+    parts = _PARTS.get(path)
+    if parts is None:
+        parts = _PARTS[path] = tuple(path.split("."))
     node = doc
-    for depth, part in enumerate(_parts(path)):
+    for part in parts:
         if node is None:
             return None
         if type(node) is not dict and not isinstance(node, Mapping):
-            raise PayloadInvalid(f"{'.'.join(_parts(path)[:depth]) or 'body'}: object expected")
+            raise PayloadInvalid(f"{_parent(doc, parts)}: object expected")
         node = node.get(part)
     return node
 
 
-@functools.cache
-def _parts(path: str) -> tuple[str, ...]:
-    return tuple(path.split("."))
+_PARTS: dict[str, tuple[str, ...]] = {}
+"""Split paths; the paths are the providers' own constants, so this stays small."""
+
+
+def _parent(doc: Any, parts: tuple[str, ...]) -> str:
+    """The dotted path of the first non-object on the way down ``parts`` (for the 400)."""
+    node = doc
+    for depth, part in enumerate(parts):
+        if not isinstance(node, Mapping):
+            return ".".join(parts[:depth]) or "body"
+        node = node.get(part)
+    return ".".join(parts)
 
 
 def opt_str(doc: Any, path: str) -> str | None:
     value = field_path(doc, path)
-    if value is None:
-        return None
+    if value is None or type(value) is str:
+        return value
     if not isinstance(value, str):
         raise PayloadInvalid(f"{path}: string expected")
     return value
+
+
+def opt_strs(doc: Any, path: str, keys: tuple[str, ...]) -> list[str | None]:
+    """Several optional strings of the object at ``path`` (None each when it is absent),
+    in one walk: a repository block is four of them, read on every delivery."""
+    obj = field_path(doc, path)
+    if obj is None:
+        return [None] * len(keys)
+    if type(obj) is not dict and not isinstance(obj, Mapping):
+        raise PayloadInvalid(f"{path}: object expected")
+    values: list[str | None] = []
+    for key in keys:
+        value = obj.get(key)
+        if value is not None and type(value) is not str and not isinstance(value, str):
+            raise PayloadInvalid(f"{path}.{key}: string expected")
+        values.append(value)
+    return values
 
 
 def req_str(doc: Any, path: str) -> str:

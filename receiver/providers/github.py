@@ -21,12 +21,11 @@ CONTENT_TYPES = ("application/json", "application/x-www-form-urlencoded")
 
 def repository(doc: dict[str, Any]) -> dict[str, Any] | None:
     """The envelope's repository block from a GitHub-shaped ``repository`` object."""
-    return common.repository(
-        common.opt_str(doc, "repository.clone_url"),
-        common.opt_str(doc, "repository.ssh_url"),
-        common.opt_str(doc, "repository.html_url"),
-        common.opt_str(doc, "repository.full_name"),
-    )
+    clone, ssh, web, full_name = common.opt_strs(doc, "repository", REPOSITORY_KEYS)
+    return common.repository(clone, ssh, web, full_name)
+
+
+REPOSITORY_KEYS = ("clone_url", "ssh_url", "html_url", "full_name")
 
 
 def push_fields(doc: dict[str, Any], total_commits: int | None = None) -> dict[str, Any]:
