@@ -146,12 +146,12 @@ async def read_body(request: web.BaseRequest, limit: int, seconds: float | None 
     """Read at most ``limit`` bytes within ``seconds``; chunked bodies are cut off as
     soon as they exceed the limit, slow ones (slowloris) when the time is up (408, and the
     connection is closed since the rest of the body was not read)."""
-    if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge(f"body of {request.content_length} bytes exceeds {limit}")
+    length = request.content_length
+    if length is not None and length > limit:
+        raise BodyTooLarge(f"body of {length} bytes exceeds {limit}")
     content = request.content
-    if request.content_length is not None and content.total_bytes >= request.content_length:
-        # Already received with the head (the common case for webhooks): no deadline to arm
-        # and nothing to wait for; the buffered bytes are taken as they are (no copy).
+    if length is not None and content.total_bytes >= length:
+        # Already received with the head: nothing to wait for; taken as is (no copy).
         return content.read_nowait(-1)
     if content.at_eof():
         return b""
@@ -243,8 +243,9 @@ async def handle_hook(
 ) -> web.StreamResponse:
     """Serve ``/hook/<digest>``: answer, or raise the :class:`Rejected` to render."""
     limit = state.settings.body_limit
-    if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge(f"body of {request.content_length} bytes exceeds {limit}")
+    length = request.content_length
+    if length is not None and length > limit:
+        raise BodyTooLarge(f"body of {length} bytes exceeds {limit}")
     source = source_of(request, state)
     try:
         limit_source(state, source)
@@ -269,8 +270,14 @@ async def handle_hook(
         if spec.suspend:
             raise Suspended("receiver is suspended", headers={"Retry-After": "60"})
         check_encoding(request)
-        await expect_continue(request)
-        body = await read_body(request, limit, state.settings.read_timeout)
+        content = request.content
+        if length is not None and content.total_bytes >= length and "Expect" not in request.headers:
+            # Already received with the head (the common case for webhooks): no deadline to
+            # arm, nothing to wait for, and no coroutine to run; taken as is (no copy).
+            body = content.read_nowait(-1)
+        else:
+            await expect_continue(request)
+            body = await read_body(request, limit, state.settings.read_timeout)
         state.metrics.body_bytes.observe(len(body))
         remote = addressing.text(source) if source is not None else request.remote
         req = Request(request.headers, body, request.content_type.lower(), remote)

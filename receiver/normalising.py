@@ -106,28 +106,23 @@ def constant_headers(namespace: str, name: str) -> bytes:
 
 
 def encode(doc: dict[str, Any], raw_payload: bytes | None) -> bytes:
-    """The envelope as compact JSON; a verbatim JSON body is spliced in, not re-encoded.
+    """The envelope as compact JSON; a verbatim JSON body is spliced in, not re-encoded
+    (``doc`` then has no ``payload`` of its own: :func:`build` leaves it out).
 
     orjson writes the same compact UTF-8 JSON as ``json.dumps(separators=(",", ":"),
     ensure_ascii=False)``, several times faster; what it cannot write (integers past 64
     bits from a payload the standard library decoded) falls back to the standard library.
     """
-    head: dict[str, Any]
-    if raw_payload is None:
-        head = doc
-    else:
-        head = dict(doc)
-        del head["payload"]
     try:
-        text = orjson.dumps(head)
+        text = orjson.dumps(doc)
     except orjson.JSONEncodeError:
         try:
-            text = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode()
+            text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
         except UnicodeEncodeError as e:  # a lone surrogate a provider let through
             raise PayloadInvalid("payload: text is not valid Unicode") from e
     if raw_payload is None:
         return text
-    return text[:-1] + b',"payload":' + raw_payload.strip() + b"}"
+    return b"".join((text[:-1], b',"payload":', raw_payload.strip(), b"}"))
 
 
 def build(
@@ -147,5 +142,6 @@ def build(
     doc.update(item.fields)
     if item.event is not None:
         doc["event"] = item.event
-    doc["payload"] = parsed.payload
+    if parsed.raw_payload is None:  # else :func:`encode` splices the body's own bytes in
+        doc["payload"] = parsed.payload
     return doc

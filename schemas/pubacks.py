@@ -32,7 +32,7 @@ import asyncio
 import functools
 import itertools
 import re
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,10 +151,15 @@ class AckedPublisher:
     :meth:`attach` must run once after connecting (it subscribes the reply inbox; nats-py
     renews the subscription after a reconnect). A wait that outlives ``ack_wait`` raises
     :class:`NotAcknowledged` and its reply, if it comes later, is ignored.
+
+    ``failure`` turns a :class:`NotAcknowledged` into the caller's own error (the receiver's
+    503), so a caller needs no coroutine of its own around :meth:`publish` to translate it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, failure: Callable[[NotAcknowledged], Exception] | None = None) -> None:
+        self._failure = failure
         self._nc: Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._prefix = ""
         self._tokens = itertools.count()
         self._waiting: dict[str, tuple[asyncio.Future[Msg], float]] = {}
@@ -176,6 +181,8 @@ class AckedPublisher:
 
     async def attach(self, nc: Client) -> None:
         prefix = nc.new_inbox() + "."
+        # The client's loop, kept: asyncio.get_running_loop() is a getpid() syscall per call.
+        self._loop = asyncio.get_running_loop()
         self.raw = self.raw and _raw_capable(nc)
         self._prefix = prefix
         if self.raw:
@@ -200,37 +207,44 @@ class AckedPublisher:
         Invalid headers or subject raise :class:`~schemas.natsheaders.HeaderError` /
         ``BadSubjectError`` before anything is sent.
         """
-        nc = self._nc
-        if nc is None or not nc.is_connected:
-            raise NotAcknowledged("not connected")
-        header_lines = headers if isinstance(headers, bytes) else natsheaders.lines(headers)
-        header_block = natsheaders.block(header_lines + _stream_line(stream))
-        subject_bytes = _subject_bytes(subject)
-        token = str(next(self._tokens))
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Msg] = loop.create_future()
-        self._waiting[token] = (future, loop.time() + ack_wait)
-        if self._sweeper is None or self._sweeper_loop is not loop:
-            self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep, loop)
-            self._sweeper_loop = loop
         try:
-            if self.raw:
-                flush = self._write(nc, subject_bytes, self._prefix + token, header_block, payload)
-                if flush is not None:
-                    await flush
-            else:
-                await nc.publish(
-                    subject,
-                    payload,
-                    reply=self._prefix + token,
-                    headers=natsheaders.parse(header_block[len(natsheaders.VERSION_LINE) :]),
-                )
-            reply = await future
-        except (NatsError, TimeoutError, OSError) as e:
-            raise NotAcknowledged(type(e).__name__) from e
-        finally:
-            del self._waiting[token]
-        return read_pub_ack(reply)
+            nc = self._nc
+            loop = self._loop
+            if nc is None or loop is None or not nc.is_connected:
+                raise NotAcknowledged("not connected")
+            header_lines = headers if isinstance(headers, bytes) else natsheaders.lines(headers)
+            header_block = natsheaders.block(header_lines + _stream_line(stream))
+            subject_bytes = _subject_bytes(subject)
+            token = str(next(self._tokens))
+            future: asyncio.Future[Msg] = loop.create_future()
+            self._waiting[token] = (future, loop.time() + ack_wait)
+            if self._sweeper is None or self._sweeper_loop is not loop:
+                self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep, loop)
+                self._sweeper_loop = loop
+            try:
+                if self.raw:
+                    flush = self._write(
+                        nc, subject_bytes, self._prefix + token, header_block, payload
+                    )
+                    if flush is not None:
+                        await flush
+                else:
+                    await nc.publish(
+                        subject,
+                        payload,
+                        reply=self._prefix + token,
+                        headers=natsheaders.parse(header_block[len(natsheaders.VERSION_LINE) :]),
+                    )
+                reply = await future
+            except (NatsError, TimeoutError, OSError) as e:
+                raise NotAcknowledged(type(e).__name__) from e
+            finally:
+                del self._waiting[token]
+            return read_pub_ack(reply)
+        except NotAcknowledged as e:
+            if self._failure is None:
+                raise
+            raise self._failure(e) from e
 
     def _write(
         self, nc: Client, subject: bytes, reply: str, header_block: bytes, payload: bytes
