@@ -231,6 +231,27 @@ def opt_str(doc: Any, path: str) -> str | None:
     return value
 
 
+def top_level(doc: dict[str, Any], keys: tuple[tuple[str, type], ...]) -> list[Any]:
+    """Optional members of a decoded object, each None or of its type (else a 400), in one
+    call: the push fields are read on every delivery, and a call per field cost as much as
+    decoding the body (measured with callgrind)."""
+    get = doc.get
+    values: list[Any] = []
+    for key, kind in keys:
+        value = get(key)
+        if (
+            value is not None
+            and type(value) is not kind
+            and (kind is bool or type(value) is bool or not isinstance(value, kind))
+        ):
+            raise PayloadInvalid(f"{key}: {_EXPECTED[kind]} expected")
+        values.append(value)
+    return values
+
+
+_EXPECTED = {str: "string", bool: "boolean", list: "array", int: "integer", dict: "object"}
+
+
 def opt_strs(doc: Any, path: str, keys: tuple[str, ...]) -> list[str | None]:
     """Several optional strings of the object at ``path`` (None each when it is absent),
     in one walk: a repository block is four of them, read on every delivery."""

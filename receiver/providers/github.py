@@ -33,25 +33,33 @@ def push_fields(doc: dict[str, Any], total_commits: int | None = None) -> dict[s
 
     ``total_commits`` is the provider's count when it gives one: then completeness is known.
     """
-    commits = common.opt_list(doc, "commits")
-    forced = common.opt_bool(doc, "forced")
-    created = common.opt_bool(doc, "created")
-    deleted = common.opt_bool(doc, "deleted")
+    commits, forced, created, deleted = common.top_level(doc, PUSH_FLAGS)
+    repo = repository(doc)
+    ref, after, before = common.top_level(doc, PUSH_REVISIONS)
+    if not ref:
+        raise PayloadInvalid("ref: required")
+    if commits is None:
+        commits = []
+    forced, created, deleted = forced is True, created is True, deleted is True
     if total_commits is not None:
         within = len(commits) >= total_commits
     else:
         within = len(commits) < MAX_PAYLOAD_COMMITS
     return {
-        "repository": repository(doc),
-        "ref": common.req_str(doc, "ref"),
-        "revision": common.opt_str(doc, "after"),
-        "previous_revision": common.opt_str(doc, "before"),
+        "repository": repo,
+        "ref": ref,
+        "revision": after,
+        "previous_revision": before,
         "created": created,
         "deleted": deleted,
         "forced": forced,
         "changed_paths": common.commit_paths(commits),
         "paths_complete": within and not (forced or created or deleted),
     }
+
+
+PUSH_FLAGS = (("commits", list), ("forced", bool), ("created", bool), ("deleted", bool))
+PUSH_REVISIONS = (("ref", str), ("after", str), ("before", str))
 
 
 def other_fields(doc: dict[str, Any], event: str) -> dict[str, Any]:
