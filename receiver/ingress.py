@@ -20,7 +20,6 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 
 import orjson
 from aiohttp import HttpVersion11, web
@@ -301,7 +300,7 @@ async def handle_hook(
         msgs = normalising.messages(
             spec,
             parsed,
-            datetime.now(UTC),
+            normalising.timestamp(time.time()),
             normalising.traceparent(request.headers.get("traceparent")),
             state.settings.stream.subject_prefix,
         )

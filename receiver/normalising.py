@@ -15,8 +15,8 @@ import hashlib
 import json
 import random
 import re
+import time
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -58,15 +58,31 @@ def traceparent(incoming: str | None) -> str:
     return f"00-{trace_id:032x}-{span_id:016x}-01"
 
 
+def timestamp(seconds: float) -> str:
+    """``seconds`` since the epoch as RFC 3339 UTC with microseconds (``...T10:54:18.011742Z``).
+
+    The date and time of day are formatted once per second: ``datetime.now(UTC).isoformat()``
+    costs two and a half times as much per delivery, and drops the fraction when it is zero
+    (this always writes six digits, so stamps sort as text).
+    """
+    whole = int(seconds)
+    return f"{_second(whole)}.{int((seconds - whole) * 1_000_000):06d}Z"
+
+
+@functools.lru_cache(maxsize=2)
+def _second(whole: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+
+
 def messages(
     spec: ReceiverSpec,
     parsed: Parsed,
-    received_at: datetime,
+    received: str,
     trace: str,
     stream_prefix: str = subjects.EVENTS_PREFIX,
 ) -> list[Message]:
-    """Envelope every item of ``parsed`` and wrap it as a binary-mode CloudEvent."""
-    received = received_at.isoformat().replace("+00:00", "Z")
+    """Envelope every item of ``parsed`` and wrap it as a binary-mode CloudEvent;
+    ``received`` is the :func:`timestamp` of its arrival."""
     subject = event_subject(spec.type, spec.namespace, spec.name, stream_prefix)
     constant = constant_headers(spec.namespace, spec.name)
     out: list[Message] = []

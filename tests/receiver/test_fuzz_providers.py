@@ -48,7 +48,7 @@ from tests.support.natsd import NatsServer
 EXAMPLES = int(os.environ.get("FLUXRELAY_FUZZ_EXAMPLES", "120"))
 HTTP_EXAMPLES = max(10, EXAMPLES // 5)
 NAMES = sorted(PROVIDERS)
-RECEIVED_AT = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+RECEIVED_AT = normalising.timestamp(datetime(2026, 3, 2, 12, 0, tzinfo=UTC).timestamp())
 
 TOKEN = "fuzz-t0ken"
 USER = "fuzz-user"

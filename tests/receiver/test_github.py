@@ -5,7 +5,10 @@ status codes of every refusal."""
 from __future__ import annotations
 
 import json
+import re
+import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -41,7 +44,9 @@ def signed(body: bytes, event: str = "push", **extra: str) -> dict[str, str]:
 
 
 async def test_a_signed_push_is_stored_normalised_field_by_field(ingress: Ingress) -> None:
+    sent = time.time()
     resp = await ingress.client.post(PATH, data=PUSH, headers=signed(PUSH))
+    answered = time.time()
     assert resp.status == 202, await resp.text()
     answer = await resp.json()
     assert answer["status"] == "accepted"
@@ -79,6 +84,36 @@ async def test_a_signed_push_is_stored_normalised_field_by_field(ingress: Ingres
     assert stored.headers["ce-type"] == envelope.CLOUDEVENT_TYPE
     assert stored.headers["ce-id"] == env["id"]
     assert stored.headers["ce-specversion"] == "1.0"
+    # Received: RFC 3339 UTC with microseconds, within the request, the same in the header.
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", env["received_at"])
+    assert sent <= datetime.fromisoformat(env["received_at"]).timestamp() <= answered
+    assert stored.headers["ce-time"] == env["received_at"]
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", env["traceparent"])
+    assert stored.headers["ce-traceparent"] == env["traceparent"]
+
+
+@pytest.mark.parametrize(
+    ("sent", "continued"),
+    [
+        pytest.param("00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01", True, id="valid"),
+        pytest.param("00-00000000000000000000000000000000-00f067aa0ba902b7-01", False, id="zero"),
+        pytest.param("01-4bf92f3577b34da6a3ce929d0e0e4736", False, id="malformed"),
+    ],
+)
+async def test_the_senders_trace_is_continued_only_when_valid(
+    ingress: Ingress, sent: str, continued: bool
+) -> None:
+    headers = signed(PUSH, traceparent=sent)
+    resp = await ingress.client.post(PATH, data=PUSH, headers=headers)
+    assert resp.status == 202, await resp.text()
+    [stored] = await ingress.stored()
+    trace = stored.envelope["traceparent"]
+    assert stored.headers["ce-traceparent"] == trace
+    if continued:
+        assert trace == sent.lower()
+    else:
+        assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", trace)
+        assert trace[3:35] != sent[3:35]
 
 
 @pytest.mark.parametrize(
