@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(nats-server etcd-server wrk skopeo docker-registry webhook prometheus python3-venv ca-certificates)
+DEBS=(nats-server etcd-server wrk valgrind skopeo docker-registry webhook prometheus python3-venv ca-certificates)
 missing=()
 for pkg in "${DEBS[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -45,6 +45,7 @@ def test_the_configuration_reference_is_generated_from_the_clis() -> None:
 BENCHMARKS = (
     "bench.e2e.run",
     "bench.ingress.run",
+    "bench.ingress.instructions",
     "bench.index.run",
     "bench.soak.run",
     "bench.soak.memory",

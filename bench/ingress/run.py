@@ -1,12 +1,15 @@
 """bench/ingress: signed GitHub push deliveries with wrk against one receiver process and a
 real nats-server (file storage), and, in the same run, a bare aiohttp handler as the ceiling.
 
-Each configuration runs ``--runs`` times, alternating, and the medians are reported with the
-receiver/bare throughput ratio. The server process is pinned to one core and wrk plus
-nats-server to the other, as TESTING.md describes. Every request carries its own delivery id
-(so nothing is deduplicated: each 202 is a new stored message).
+Both servers run for the whole bench and are loaded ``--runs`` times each, in pairs a few
+seconds apart (which goes first alternates). Reported: the medians, the median of the
+per-pair receiver/bare throughput ratios, and the ratio of CPU time per request (bare over
+receiver), which a shared host's changing speed disturbs less. The server process is
+pinned to one core and wrk plus nats-server to the other, as TESTING.md describes. Every
+request carries its own delivery id (so nothing is deduplicated: each 202 is a new stored
+message).
 
-    python -m bench.ingress.run [--duration 10] [--runs 3] [--connections 64]
+    python -m bench.ingress.run [--duration 5] [--runs 10] [--connections 64]
 """
 
 from __future__ import annotations
@@ -135,10 +138,49 @@ def wait_ready(url: str, timeout: float = 30.0) -> None:
     raise RuntimeError(f"{url} not ready")
 
 
+def write_script(tmp: Path, path: str) -> Path:
+    """A wrk script with a fresh nonce: no delivery id repeats across runs (a repeat would
+    be deduplicated by the stream and cost the receiver less)."""
+    script = tmp / f"post-{uuid.uuid4().hex}.lua"
+    script.write_text(
+        LUA.replace("{nonce}", uuid.uuid4().hex)
+        .replace("{body}", lua_string(PUSH))
+        .replace("{signature}", "sha256=" + hmac_hex(TOKEN, PUSH))
+        .replace("{path}", path)
+    )
+    return script
+
+
+def receiver_command(config: Path, nats_url: str, port: int, metrics: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "receiver",
+        "--config",
+        str(config),
+        "--nats-url",
+        nats_url,
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--metrics-listen",
+        f"127.0.0.1:{metrics}",
+        "--stream",
+        "BENCH",
+        "--stream-subject-prefix",
+        "bench.events",
+        "--dead-stream",
+        "BENCHDEAD",
+        "--dead-subject-prefix",
+        "bench.dead",
+        "--log-level",
+        "WARNING",
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--duration", type=int, default=10)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "ingress" / "results.json")
     args = parser.parse_args()
@@ -147,15 +189,9 @@ def main() -> int:
             print(f"{tool} is required (Debian: wrk, util-linux)", file=sys.stderr)
             return 2
 
+    load_before = os.getloadavg()[0]  # the machine should be idle but for this bench
     tmp = Path(tempfile.mkdtemp(prefix="fluxrelay-bench-"))
     path = hook_path(TOKEN.encode(), "bench", "default")
-    script = tmp / "post.lua"
-    script.write_text(
-        LUA.replace("{nonce}", uuid.uuid4().hex)
-        .replace("{body}", lua_string(PUSH))
-        .replace("{signature}", "sha256=" + hmac_hex(TOKEN, PUSH))
-        .replace("{path}", path)
-    )
     config = tmp / "receivers.yaml"
     config.write_text(dump_yaml(receiver_docs("bench", "github", TOKEN)))
 
@@ -167,74 +203,60 @@ def main() -> int:
         capture_output=True,
     )
     results: dict[str, list[dict[str, float]]] = {"receiver": [], "bare": []}
-    rss: list[float] = []
+    ports = {"receiver": free_port(), "bare": free_port()}
+    metrics = free_port()
+    commands = {
+        "receiver": receiver_command(config, nats.url, ports["receiver"], metrics),
+        "bare": [sys.executable, "-m", "bench.ingress.bare", str(ports["bare"])],
+    }
+    procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
+        # Both servers stay up on core 0 for the whole bench (an idle one costs nothing), so
+        # the two halves of a pair are seconds apart, not a process start and a warm-up.
+        for name, cmd in commands.items():
+            procs[name] = subprocess.Popen(
+                ["taskset", "-c", "0", *cmd],
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        wait_ready(f"http://127.0.0.1:{metrics}/readyz")
+        wait_port(ports["bare"])
+        for name in commands:
+            wrk(ports[name], write_script(tmp, path), 2, args.connections)  # warm-up
         for run in range(args.runs):
-            for name in ("receiver", "bare"):
-                port, metrics = free_port(), free_port()
-                if name == "receiver":
-                    cmd = [
-                        sys.executable,
-                        "-m",
-                        "receiver",
-                        "--config",
-                        str(config),
-                        "--nats-url",
-                        nats.url,
-                        "--listen",
-                        f"127.0.0.1:{port}",
-                        "--metrics-listen",
-                        f"127.0.0.1:{metrics}",
-                        "--stream",
-                        f"BENCH{run}",
-                        "--stream-subject-prefix",
-                        f"bench{run}.events",
-                        "--dead-stream",
-                        f"BENCHDEAD{run}",
-                        "--dead-subject-prefix",
-                        f"bench{run}.dead",
-                        "--log-level",
-                        "WARNING",
-                    ]
-                else:
-                    cmd = [sys.executable, "-m", "bench.ingress.bare", str(port)]
-                proc = subprocess.Popen(
-                    ["taskset", "-c", "0", *cmd],
-                    cwd=ROOT,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
+            # Alternate which goes first, so a drift of the shared host's speed within a
+            # pair does not always favour the same side.
+            order = ("receiver", "bare") if run % 2 == 0 else ("bare", "receiver")
+            for name in order:
+                pid = procs[name].pid
+                cpu_before = cpu_seconds(pid)
+                result = wrk(ports[name], write_script(tmp, path), args.duration, args.connections)
+                result["cpu_us_per_request"] = (
+                    (cpu_seconds(pid) - cpu_before) / result["requests"] * 1e6
                 )
-                try:
-                    if name == "receiver":
-                        wait_ready(f"http://127.0.0.1:{metrics}/readyz")
-                    else:
-                        wait_port(port)
-                    wrk(port, script, 2, args.connections)  # warm-up
-                    cpu_before = cpu_seconds(proc.pid)
-                    result = wrk(port, script, args.duration, args.connections)
-                    result["cpu_us_per_request"] = (
-                        (cpu_seconds(proc.pid) - cpu_before) / result["requests"] * 1e6
-                    )
-                    if name == "receiver":
-                        rss.append(peak_rss_mib(proc.pid))
-                    results[name].append(result)
-                    print(
-                        f"run {run + 1} {name:8s} {result['rps']:9.0f} req/s  "
-                        f"p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms  "
-                        f"non-2xx {result['non2xx']:.0f}  "
-                        f"cpu {result['cpu_us_per_request']:.0f} us/request",
-                        flush=True,
-                    )
-                finally:
-                    proc.terminate()
-                    proc.wait(15)
+                results[name].append(result)
+                print(
+                    f"run {run + 1} {name:8s} {result['rps']:9.0f} req/s  "
+                    f"p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms  "
+                    f"non-2xx {result['non2xx']:.0f}  "
+                    f"cpu {result['cpu_us_per_request']:.0f} us/request",
+                    flush=True,
+                )
+        rss = peak_rss_mib(procs["receiver"].pid)
     finally:
+        for proc in procs.values():
+            proc.terminate()
+            proc.wait(15)
         nats.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
 
     def median(name: str, key: str) -> float:
         return statistics.median(r[key] for r in results[name])
 
+    ratios = [
+        r["rps"] / b["rps"] for r, b in zip(results["receiver"], results["bare"], strict=True)
+    ]
     summary = {
         "connections": args.connections,
         "duration_s": args.duration,
@@ -242,10 +264,17 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "receiver": {k: median("receiver", k) for k in KEYS},
         "bare": {k: median("bare", k) for k in KEYS},
-        "ratio": statistics.median(
-            r["rps"] / b["rps"] for r, b in zip(results["receiver"], results["bare"], strict=True)
-        ),
-        "receiver_peak_rss_mib": max(rss) if rss else None,
+        "ratio": statistics.median(ratios),
+        "ratios": [round(r, 3) for r in ratios],
+        "cpu_ratio": median("bare", "cpu_us_per_request")
+        / median("receiver", "cpu_us_per_request"),
+        "receiver_peak_rss_mib": rss,
+        "per_run": {
+            name: [{k: round(r[k], 2) for k in KEYS} for r in runs]
+            for name, runs in results.items()
+        },
+        "loadavg_1m_after": os.getloadavg()[0],
+        "loadavg_1m_before": load_before,
     }
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))

@@ -1,0 +1,185 @@
+"""bench/ingress/instructions: instructions the server executes per delivery, receiver and
+bare handler, counted by callgrind.
+
+Time per request on a shared host drifts by a factor of two within minutes, and the two
+servers do not drift alike; the number of instructions a server executes per request hardly
+moves between runs. So this is the bench for telling whether a change to the hot path is a
+gain (the throughput bench, ``bench.ingress.run``, is the one whose numbers the goal is
+stated in). Each server runs under ``valgrind --tool=callgrind`` with counting off; after a
+warm-up, counting is switched on for exactly ``--requests`` signed GitHub pushes (each a new
+delivery id, ``--concurrency`` in flight, from a client outside valgrind), then off, and
+the total is divided by the number of requests. Counts include everything the process
+runs: the interpreter, aiohttp, uvloop, libcrypto, the kernel interface (not the kernel).
+
+    python -m bench.ingress.instructions [--requests 2000] [--concurrency 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+
+from bench.ingress.run import PUSH, ROOT, TOKEN, receiver_command, wait_ready
+from receiver.hooks import hook_path
+from tests.support.ingress import dump_yaml, hmac_hex, receiver_docs
+from tests.support.natsd import NatsServer, free_port, wait_port
+
+READY_SECONDS = 300.0
+"""Starting the receiver under valgrind (imports, compiled schemas) takes a minute or two."""
+
+
+async def send(url: str, count: int, concurrency: int, nonce: str) -> int:
+    """POST ``count`` signed pushes, ``concurrency`` at a time; the number answered 2xx."""
+    signature = "sha256=" + hmac_hex(TOKEN, PUSH)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(count):
+        queue.put_nowait(i)
+    ok = 0
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal ok
+        while not queue.empty():
+            i = queue.get_nowait()
+            headers = {
+                "Content-Type": "application/json",
+                "X-GitHub-Event": "push",
+                "X-GitHub-Delivery": f"{nonce}-{i}",
+                "X-Hub-Signature-256": signature,
+            }
+            async with session.post(url, data=PUSH, headers=headers) as resp:
+                await resp.read()
+                ok += resp.status < 300
+
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    return ok
+
+
+def callgrind_control(*args: str) -> None:
+    subprocess.run(["callgrind_control", *args], check=True, capture_output=True)
+
+
+def counted(out_dir: Path) -> int:
+    """Instructions in the dumps callgrind wrote (counting was on only while measuring)."""
+    total = 0
+    for dump in out_dir.glob("callgrind.out*"):
+        # "totals:" closes each dump (its "summary:" line may be 0 when counting was off at
+        # the start of the dump's time range)
+        match = re.search(r"^totals:\s+(\d+)", dump.read_text(), re.MULTILINE)
+        if match:
+            total += int(match.group(1))
+    return total
+
+
+def measure(
+    name: str, command: list[str], ready: str, url: str, args: argparse.Namespace
+) -> dict[str, float]:
+    out_dir = Path(tempfile.mkdtemp(prefix=f"fluxrelay-callgrind-{name}-"))
+    proc = subprocess.Popen(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={out_dir}/callgrind.out.%p",
+            *command,
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        if ready.startswith("http"):
+            wait_ready(ready, READY_SECONDS)
+        else:
+            wait_port(int(ready), READY_SECONDS)
+        nonce = uuid.uuid4().hex
+        asyncio.run(send(url, args.warmup, args.concurrency, nonce + "-warm"))
+        callgrind_control("--instr=on", str(proc.pid))
+        started = time.monotonic()
+        ok = asyncio.run(send(url, args.requests, args.concurrency, nonce))
+        callgrind_control("--instr=off", str(proc.pid))
+        callgrind_control("--dump", str(proc.pid))
+        seconds = time.monotonic() - started
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    if ok != args.requests:
+        raise RuntimeError(f"{name}: {args.requests - ok} request(s) not answered 2xx")
+    total = counted(out_dir)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    result = {"instructions_per_request": total / args.requests, "seconds": seconds}
+    print(f"{name:8s} {result['instructions_per_request']:10.0f} instructions/request", flush=True)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "bench" / "ingress" / "instructions.json"
+    )
+    args = parser.parse_args()
+    for tool in ("valgrind", "callgrind_control"):
+        if not shutil.which(tool):
+            print(f"{tool} is required (Debian: valgrind)", file=sys.stderr)
+            return 2
+
+    tmp = Path(tempfile.mkdtemp(prefix="fluxrelay-bench-"))
+    path = hook_path(TOKEN.encode(), "bench", "default")
+    config = tmp / "receivers.yaml"
+    config.write_text(dump_yaml(receiver_docs("bench", "github", TOKEN)))
+    nats = NatsServer(name="bench")
+    nats.start()
+    try:
+        port, metrics, bare = free_port(), free_port(), free_port()
+        results = {
+            "receiver": measure(
+                "receiver",
+                receiver_command(config, nats.url, port, metrics),
+                f"http://127.0.0.1:{metrics}/readyz",
+                f"http://127.0.0.1:{port}{path}",
+                args,
+            ),
+            "bare": measure(
+                "bare",
+                [sys.executable, "-m", "bench.ingress.bare", str(bare)],
+                str(bare),
+                f"http://127.0.0.1:{bare}{path}",
+                args,
+            ),
+        }
+    finally:
+        nats.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+    receiver = results["receiver"]["instructions_per_request"]
+    ceiling = results["bare"]["instructions_per_request"]
+    summary = {
+        "requests": args.requests,
+        "concurrency": args.concurrency,
+        **{name: round(r["instructions_per_request"]) for name, r in results.items()},
+        "ratio": ceiling / receiver,
+    }
+    print(json.dumps(summary, indent=2))
+    args.out.write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
