@@ -52,6 +52,8 @@ def header_text(request: Request, name: str) -> str:
     (event names, delivery ids): bytes that are not UTF-8 are a 400, since the envelope is
     UTF-8 JSON and aiohttp hands such bytes over as lone surrogates that cannot be encoded."""
     value = request.headers.get(name, "")
+    if value.isascii():  # the usual case: no surrogate can be in it, nothing to round-trip
+        return value.strip()
     try:
         wire_bytes(value).decode("utf-8")
     except UnicodeDecodeError as e:
