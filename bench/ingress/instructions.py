@@ -27,13 +27,13 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 
-from bench.ingress.run import PUSH, ROOT, TOKEN, receiver_command, wait_ready
-from receiver.hooks import hook_path
-from tests.support.ingress import dump_yaml, hmac_hex, receiver_docs
+from bench.ingress.run import PUSH, ROOT, TOKEN, bench_receiver, receiver_command, wait_ready
+from tests.support.ingress import hmac_hex
 from tests.support.natsd import NatsServer, free_port, wait_port
 
 READY_SECONDS = 300.0
@@ -86,8 +86,9 @@ def counted(out_dir: Path) -> int:
 
 
 def measure(
-    name: str, command: list[str], ready: str, url: str, args: argparse.Namespace
+    name: str, command: list[str], ready: Callable[[], None], url: str, args: argparse.Namespace
 ) -> dict[str, float]:
+    """Run ``command`` under callgrind, wait until ``ready()`` returns, count one batch."""
     out_dir = Path(tempfile.mkdtemp(prefix=f"fluxrelay-callgrind-{name}-"))
     proc = subprocess.Popen(
         [
@@ -103,10 +104,7 @@ def measure(
         stderr=subprocess.DEVNULL,
     )
     try:
-        if ready.startswith("http"):
-            wait_ready(ready, READY_SECONDS)
-        else:
-            wait_port(int(ready), READY_SECONDS)
+        ready()
         nonce = uuid.uuid4().hex
         asyncio.run(send(url, args.warmup, args.concurrency, nonce + "-warm"))
         callgrind_control("--instr=on", str(proc.pid))
@@ -142,9 +140,7 @@ def main() -> int:
             return 2
 
     tmp = Path(tempfile.mkdtemp(prefix="fluxrelay-bench-"))
-    path = hook_path(TOKEN.encode(), "bench", "default")
-    config = tmp / "receivers.yaml"
-    config.write_text(dump_yaml(receiver_docs("bench", "github", TOKEN)))
+    path, config = bench_receiver(tmp)
     nats = NatsServer(name="bench")
     nats.start()
     try:
@@ -153,14 +149,14 @@ def main() -> int:
             "receiver": measure(
                 "receiver",
                 receiver_command(config, nats.url, port, metrics),
-                f"http://127.0.0.1:{metrics}/readyz",
+                lambda: wait_ready(f"http://127.0.0.1:{metrics}/readyz", READY_SECONDS),
                 f"http://127.0.0.1:{port}{path}",
                 args,
             ),
             "bare": measure(
                 "bare",
                 [sys.executable, "-m", "bench.ingress.bare", str(bare)],
-                str(bare),
+                lambda: wait_port(bare, READY_SECONDS),
                 f"http://127.0.0.1:{bare}{path}",
                 args,
             ),

@@ -151,6 +151,14 @@ def write_script(tmp: Path, path: str) -> Path:
     return script
 
 
+def bench_receiver(tmp: Path) -> tuple[str, Path]:
+    """The bench's one GitHub Receiver: its hook path, and the config file (in ``tmp``)
+    that the receiver loads."""
+    config = tmp / "receivers.yaml"
+    config.write_text(dump_yaml(receiver_docs("bench", "github", TOKEN)))
+    return hook_path(TOKEN.encode(), "bench", "default"), config
+
+
 def receiver_command(config: Path, nats_url: str, port: int, metrics: int) -> list[str]:
     return [
         sys.executable,
@@ -191,9 +199,7 @@ def main() -> int:
 
     load_before = os.getloadavg()[0]  # the machine should be idle but for this bench
     tmp = Path(tempfile.mkdtemp(prefix="fluxrelay-bench-"))
-    path = hook_path(TOKEN.encode(), "bench", "default")
-    config = tmp / "receivers.yaml"
-    config.write_text(dump_yaml(receiver_docs("bench", "github", TOKEN)))
+    path, config = bench_receiver(tmp)
 
     nats = NatsServer(name="bench")
     nats.start()
