@@ -90,36 +90,38 @@ def measure(
 ) -> dict[str, float]:
     """Run ``command`` under callgrind, wait until ``ready()`` returns, count one batch."""
     out_dir = Path(tempfile.mkdtemp(prefix=f"fluxrelay-callgrind-{name}-"))
-    proc = subprocess.Popen(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--instr-atstart=no",
-            f"--callgrind-out-file={out_dir}/callgrind.out.%p",
-            *command,
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONHASHSEED": "0"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     try:
-        ready()
-        nonce = uuid.uuid4().hex
-        asyncio.run(send(url, args.warmup, args.concurrency, nonce + "-warm"))
-        callgrind_control("--instr=on", str(proc.pid))
-        started = time.monotonic()
-        ok = asyncio.run(send(url, args.requests, args.concurrency, nonce))
-        callgrind_control("--instr=off", str(proc.pid))
-        callgrind_control("--dump", str(proc.pid))
-        seconds = time.monotonic() - started
+        proc = subprocess.Popen(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--instr-atstart=no",
+                f"--callgrind-out-file={out_dir}/callgrind.out.%p",
+                *command,
+            ],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            ready()
+            nonce = uuid.uuid4().hex
+            asyncio.run(send(url, args.warmup, args.concurrency, nonce + "-warm"))
+            callgrind_control("--instr=on", str(proc.pid))
+            started = time.monotonic()
+            ok = asyncio.run(send(url, args.requests, args.concurrency, nonce))
+            callgrind_control("--instr=off", str(proc.pid))
+            callgrind_control("--dump", str(proc.pid))
+            seconds = time.monotonic() - started
+        finally:
+            proc.terminate()
+            proc.wait(60)
+        if ok != args.requests:
+            raise RuntimeError(f"{name}: {args.requests - ok} request(s) not answered 2xx")
+        total = counted(out_dir)  # after exit: the dumps are complete
     finally:
-        proc.terminate()
-        proc.wait(60)
-    if ok != args.requests:
-        raise RuntimeError(f"{name}: {args.requests - ok} request(s) not answered 2xx")
-    total = counted(out_dir)
-    shutil.rmtree(out_dir, ignore_errors=True)
+        shutil.rmtree(out_dir, ignore_errors=True)
     result = {"instructions_per_request": total / args.requests, "seconds": seconds}
     print(f"{name:8s} {result['instructions_per_request']:10.0f} instructions/request", flush=True)
     return result

@@ -160,6 +160,9 @@ def bench_receiver(tmp: Path) -> tuple[str, Path]:
 
 
 def receiver_command(config: Path, nats_url: str, port: int, metrics: int) -> list[str]:
+    """The receiver's command line for both benches: its own stream names, so a bench
+    never writes into a stream a running relay uses, and warnings only (logging per
+    delivery would be measured too)."""
     return [
         sys.executable,
         "-m",
