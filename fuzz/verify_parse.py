@@ -47,6 +47,7 @@ with atheris.instrument_imports(include=["receiver", "schemas"]):
     from receiver.providers.gcr import GCR, StaticKeys
     from receiver.providers.generic_oidc import GenericOIDC
     from receiver.receivers import ReceiverSpec, specs_from_documents
+    from receiver.settings import ReceiverSettings
 
 FUZZ_TOKEN = "fuzz-harness-t0ken"  # noqa: S105  (a throwaway test credential)
 USER = "fuzz-user"
@@ -59,7 +60,8 @@ KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 JWKS = {
     "keys": [{**RSAAlgorithm.to_jwk(KEY.public_key(), as_dict=True), "kid": KID, "alg": "RS256"}]
 }
-RECEIVED_AT = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+RECEIVED_AT = normalising.timestamp(datetime(2026, 3, 2, 12, 0, tzinfo=UTC).timestamp())
+"""As the ingress passes it: RFC 3339 text (a datetime made the stdlib fallback fail)."""
 
 
 def id_token(issuer: str) -> str:
@@ -190,9 +192,17 @@ def test_one_input(data: bytes) -> None:
     reached(name)
     if parsed.ping or not parsed.items:
         return
-    messages = normalising.messages(
-        spec, parsed, RECEIVED_AT, normalising.traceparent(headers.get("traceparent")), "fuzz"
-    )
+    try:
+        messages = normalising.messages(
+            spec,
+            parsed,
+            RECEIVED_AT,
+            normalising.traceparent(headers.get("traceparent")),
+            "fuzz",
+            ReceiverSettings().max_delivery_bytes,
+        )
+    except Rejected:
+        return
     for message in messages:
         json.loads(message.payload)
 

@@ -9,6 +9,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from receiver import ingress
+from receiver.protocol import IngressServer
 from receiver.state import STATE, IngressState
 
 HEAD_LIMITS = {"max_field_size": 8190, "max_line_size": 8190, "max_headers": 128}
@@ -29,19 +30,24 @@ def server_options(state: IngressState) -> dict[str, Any]:
     compressed body reaches the handler as sent and is refused (no decompression bombs).
     The body cap is the handler's own (:func:`receiver.ingress.read_body`), which never
     calls ``request.read()``; aiohttp's ``client_max_size`` would only apply to that.
+    There is no access log: its request line is ``POST /hook/<digest>``, and for Receivers
+    that sign nothing the digest is the credential; the handler logs each delivery itself,
+    by Receiver name.
     """
     return {
         **HEAD_LIMITS,
+        "access_log": None,
         "keepalive_timeout": state.settings.header_timeout,
         "lingering_time": LINGERING_SECONDS,
         "auto_decompress": False,
     }
 
 
-def create_server(state: IngressState) -> web.Server:
+def create_server(state: IngressState, **extra: Any) -> web.Server:
     """The ingress: one handler on aiohttp's low-level server (see
-    :func:`receiver.ingress.create_handler` for why there is no application router)."""
-    return web.Server(ingress.create_handler(state), **server_options(state))
+    :func:`receiver.ingress.create_handler` for why there is no application router), with
+    connections that answer the parser's refusals as JSON (:mod:`receiver.protocol`)."""
+    return IngressServer(ingress.create_handler(state), state, **{**server_options(state), **extra})
 
 
 async def _metrics(request: web.Request) -> web.StreamResponse:

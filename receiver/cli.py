@@ -65,6 +65,13 @@ def _positive(raw: str) -> float:
     return value
 
 
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError(raw)
+    return value
+
+
 def _nats(key: str) -> Callable[[dict[str, Any], dict[str, Any], str], None]:
     def apply(top: dict[str, Any], st: dict[str, Any], raw: str) -> None:
         top.setdefault(_NATS_AUTH, {})[key] = raw
@@ -137,6 +144,13 @@ OPTIONS: tuple[Option, ...] = (
         "FLUXRELAY_BODY_LIMIT",
         "largest body in bytes (default 3 MiB)",
         _set("body_limit", int),
+        metavar="BYTES",
+    ),
+    Option(
+        "--max-delivery-bytes",
+        "FLUXRELAY_MAX_DELIVERY_BYTES",
+        "bytes a delivery of several items may store in all (default 4 MiB)",
+        _set("max_delivery_bytes", _positive_int),
         metavar="BYTES",
     ),
     Option(

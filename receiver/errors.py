@@ -96,6 +96,14 @@ class BodyTooLarge(Rejected):
     code = "body_too_large"
 
 
+class DeliveryTooLarge(Rejected):
+    """A delivery that would store more than one delivery may (items or bytes): the body
+    passed the body cap, what it fans out into did not."""
+
+    status = 413
+    code = "delivery_too_large"
+
+
 class UnsupportedMediaType(Rejected):
     status = 415
     code = "unsupported_media_type"

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from receiver.errors import PayloadInvalid
+from receiver.errors import DeliveryTooLarge, PayloadInvalid
 from receiver.providers.base import Item, Parsed
 from receiver.receivers import ReceiverSpec
 from schemas import envelope, natsbinding, natsheaders, subjects
@@ -80,12 +80,19 @@ def messages(
     received: str,
     trace: str,
     stream_prefix: str = subjects.EVENTS_PREFIX,
+    max_bytes: int | None = None,
 ) -> list[Message]:
     """Envelope every item of ``parsed`` and wrap it as a binary-mode CloudEvent;
-    ``received`` is the :func:`timestamp` of its arrival."""
+    ``received`` is the :func:`timestamp` of its arrival.
+
+    A delivery of several items stores the payload once per item, so what it stores in all
+    is bounded by ``max_bytes``: past it the delivery is refused (413) before anything is
+    published, and no more than that is ever held (each message is counted as it is built).
+    """
     subject = event_subject(spec.type, spec.namespace, spec.name, stream_prefix)
     constant = constant_headers(spec.namespace, spec.name)
     out: list[Message] = []
+    budget = max_bytes if max_bytes is not None and len(parsed.items) > 1 else None
     for item in parsed.items:
         doc = build(spec, parsed, item, received, trace)
         payload = encode(doc, parsed.raw_payload)
@@ -98,6 +105,13 @@ def messages(
             ).encode()
         )
         out.append(Message(ident, subject, payload, headers))
+        if budget is not None:
+            budget -= len(payload) + len(headers)
+            if budget < 0:
+                raise DeliveryTooLarge(
+                    f"{len(parsed.items)} items of this delivery would store more than "
+                    f"{max_bytes} bytes (each message carries the payload)"
+                )
     return out
 
 

@@ -23,6 +23,22 @@ from schemas.receivers import (
     split_documents,
 )
 
+MIN_TOKEN_BYTES = 16
+"""Shortest ``token`` (and ``previous-token``) served. The token is the whole secret of a
+Receiver whose provider signs nothing (its hook path is derived from it) and the HMAC key of
+the others; Flux's documentation generates 40 hex characters. Notification-controller takes
+any length; a one-character token is guessed in a few hundred requests."""
+
+
+def check_token(token: bytes, where: str, key: str = "token") -> None:
+    """ConfigError for a token shorter than :data:`MIN_TOKEN_BYTES` (white space aside);
+    the message gives the length required, never the token."""
+    if len(token.strip()) < MIN_TOKEN_BYTES:
+        raise ConfigError(
+            f"{where}: key {key!r} is shorter than {MIN_TOKEN_BYTES} bytes; generate one with "
+            "e.g. `head -c 32 /dev/urandom | sha256sum | cut -d' ' -f1`"
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ReceiverSpec:
@@ -73,6 +89,7 @@ class ReceiverSpec:
                 f"{where}: {rotating.PREVIOUS_TOKEN!r} needs {rotating.PREVIOUS_TOKEN_EXPIRES!r} "
                 "(an RFC 3339 deadline): a previous token is never honoured forever"
             )
+        check_token(previous, where, rotating.PREVIOUS_TOKEN)
         deadline = rotating.parse_deadline(expires, where)
         kept = {
             k: v
@@ -106,6 +123,7 @@ def resolve(
         )
     if not secret.get("token"):
         raise ConfigError(f"{where}: Secret {d.namespace}/{d.secret_name}: key 'token' required")
+    check_token(secret["token"], f"{where}: Secret {d.namespace}/{d.secret_name}")
     return ReceiverSpec(d, dict(secret))
 
 

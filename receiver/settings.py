@@ -97,6 +97,9 @@ class ReceiverSettings:
     metrics_port: int = 9090
     body_limit: int = 3 * MiB
     """Largest accepted body in bytes (Flux: 3 MiB); larger gets 413 before it is read."""
+    max_delivery_bytes: int = 4 * MiB
+    """Bytes a delivery of several items may store in all, since each of its messages
+    carries the payload (past it: 413); a one-item delivery is bounded by ``body_limit``."""
     publish_timeout: float = 5.0
     """Seconds to wait for JetStream's PubAck before answering 503."""
     retry_after: int = 5

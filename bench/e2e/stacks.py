@@ -39,7 +39,7 @@ from tests.support.kubeapi import KubeAPI
 from tests.support.natsd import NatsServer, free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
-TOKEN = "bench-e2e-token"
+TOKEN = "bench-e2e-token-0001"
 WARM = "warm"
 KUSTOMIZATION = {"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization"}
 FANOUT_LABELS = {"bench.fluxrelay.io/fanout": "yes"}

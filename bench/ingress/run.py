@@ -34,7 +34,7 @@ from tests.support.natsd import NatsServer, free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PUSH = (ROOT / "tests" / "receiver" / "fixtures" / "github_push.json").read_bytes()
-TOKEN = "bench-token"
+TOKEN = "bench-token-00000001"
 
 LUA = """
 -- Every request gets its own delivery id (run nonce, wrk thread, counter): nothing may be

@@ -99,6 +99,6 @@ class AzureDevOps:
             return Parsed(event, (Item(delivery, {"repository": repo}),), doc, raw_payload=raw)
         updates = [
             ref_update(update, f"resource.refUpdates[{i}]", repo)
-            for i, update in enumerate(common.opt_list(doc, "resource.refUpdates"))
+            for i, update in enumerate(common.opt_items(doc, "resource.refUpdates"))
         ]
         return Parsed(event, common.items_per_change(delivery, updates), doc, raw_payload=raw)

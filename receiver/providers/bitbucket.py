@@ -169,14 +169,14 @@ class Bitbucket:
             repo = server_repository(doc)
             changes = [
                 server_change(change, f"changes[{i}]", repo)
-                for i, change in enumerate(common.opt_list(doc, "changes"))
+                for i, change in enumerate(common.opt_items(doc, "changes"))
             ]
             return Parsed(event, common.items_per_change(delivery, changes), doc, raw_payload=raw)
         if event == CLOUD_PUSH_EVENT:
             repo = cloud_repository(doc)
             changes = [
                 cloud_change(change, f"push.changes[{i}]", repo)
-                for i, change in enumerate(common.opt_list(doc, "push.changes"))
+                for i, change in enumerate(common.opt_items(doc, "push.changes"))
             ]
             return Parsed(event, common.items_per_change(delivery, changes), doc, raw_payload=raw)
         if common.opt_str(doc, "repository.full_name"):

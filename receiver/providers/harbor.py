@@ -51,7 +51,7 @@ class Harbor:
         doc = common.load_object(request.body)
         event = common.opt_str(doc, "type") or ""
         full_name = common.opt_str(doc, "event_data.repository.repo_full_name")
-        resources = common.opt_list(doc, "event_data.resources")
+        resources = common.opt_items(doc, "event_data.resources")
         blocks: list[dict[str, Any] | None] = []
         for i, resource in enumerate(resources):
             if not isinstance(resource, Mapping):

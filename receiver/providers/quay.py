@@ -34,7 +34,7 @@ class Quay:
         docker_url = common.req_str(doc, "docker_url")
         registry, from_url, _, _ = split_reference(docker_url)
         repository = common.opt_str(doc, "repository") or from_url
-        tags = common.opt_list(doc, "updated_tags")
+        tags = common.opt_items(doc, "updated_tags")
         if not all(isinstance(t, str) and t for t in tags):
             raise PayloadInvalid("updated_tags: array of non-empty strings expected")
         per_tag: list[str | None] = list(dict.fromkeys(tags)) or [None]

@@ -21,7 +21,7 @@ from tests.support.ingress import Ingress, path_of, receiver_docs, start_ingress
 from tests.support.natsd import NatsServer
 
 PUSH = (Path(__file__).parent / "fixtures" / "azuredevops_push.json").read_bytes()
-TOKEN = "s3cr3t"
+TOKEN = "s3cr3t-s3cr3t-s3cr3t"
 USER = "flux-hook"
 PASSWORD = "pa:ss wörd"
 """A colon and a non-ASCII letter: the split is at the first colon, compared as UTF-8 bytes."""

@@ -19,7 +19,7 @@ from tests.support.natsd import NatsServer
 FIXTURES = Path(__file__).parent / "fixtures"
 SERVER = (FIXTURES / "bitbucket_server_refs_changed.json").read_bytes()
 CLOUD = (FIXTURES / "bitbucket_cloud_push.json").read_bytes()
-TOKEN = "s3cr3t"
+TOKEN = "s3cr3t-s3cr3t-s3cr3t"
 PATH = path_of("bb")
 REQUEST_ID = "c9a3e1d7-2b4f-4a6c-8e0d-1f3b5a7c9e2d"
 CLOUD_UUID = "7e5d3c1b-9a8f-4e6d-b2c1-0a9f8e7d6c5b"

@@ -20,7 +20,7 @@ import pytest
 from tests.support.ingress import dump_yaml, path_of, receiver_docs
 from tests.support.natsd import NatsServer, free_port
 
-TOKEN = "tok-3f9a1c77e2"
+TOKEN = "tok-3f9a1c77e2-7b4d"
 PY = sys.executable
 
 
@@ -131,13 +131,13 @@ def test_colliding_paths_are_refused_at_load(tmp_path: Path) -> None:
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": {"name": "s1", "namespace": "default"},
-            "stringData": {"token": "ab"},
+            "stringData": {"token": "0123456789abcdef" + "ab"},
         },
         {
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": {"name": "s2", "namespace": "default"},
-            "stringData": {"token": "a"},
+            "stringData": {"token": "0123456789abcdef" + "a"},
         },
         {
             "apiVersion": "notification.toolkit.fluxcd.io/v1",

@@ -50,7 +50,7 @@ HTTP_EXAMPLES = max(10, EXAMPLES // 5)
 NAMES = sorted(PROVIDERS)
 RECEIVED_AT = normalising.timestamp(datetime(2026, 3, 2, 12, 0, tzinfo=UTC).timestamp())
 
-TOKEN = "fuzz-t0ken"
+TOKEN = "fuzz-t0ken-5a9c2e"
 USER = "fuzz-user"
 PASSWORD = "fuzz-pass"
 EMAIL = "pubsub@fuzz.iam.gserviceaccount.com"

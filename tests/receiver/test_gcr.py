@@ -34,7 +34,7 @@ from schemas import envelope
 from tests.support.ingress import Ingress, path_of, receiver_docs, start_ingress
 from tests.support.natsd import NatsServer
 
-TOKEN = "s3cr3t"
+TOKEN = "s3cr3t-s3cr3t-s3cr3t"
 EMAIL = "pubsub-push@acme-prod.iam.gserviceaccount.com"
 AUDIENCE = "https://relay.acme.example/hook"
 KID = "test-key-1"

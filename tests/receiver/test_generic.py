@@ -16,7 +16,7 @@ from schemas import envelope
 from tests.support.ingress import Ingress, hmac_hex, path_of, receiver_docs, start_ingress
 from tests.support.natsd import NatsServer
 
-TOKEN = "s3cr3t"
+TOKEN = "s3cr3t-s3cr3t-s3cr3t"
 GENERIC = path_of("plain")
 HMAC = path_of("signed")
 BODY = b'{"image": "ghcr.io/acme/app:1.4.2", "cluster": "prod-eu"}'

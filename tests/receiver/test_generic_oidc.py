@@ -31,7 +31,7 @@ from schemas import envelope
 from tests.support.ingress import Ingress, path_of, receiver_docs, start_ingress
 from tests.support.natsd import NatsServer
 
-TOKEN = "s3cr3t"
+TOKEN = "s3cr3t-s3cr3t-s3cr3t"
 CI = "https://token.ci.example.com"
 CLUSTER = "https://kubernetes.default.svc.cluster.local"
 AUDIENCE = "fluxrelay"

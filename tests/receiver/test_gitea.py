@@ -18,7 +18,7 @@ from tests.support.ingress import Ingress, hmac_hex, path_of, receiver_docs, sta
 from tests.support.natsd import NatsServer
 
 PUSH = (Path(__file__).parent / "fixtures" / "gitea_push.json").read_bytes()
-TOKEN = "s3cr3t"
+TOKEN = "s3cr3t-s3cr3t-s3cr3t"
 DELIVERY = "f1e2d3c4-b5a6-4978-8695-a4b3c2d1e0f9"
 
 

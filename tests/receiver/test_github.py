@@ -19,7 +19,7 @@ from tests.support.ingress import Ingress, hmac_hex, path_of, receiver_docs, sta
 from tests.support.natsd import NatsServer
 
 PUSH = (Path(__file__).parent / "fixtures" / "github_push.json").read_bytes()
-TOKEN = "s3cr3t"
+TOKEN = "s3cr3t-s3cr3t-s3cr3t"
 PATH = path_of("gh")
 
 

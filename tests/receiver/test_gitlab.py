@@ -19,7 +19,7 @@ from tests.support.ingress import Ingress, path_of, receiver_docs, start_ingress
 from tests.support.natsd import NatsServer
 
 PUSH = (Path(__file__).parent / "fixtures" / "gitlab_push.json").read_bytes()
-TOKEN = "s3cr3t"
+TOKEN = "s3cr3t-s3cr3t-s3cr3t"
 PATH = path_of("gl")
 UUID = "3f7c1e92-5a4b-4c8d-9e0f-1a2b3c4d5e6f"
 ZERO = "0" * 40
@@ -166,12 +166,12 @@ async def test_token_cases(
             id="gitlab-token-not-utf8",
         ),
         pytest.param(
-            b"X-Gitlab-Event: Push\xff Hook\r\nX-Gitlab-Token: s3cr3t\r\n",
+            b"X-Gitlab-Event: Push\xff Hook\r\nX-Gitlab-Token: s3cr3t-s3cr3t-s3cr3t\r\n",
             "payload_invalid",
             id="gitlab-event-not-utf8",
         ),
         pytest.param(
-            b"X-Gitlab-Event: Push Hook\r\nX-Gitlab-Token: s3cr3t\r\n"
+            b"X-Gitlab-Event: Push Hook\r\nX-Gitlab-Token: s3cr3t-s3cr3t-s3cr3t\r\n"
             b"X-Gitlab-Event-UUID: 3f7c\xc3\x28\r\n",
             "payload_invalid",
             id="gitlab-event-uuid-not-utf8",

@@ -9,7 +9,9 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from receiver.app import create_metrics_app
 from receiver.ingress import json_response
 from receiver.settings import MiB
 from tests.support.ingress import Ingress, hmac_hex, path_of, receiver_docs, start_ingress
@@ -29,7 +31,7 @@ def push_headers(body: bytes) -> dict[str, str]:
         "Content-Type": "application/json",
         "X-GitHub-Event": "push",
         "X-GitHub-Delivery": "d-1",
-        "X-Hub-Signature-256": "sha256=" + hmac_hex("s3cr3t", body),
+        "X-Hub-Signature-256": "sha256=" + hmac_hex("s3cr3t-s3cr3t-s3cr3t", body),
     }
 
 
@@ -104,22 +106,24 @@ async def test_a_suspended_receiver_answers_503(ingress: Ingress) -> None:
     assert await ingress.stored() == []
 
 
-async def test_probes(ingress: Ingress) -> None:
-    assert (await ingress.client.get("/healthz")).status == 200
-    ready = await ingress.client.get("/readyz")
-    assert ready.status == 200
-    assert (await ready.json())["receivers"] == 2
+async def test_probes_are_served_on_the_metrics_port(ingress: Ingress) -> None:
+    client = TestClient(TestServer(create_metrics_app(ingress.state)))
+    await client.start_server()
+    try:
+        assert (await client.get("/healthz")).status == 200
+        ready = await client.get("/readyz")
+        assert ready.status == 200
+        assert (await ready.json())["receivers"] == 2
+        assert (await client.head("/readyz")).status == 200
+    finally:
+        await client.close()
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
-async def test_probes_on_the_hook_port_answer_get_and_head_only(
-    ingress: Ingress, path: str
-) -> None:
-    assert (await ingress.client.head(path)).status == 200
-    refused = await ingress.client.post(path, data=b"{}")
-    assert refused.status == 405
-    assert refused.headers["Allow"] == "GET, HEAD"
-    assert (await refused.json())["code"] == "method_not_allowed"
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST"])
+async def test_the_hook_port_serves_no_probe(ingress: Ingress, path: str, method: str) -> None:
+    refused = await ingress.client.request(method, path, data=b"{}" if method == "POST" else None)
+    assert refused.status == 404
 
 
 async def raw_exchange(ingress: Ingress, head: str, body: bytes | None) -> tuple[bytes, bytes]:

@@ -198,14 +198,14 @@ async def test_a_created_receiver_is_served_and_unserved_when_deleted(
     ns = kube_namespace
     await start_source(namespace=ns)
     assert len(ingress.state.table) == 0
-    path = path_of("gh", "tok-1", ns)
-    await apply(kube, receiver_docs("gh", "github", "tok-1", ns))
-    await answers(ingress, path, "tok-1", 202)
+    path = path_of("gh", "tok-1-0123456789ab", ns)
+    await apply(kube, receiver_docs("gh", "github", "tok-1-0123456789ab", ns))
+    await answers(ingress, path, "tok-1-0123456789ab", 202)
     [stored] = await ingress.stored()
     assert stored.envelope["receiver"] == {"namespace": ns, "name": "gh"}
     assert stored.envelope["revision"] == "9049f1265b7d61be4a8904a9a27120d2064dab3b"
     await delete_receiver(kube, ns, "gh")
-    await answers(ingress, path, "tok-1", 404)
+    await answers(ingress, path, "tok-1-0123456789ab", 404)
     assert len(ingress.state.table) == 0
 
 
@@ -213,14 +213,14 @@ async def test_rotating_the_token_moves_the_hook_path(
     kube: KubeAPI, kube_namespace: str, ingress: Ingress, start_source: StartSource
 ) -> None:
     ns = kube_namespace
-    await apply(kube, receiver_docs("gh", "github", "old-token", ns))
+    await apply(kube, receiver_docs("gh", "github", "old-token-01234567", ns))
     await start_source(namespace=ns)
-    old, new = path_of("gh", "old-token", ns), path_of("gh", "new-token", ns)
-    assert await push(ingress, old, "old-token") == 202  # served from the initial list
-    await apply(kube, [only(receiver_docs("gh", "github", "new-token", ns), "Secret")])
-    await answers(ingress, new, "new-token", 202)
-    assert await push(ingress, old, "old-token") == 404
-    assert await push(ingress, new, "old-token") == 400  # the old token no longer signs
+    old, new = path_of("gh", "old-token-01234567", ns), path_of("gh", "new-token-01234567", ns)
+    assert await push(ingress, old, "old-token-01234567") == 202  # served from the initial list
+    await apply(kube, [only(receiver_docs("gh", "github", "new-token-01234567", ns), "Secret")])
+    await answers(ingress, new, "new-token-01234567", 202)
+    assert await push(ingress, old, "old-token-01234567") == 404
+    assert await push(ingress, new, "old-token-01234567") == 400  # the old token no longer signs
 
 
 async def test_a_receiver_without_its_secret_is_unserved_until_the_secret_appears(
@@ -251,8 +251,12 @@ async def test_a_receiver_without_its_secret_is_unserved_until_the_secret_appear
 
     assert len(reported()) == 1
     assert "gh-token not found" in reported()[0]
-    await apply(kube, receiver_docs("other", "github", "tok-2", ns))  # an unrelated change
-    await answers(ingress, path_of("other", "tok-2", ns), "tok-2", 202)
+    await apply(
+        kube, receiver_docs("other-0123456789ab", "github", "tok-2-0123456789ab", ns)
+    )  # an unrelated change
+    await answers(
+        ingress, path_of("other-0123456789ab", "tok-2-0123456789ab", ns), "tok-2-0123456789ab", 202
+    )
     assert len(reported()) == 1  # logged once per change, not once per rebuild
     await apply(kube, [only(docs, "Secret")])
     await answers(ingress, path, SECRET_VALUE, 202)
@@ -272,10 +276,10 @@ async def test_a_receiver_added_after_its_secret_is_served(
     """The Secret was seen (and not kept) before anything referenced it: it is read then."""
     ns = kube_namespace
     await start_source(namespace=ns)
-    docs = receiver_docs("gh", "github", "tok", ns)
+    docs = receiver_docs("gh", "github", "tok-0123456789abcd", ns)
     await apply(kube, [only(docs, "Secret")])
     await apply(kube, [only(docs, "Receiver")])
-    await answers(ingress, path_of("gh", "tok", ns), "tok", 202)
+    await answers(ingress, path_of("gh", "tok-0123456789abcd", ns), "tok-0123456789abcd", 202)
     assert unserved(ingress, "secret_missing") == 0
 
 
@@ -284,12 +288,12 @@ async def test_a_suspended_receiver_answers_503_until_resumed(
 ) -> None:
     ns = kube_namespace
     await start_source(namespace=ns)
-    path = path_of("gh", "tok", ns)
-    await apply(kube, receiver_docs("gh", "github", "tok", ns, suspend=True))
-    await answers(ingress, path, "tok", 503)
+    path = path_of("gh", "tok-0123456789abcd", ns)
+    await apply(kube, receiver_docs("gh", "github", "tok-0123456789abcd", ns, suspend=True))
+    await answers(ingress, path, "tok-0123456789abcd", 503)
     assert await ingress.stored() == []
-    await apply(kube, [only(receiver_docs("gh", "github", "tok", ns), "Receiver")])
-    await answers(ingress, path, "tok", 202)
+    await apply(kube, [only(receiver_docs("gh", "github", "tok-0123456789abcd", ns), "Receiver")])
+    await answers(ingress, path, "tok-0123456789abcd", 202)
 
 
 # ------------------------------------------------------------------------------ scope
@@ -314,9 +318,9 @@ async def test_namespace_and_label_selector_are_honoured(
     ns1, ns2 = kube_namespace, other_namespace
     run = uuid.uuid4().hex[:8]
     red, blue = {"run": run, "team": "red"}, {"run": run, "team": "blue"}
-    await apply(kube, with_labels(receiver_docs("red", "github", "t1", ns1), red))
-    await apply(kube, with_labels(receiver_docs("blue", "github", "t2", ns1), blue))
-    await apply(kube, with_labels(receiver_docs("red", "github", "t3", ns2), red))
+    await apply(kube, with_labels(receiver_docs("red", "github", "token-one-0000001", ns1), red))
+    await apply(kube, with_labels(receiver_docs("blue", "github", "token-two-0000002", ns1), blue))
+    await apply(kube, with_labels(receiver_docs("red", "github", "token-three-00003", ns2), red))
     selector = f"run={run},team=red"
     if scope == "namespace":
         await start_source(namespace=ns1, label_selector=selector)
@@ -327,30 +331,36 @@ async def test_namespace_and_label_selector_are_honoured(
     assert served_keys(ingress.state.table) == wanted
     for key in wanted:
         ns, name = key.split("/")
-        token = "t1" if ns == ns1 else "t3"
+        token = "token-one-0000001" if ns == ns1 else "token-three-00003"
         assert await push(ingress, path_of(name, token, ns), token) == 202
-    assert await push(ingress, path_of("blue", "t2", ns1), "t2") == 404
+    assert (
+        await push(ingress, path_of("blue", "token-two-0000002", ns1), "token-two-0000002") == 404
+    )
 
 
 async def test_colliding_receivers_are_neither_served_and_a_broken_one_hides_nothing(
     kube: KubeAPI, kube_namespace: str, ingress: Ingress, start_source: StartSource
 ) -> None:
     ns = kube_namespace
-    # sha256(token + name + namespace): "s3cr3tx" + "y" == "s3cr3t" + "xy"
-    await apply(kube, receiver_docs("y", "github", "s3cr3tx", ns))
-    await apply(kube, receiver_docs("xy", "github", "s3cr3t", ns))
-    await apply(kube, receiver_docs("fine", "github", "other", ns))
-    await apply(kube, receiver_docs("odd", "no-such-provider", "odd", ns))
-    shared = path_of("y", "s3cr3tx", ns)
-    assert shared == path_of("xy", "s3cr3t", ns)
+    # sha256(token + name + namespace): token + "x" + "y" == token + "xy"
+    await apply(kube, receiver_docs("y", "github", "s3cr3t-s3cr3t-s3cr3tx", ns))
+    await apply(kube, receiver_docs("xy", "github", "s3cr3t-s3cr3t-s3cr3t", ns))
+    await apply(kube, receiver_docs("fine", "github", "other-0123456789ab", ns))
+    await apply(
+        kube, receiver_docs("odd-0123456789abcd", "no-such-provider", "odd-0123456789abcd", ns)
+    )
+    shared = path_of("y", "s3cr3t-s3cr3t-s3cr3tx", ns)
+    assert shared == path_of("xy", "s3cr3t-s3cr3t-s3cr3t", ns)
     await start_source(namespace=ns)
     assert served_keys(ingress.state.table) == {f"{ns}/fine"}
     assert unserved(ingress, "collision") == 2
     assert unserved(ingress, "invalid") == 1
-    assert await push(ingress, shared, "s3cr3t") == 404
-    assert await push(ingress, path_of("fine", "other", ns), "other") == 202
+    assert await push(ingress, shared, "s3cr3t-s3cr3t-s3cr3t") == 404
+    assert (
+        await push(ingress, path_of("fine", "other-0123456789ab", ns), "other-0123456789ab") == 202
+    )
     await delete_receiver(kube, ns, "y")
-    await answers(ingress, shared, "s3cr3t", 202)
+    await answers(ingress, shared, "s3cr3t-s3cr3t-s3cr3t", 202)
     assert unserved(ingress, "collision") == 0
     assert [s.envelope["receiver"]["name"] for s in await ingress.stored()] == ["fine", "xy"]
 
@@ -362,18 +372,25 @@ async def test_changes_after_an_apiserver_restart_are_picked_up(
     kube: KubeAPI, kube_namespace: str, ingress: Ingress, start_source: StartSource
 ) -> None:
     ns = kube_namespace
-    await apply(kube, receiver_docs("before", "github", "tok-a", ns))
+    await apply(kube, receiver_docs("before", "github", "tok-a-0123456789ab", ns))
     await start_source(namespace=ns)
     assert served_keys(ingress.state.table) == {f"{ns}/before"}
     try:
         await asyncio.to_thread(kube.restart_apiserver)
     finally:
         await asyncio.to_thread(kube.ensure_running)
-    await apply(kube, receiver_docs("after", "github", "tok-b", ns))
-    await answers(ingress, path_of("after", "tok-b", ns), "tok-b", 202, within=60)
-    await apply(kube, [only(receiver_docs("before", "github", "tok-c", ns), "Secret")])
-    await answers(ingress, path_of("before", "tok-c", ns), "tok-c", 202, within=60)
-    assert await push(ingress, path_of("before", "tok-a", ns), "tok-a") == 404
+    await apply(kube, receiver_docs("after", "github", "tok-b-0123456789ab", ns))
+    await answers(
+        ingress, path_of("after", "tok-b-0123456789ab", ns), "tok-b-0123456789ab", 202, within=60
+    )
+    await apply(kube, [only(receiver_docs("before", "github", "tok-c-0123456789ab", ns), "Secret")])
+    await answers(
+        ingress, path_of("before", "tok-c-0123456789ab", ns), "tok-c-0123456789ab", 202, within=60
+    )
+    assert (
+        await push(ingress, path_of("before", "tok-a-0123456789ab", ns), "tok-a-0123456789ab")
+        == 404
+    )
 
 
 async def test_a_watch_ended_by_the_server_resumes_without_relisting(
@@ -388,8 +405,8 @@ async def test_a_watch_ended_by_the_server_resumes_without_relisting(
         return watch.watches >= 3
 
     await eventually(renewed, "the 1 s watches were renewed twice")
-    await apply(kube, receiver_docs("gh", "github", "tok", ns))
-    await answers(ingress, path_of("gh", "tok", ns), "tok", 202)
+    await apply(kube, receiver_docs("gh", "github", "tok-0123456789abcd", ns))
+    await answers(ingress, path_of("gh", "tok-0123456789abcd", ns), "tok-0123456789abcd", 202)
     assert watch.lists == 1  # every renewal resumed from the last resourceVersion
 
 
@@ -397,7 +414,7 @@ async def test_sighup_relists_and_keeps_serving(
     kube: KubeAPI, kube_namespace: str, ingress: Ingress, start_source: StartSource
 ) -> None:
     ns = kube_namespace
-    await apply(kube, receiver_docs("gh", "github", "tok", ns))
+    await apply(kube, receiver_docs("gh", "github", "tok-0123456789abcd", ns))
     running = await start_source(namespace=ns)
     receivers, secrets = running.source.receiver_watch, running.source.secret_watch
     assert receivers is not None and secrets is not None
@@ -408,9 +425,9 @@ async def test_sighup_relists_and_keeps_serving(
         return receivers.lists == 2 and secrets.lists == 2
 
     await eventually(relisted, "SIGHUP relisted Receivers and Secrets")
-    assert await push(ingress, path_of("gh", "tok", ns), "tok") == 202
-    await apply(kube, receiver_docs("later", "github", "tok-2", ns))
-    await answers(ingress, path_of("later", "tok-2", ns), "tok-2", 202)
+    assert await push(ingress, path_of("gh", "tok-0123456789abcd", ns), "tok-0123456789abcd") == 202
+    await apply(kube, receiver_docs("later", "github", "tok-2-0123456789ab", ns))
+    await answers(ingress, path_of("later", "tok-2-0123456789ab", ns), "tok-2-0123456789ab", 202)
 
 
 async def test_the_source_never_writes_the_receiver(
@@ -418,11 +435,14 @@ async def test_the_source_never_writes_the_receiver(
 ) -> None:
     ns = kube_namespace
     [_, created] = await asyncio.to_thread(
-        kube.apply_manifests, receiver_docs("gh", "github", "tok", ns)
+        kube.apply_manifests, receiver_docs("gh", "github", "tok-0123456789abcd", ns)
     )
     await start_source(namespace=ns)
     for _ in range(3):
-        assert await push(ingress, path_of("gh", "tok", ns), "tok") == 202
+        assert (
+            await push(ingress, path_of("gh", "tok-0123456789abcd", ns), "tok-0123456789abcd")
+            == 202
+        )
     _, live = await asyncio.to_thread(kube.request, "GET", RECEIVERS.format(ns=ns) + "/gh")
     assert live["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
     assert "status" not in live
@@ -433,9 +453,9 @@ async def test_a_request_in_flight_completes_across_a_table_swap(
     kube: KubeAPI, kube_namespace: str, ingress: Ingress, start_source: StartSource
 ) -> None:
     ns = kube_namespace
-    await apply(kube, receiver_docs("gh", "github", "old", ns))
+    await apply(kube, receiver_docs("gh", "github", "old-0123456789abcd", ns))
     await start_source(namespace=ns)
-    old, new = path_of("gh", "old", ns), path_of("gh", "new", ns)
+    old, new = path_of("gh", "old-0123456789abcd", ns), path_of("gh", "new-0123456789abcd", ns)
     release = asyncio.Event()
 
     async def slow_body() -> AsyncIterator[bytes]:
@@ -444,7 +464,7 @@ async def test_a_request_in_flight_completes_across_a_table_swap(
         yield PUSH[64:]
 
     in_flight = asyncio.create_task(
-        ingress.client.post(old, data=slow_body(), headers=signed(PUSH, "old"))
+        ingress.client.post(old, data=slow_body(), headers=signed(PUSH, "old-0123456789abcd"))
     )
     try:
 
@@ -452,9 +472,9 @@ async def test_a_request_in_flight_completes_across_a_table_swap(
             return handler_is_reading_body()
 
         await eventually(reading, "the handler is reading the slow body")
-        await apply(kube, [only(receiver_docs("gh", "github", "new", ns), "Secret")])
-        await answers(ingress, new, "new", 202)
-        assert await push(ingress, old, "old") == 404
+        await apply(kube, [only(receiver_docs("gh", "github", "new-0123456789abcd", ns), "Secret")])
+        await answers(ingress, new, "new-0123456789abcd", 202)
+        assert await push(ingress, old, "old-0123456789abcd") == 404
         release.set()
         resp = await asyncio.wait_for(in_flight, WAIT_S)
     finally:
@@ -498,8 +518,8 @@ async def test_read_only_rbac_is_enough(
     await asyncio.to_thread(kube.apply_manifests, [role, binding], namespace=ns)
     limited = kube.write_kubeconfig(tmp_path / "limited", token=token)
     await start_source(namespace=ns, kubeconfig=limited)
-    await apply(kube, receiver_docs("gh", "github", "tok", ns))
-    await answers(ingress, path_of("gh", "tok", ns), "tok", 202)
+    await apply(kube, receiver_docs("gh", "github", "tok-0123456789abcd", ns))
+    await answers(ingress, path_of("gh", "tok-0123456789abcd", ns), "tok-0123456789abcd", 202)
 
 
 @pytest.mark.parametrize(
@@ -535,7 +555,7 @@ async def test_the_command_serves_receivers_from_the_api(
     kube: KubeAPI, kube_namespace: str, nats_server: NatsServer, tmp_path: Path
 ) -> None:
     ns = kube_namespace
-    await apply(kube, receiver_docs("first", "github", "tok-1", ns))
+    await apply(kube, receiver_docs("first", "github", "tok-1-0123456789ab", ns))
     kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
     port, metrics_port = free_port(), free_port()
     log_path = tmp_path / "receiver.log"
@@ -580,11 +600,11 @@ async def test_the_command_serves_receivers_from_the_api(
                 async with http.post(url, data=PUSH, headers=signed(PUSH, token)) as r:
                     return r.status
 
-            assert await status("first", "tok-1") == 202
-            await apply(kube, receiver_docs("second", "github", "tok-2", ns))
+            assert await status("first", "tok-1-0123456789ab") == 202
+            await apply(kube, receiver_docs("second", "github", "tok-2-0123456789ab", ns))
 
             async def second_served() -> bool:
-                return await status("second", "tok-2") == 202
+                return await status("second", "tok-2-0123456789ab") == 202
 
             await eventually(second_served, "a Receiver created later is served")
     finally:
@@ -597,5 +617,5 @@ async def test_the_command_serves_receivers_from_the_api(
             await proc.wait()
             raise
     assert code == 0, log_path.read_text()[-2000:]
-    assert "tok-1" not in log_path.read_text()  # secret values never reach the log
-    assert base64.b64encode(b"tok-1").decode() not in log_path.read_text()
+    assert "tok-1-0123456789ab" not in log_path.read_text()  # secret values never reach the log
+    assert base64.b64encode(b"tok-1-0123456789ab").decode() not in log_path.read_text()

@@ -18,7 +18,7 @@ from receiver.registry import ReceiverTable
 from tests.support.ingress import Ingress, hmac_hex, path_of, receiver_docs, start_ingress
 from tests.support.natsd import NatsServer
 
-TOKEN = "s3cr3t"
+TOKEN = "s3cr3t-s3cr3t-s3cr3t"
 BEARER = "b3ar3r-t0ken"
 HMAC_KEY = "hm4c-k3y"
 CDEVENT = (

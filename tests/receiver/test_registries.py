@@ -18,7 +18,7 @@ from schemas import envelope
 from tests.support.ingress import Ingress, hmac_hex, path_of, receiver_docs, start_ingress
 from tests.support.natsd import NatsServer
 
-TOKEN = "s3cr3t"
+TOKEN = "s3cr3t-s3cr3t-s3cr3t"
 JSON = {"Content-Type": "application/json"}
 EVENTS_V1 = "application/vnd.docker.distribution.events.v1+json"
 DIGEST_A = "sha256:" + "a" * 64

@@ -383,7 +383,7 @@ async def test_a_signed_push_comes_out_as_one_chain_of_cdevents_on_nats_and_http
                     "Content-Type": "application/json",
                     "X-GitHub-Event": "push",
                     "X-GitHub-Delivery": "cdevents-e2e-1",
-                    "X-Hub-Signature-256": "sha256=" + hmac_hex("s3cr3t", body),
+                    "X-Hub-Signature-256": "sha256=" + hmac_hex("s3cr3t-s3cr3t-s3cr3t", body),
                     "traceparent": TRACE,
                 },
             )

@@ -79,7 +79,7 @@ async def test_a_signed_github_push_becomes_a_patch_on_the_kustomization(
                 "Content-Type": "application/json",
                 "X-GitHub-Event": "push",
                 "X-GitHub-Delivery": "e2e-delivery-1",
-                "X-Hub-Signature-256": "sha256=" + hmac_hex("s3cr3t", body),
+                "X-Hub-Signature-256": "sha256=" + hmac_hex("s3cr3t-s3cr3t-s3cr3t", body),
             },
         )
         assert resp.status == 202, await resp.text()

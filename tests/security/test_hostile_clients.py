@@ -29,7 +29,7 @@ def signed(body: bytes, delivery: str = "d-1") -> dict[str, str]:
         "Content-Type": "application/json",
         "X-GitHub-Event": "push",
         "X-GitHub-Delivery": delivery,
-        "X-Hub-Signature-256": "sha256=" + hmac_hex("s3cr3t", body),
+        "X-Hub-Signature-256": "sha256=" + hmac_hex("s3cr3t-s3cr3t-s3cr3t", body),
     }
 
 

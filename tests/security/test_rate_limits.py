@@ -26,7 +26,7 @@ def signed(delivery: str, body: bytes = BODY) -> dict[str, str]:
         "Content-Type": "application/json",
         "X-GitHub-Event": "push",
         "X-GitHub-Delivery": delivery,
-        "X-Hub-Signature-256": "sha256=" + hmac_hex("s3cr3t", body),
+        "X-Hub-Signature-256": "sha256=" + hmac_hex("s3cr3t-s3cr3t-s3cr3t", body),
     }
 
 
@@ -106,7 +106,9 @@ def test_invalid_rates_are_refused(raw: str) -> None:
 
 @pytest.fixture
 async def limited(nats_session: NatsServer) -> AsyncIterator[Ingress]:
-    docs = receiver_docs("a", "github") + receiver_docs("b", "github", token="other-s3cr3t")
+    docs = receiver_docs("a", "github") + receiver_docs(
+        "b", "github", token="other-s3cr3t-s3cr3t-s3cr3t"
+    )
     ing = await start_ingress(nats_session.url, docs, rate_limit_receiver=Rate(0.01, 2))
     yield ing
     await ing.close()
@@ -121,9 +123,12 @@ async def test_a_receiver_over_its_limit_gets_429_with_retry_after(limited: Ingr
     assert int(refused.headers["Retry-After"]) >= 1
     assert len(await limited.stored()) == 2
     other = await limited.client.post(
-        path_of("b", "other-s3cr3t"),
+        path_of("b", "other-s3cr3t-s3cr3t-s3cr3t"),
         data=BODY,
-        headers={**signed("b1"), "X-Hub-Signature-256": "sha256=" + hmac_hex("other-s3cr3t", BODY)},
+        headers={
+            **signed("b1"),
+            "X-Hub-Signature-256": "sha256=" + hmac_hex("other-s3cr3t-s3cr3t-s3cr3t", BODY),
+        },
     )
     assert other.status == 202, "another receiver has its own bucket"
     metrics = limited.state.metrics

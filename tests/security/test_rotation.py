@@ -25,7 +25,9 @@ from tests.support.natsd import NatsServer
 
 NEW_TOKEN = "rot-new-7d1f0c93"
 OLD_TOKEN = "rot-old-41b2e8aa"
-WRONG_TOKEN = "rot-wrong-0000"
+WRONG_TOKEN = "rot-wrong-0000-0000"
+PAD = "0123456789abcdef"
+"""Makes the colliding tokens below long enough to be served."""
 DEADLINE = "2030-01-01T00:00:00Z"
 BEFORE = datetime(2029, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
 AFTER = datetime(2030, 1, 1, 0, 0, 0, tzinfo=UTC).timestamp()
@@ -226,15 +228,18 @@ def test_malformed_rotation_keys_fail_at_load(secret: dict[str, str], message: s
 
 def test_a_previous_path_taken_by_another_receiver_is_refused() -> None:
     # "ab" + "c" and "a" + "bc" hash alike (Flux concatenates token, name and namespace).
-    docs = receiver_docs("bc", "github", "a") + receiver_docs(
-        "c", "github", "zzz-current", extra_secret={"previous-token": "ab", **_deadline()}
+    docs = receiver_docs("bc", "github", PAD + "a") + receiver_docs(
+        "c",
+        "github",
+        "zzz-current-token",
+        extra_secret={"previous-token": PAD + "ab", **_deadline()},
     )
     specs = specs_from_documents(docs, "t")
     with pytest.raises(ConfigError, match="previous token's hook path"):
         ReceiverTable.build(specs)
     table, unserved = ReceiverTable.build_lenient(specs)
     assert unserved == []
-    served = table.lookup(path_of("bc", "a").removeprefix("/hook/"))
+    served = table.lookup(path_of("bc", PAD + "a").removeprefix("/hook/"))
     assert served is not None
     assert served.name == "bc", "the current path wins over another Receiver's previous one"
 

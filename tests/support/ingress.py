@@ -19,8 +19,9 @@ from typing import Any
 import nats
 import yaml
 from aiohttp.test_utils import RawTestServer, TestClient
+from aiohttp.web import ServerRunner
 
-from receiver.app import server_options
+from receiver.app import create_server
 from receiver.hooks import hook_path
 from receiver.ingress import create_handler
 from receiver.metrics import IngressMetrics
@@ -35,7 +36,7 @@ from schemas import natsbinding
 def receiver_docs(
     name: str,
     kind: str,
-    token: str = "s3cr3t",
+    token: str = "s3cr3t-s3cr3t-s3cr3t",
     namespace: str = "default",
     events: list[str] | None = None,
     extra_secret: Mapping[str, str] | None = None,
@@ -69,7 +70,7 @@ def receiver_docs(
     ]
 
 
-def path_of(name: str, token: str = "s3cr3t", namespace: str = "default") -> str:
+def path_of(name: str, token: str = "s3cr3t-s3cr3t-s3cr3t", namespace: str = "default") -> str:
     return hook_path(token.encode(), name, namespace)
 
 
@@ -138,6 +139,19 @@ class Ingress:
         await self.state.publisher.close()
 
 
+class IngressTestServer(RawTestServer):
+    """aiohttp's test server around the receiver's own ``create_server`` (its protocol and
+    options), not a plain ``web.Server`` with the handler."""
+
+    def __init__(self, state: IngressState) -> None:
+        super().__init__(create_handler(state))
+        self.state = state
+
+    async def _make_runner(self, debug: bool = True, **kwargs: Any) -> ServerRunner:
+        server = create_server(self.state, loop=self._loop, debug=debug, **kwargs)
+        return ServerRunner(server, debug=debug)
+
+
 async def start_ingress(
     nats_url: str, docs: list[dict[str, Any]], storage: str = "memory", **overrides: Any
 ) -> Ingress:
@@ -163,9 +177,8 @@ async def start_ingress(
         await asyncio.sleep(0.02)
     else:
         raise RuntimeError("publisher never became ready")
-    server = RawTestServer(create_handler(state))
-    # The server options go to start_server: RawTestServer's constructor ignores them.
-    await server.start_server(**server_options(state))
+    server = IngressTestServer(state)
+    await server.start_server()
     client: TestClient[Any, Any] = TestClient(server)
     await client.start_server()
     return Ingress(client, state, nats_url, stream.name)

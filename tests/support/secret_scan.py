@@ -2,10 +2,13 @@
 
 Secrets are every string constant of a test module whose name says it is one (a word ``TOKEN``,
 ``SECRET``, ``PASSWORD``... including the string values of such dicts), the suite's
-default token, and whatever a test or helper made at run time and passed to
-:func:`register_secret`. Logs are every record any logger emits during the session (the
-root logger is set to INFO, the processes' default level, for the session) and every
-``*.log`` file written under pytest's temporary folders or passed to
+default token, whatever a test or helper made at run time and passed to
+:func:`register_secret`, and every token and hook digest the session computes a hook path from
+(``receiver.hooks.hook_digest`` is wrapped: the receiver computes one per Receiver it loads,
+the tests one per path they call, so no Receiver of any test escapes the scan; for Receivers
+that sign nothing the digest is the credential). Logs are every record any logger emits
+during the session (the root logger is set to INFO, the processes' default level, for the
+session) and every ``*.log`` file written under pytest's temporary folders or passed to
 :func:`register_log_file` (subprocess logs). The scan runs at the end of the session; a hit
 is printed (where, which secret by name, never the value) and the exit status becomes 1.
 """
@@ -13,6 +16,7 @@ is printed (where, which secret by name, never the value) and the exit status be
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +25,8 @@ from typing import Any
 
 import pytest
 
+from receiver import hooks, receivers
+
 SECRET_WORDS = frozenset(
     {"TOKEN", "TOKENS", "SECRET", "SECRETS", "PASSWORD", "PASSWORDS", "PASSWD", "CREDS"}
 )
@@ -28,7 +34,7 @@ SECRET_WORDS = frozenset(
 name ends in ``HMAC_KEY``/``API_KEY``."""
 MIN_LENGTH = 6
 """Shorter values would match ordinary text (and no test secret is that short)."""
-DEFAULT_SECRETS = {"tests.support.ingress default token": "s3cr3t"}
+DEFAULT_SECRETS = {"tests.support.ingress default token": "s3cr3t-s3cr3t-s3cr3t"}
 THIRD_PARTY_LOGS = frozenset({"registry.log"})
 """Log files of other programs the tests run, not scanned: the distribution registry prints
 its configured notification headers, which carry the test's token by that test's design."""
@@ -51,6 +57,8 @@ class SecretScan:
 
     secrets: dict[str, str] = field(default_factory=dict)
     """value -> where it was defined."""
+    digests: dict[str, str] = field(default_factory=dict)
+    """hook digest -> whose; found by a pattern, not one substring search per digest."""
     records: list[tuple[str, str]] = field(default_factory=list)
     """(logger name, rendered text) of every record."""
     log_files: set[Path] = field(default_factory=set)
@@ -81,19 +89,22 @@ class SecretScan:
     def leaks(self, extra_files: Iterable[Path] = ()) -> list[Leak]:
         found: list[Leak] = []
         for logger, text in self.records:
-            found += [
-                Leak(f"log record of {logger!r}", name)
-                for value, name in self.secrets.items()
-                if value in text
-            ]
+            found += self._found_in(text, f"log record of {logger!r}")
         for path in sorted({*self.log_files, *extra_files}):
             try:
                 text = path.read_text("utf-8", "replace")
             except OSError:
                 continue
-            found += [
-                Leak(str(path), name) for value, name in self.secrets.items() if value in text
-            ]
+            found += self._found_in(text, str(path))
+        return found
+
+    def _found_in(self, text: str, where: str) -> list[Leak]:
+        found = [Leak(where, name) for value, name in self.secrets.items() if value in text]
+        found += [
+            Leak(where, self.digests[run])
+            for run in set(_HEX_RUN.findall(text.lower()))
+            if run in self.digests
+        ]
         return found
 
 
@@ -139,6 +150,20 @@ def render(record: logging.LogRecord) -> str:
 SCAN = SecretScan()
 for _name, _value in DEFAULT_SECRETS.items():
     SCAN.register(_value, _name)
+
+_HEX_RUN = re.compile(r"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
+_hook_digest = hooks.hook_digest
+
+
+def _recorded_hook_digest(token: bytes, name: str, namespace: str) -> str:
+    digest = _hook_digest(token, name, namespace)
+    SCAN.digests.setdefault(digest, f"hook digest of Receiver {namespace}/{name}")
+    SCAN.register(token, f"token of Receiver {namespace}/{name}")
+    return digest
+
+
+hooks.hook_digest = _recorded_hook_digest
+receivers.hook_digest = _recorded_hook_digest  # type: ignore[attr-defined]  # bound at import
 
 
 def register_secret(value: str | bytes, name: str = "registered at run time") -> None:
