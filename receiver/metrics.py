@@ -6,11 +6,19 @@ objects take a lock per update (they are thread-safe), and those locks and label
 were a measurable part of the CPU per delivery. The event loop is the only writer and the
 scrape runs on the same loop, so plain integers are exact. The exposition is the same as
 prometheus_client's own Counter and Histogram (names, labels, buckets, ``_created``).
+
+Label values a sender chooses never become series as sent: the ``event`` label goes through
+:mod:`receiver.labelling` (a closed set per provider, the rest ``other``), and every family
+stops creating series at :data:`MAX_SERIES`, new label combinations then being counted in one
+overflow series whose labels are all ``other``. The first is the policy, the second the
+guard against a label that escapes it: either way ``/metrics`` and the memory behind it stay
+bounded whatever is sent.
 """
 
 from __future__ import annotations
 
 import bisect
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,8 +29,16 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from receiver.labelling import EVENT_LABELS, NO_EVENTS, OTHER
+
+log = logging.getLogger(__name__)
+
 BODY_BUCKETS = (256, 1024, 4096, 16384, 65536, 262144, 1048576, 3145728, float("inf"))
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+MAX_SERIES = 10_000
+"""Series one family may hold before new label combinations go to its overflow series: far
+above what the closed label sets allow for a large installation (Receivers x documented
+events x outcomes), low enough that a label escaping them costs at most a few MB."""
 
 
 class Count:
@@ -71,6 +87,7 @@ class Family(Collector):
         documentation: str,
         labels: Sequence[str] = (),
         buckets: Sequence[float] | None = None,
+        max_series: int = MAX_SERIES,
     ) -> None:
         self.name, self.documentation, self.labels = name, documentation, list(labels)
         self.bounds: tuple[float, ...] | None = None
@@ -78,15 +95,35 @@ class Family(Collector):
             bounds = tuple(float(b) for b in buckets)
             self.bounds = bounds if bounds[-1] == float("inf") else (*bounds, float("inf"))
         self.series: dict[tuple[str, ...], Any] = {}
+        self.max_series = max_series
+        self.overflow = (OTHER,) * len(self.labels)
+        """The label values of the series counting what came after the cap."""
 
     def child(self, *values: str) -> Any:
         """The series for ``values`` (created on first use, then looked up in a dict)."""
         series = self.series.get(values)
         if series is None:
-            if len(values) != len(self.labels):
-                raise ValueError(f"{self.name}: {len(self.labels)} label values expected")
-            series = Distribution(self.bounds) if self.bounds is not None else Count()
-            self.series[values] = series
+            series = self._create(values)
+        return series
+
+    def _create(self, values: tuple[str, ...]) -> Any:
+        """A new series, or the overflow series once :attr:`max_series` are held: the one
+        place a family grows, so its size is bounded whatever label values reach it."""
+        if len(values) != len(self.labels):
+            raise ValueError(f"{self.name}: {len(self.labels)} label values expected")
+        if len(self.series) >= self.max_series:
+            series = self.series.get(self.overflow)
+            if series is not None:
+                return series
+            log.warning(
+                "%s: %d series reached; new label combinations are counted under %r",
+                self.name,
+                self.max_series,
+                OTHER,
+            )
+            values = self.overflow
+        series = Distribution(self.bounds) if self.bounds is not None else Count()
+        self.series[values] = series
         return series
 
     def value(self, *values: str) -> float:
@@ -201,8 +238,14 @@ class IngressMetrics:
         )
 
     def delivery(self, receiver: str, provider: str, event: str, outcome: str) -> Count:
-        """The deliveries counter for these labels."""
-        return self.deliveries.child(receiver, provider, event, outcome)  # type: ignore[no-any-return]
+        """The deliveries counter for these labels, ``event`` as sent by the provider.
+
+        ``event`` is the sender's text: it is replaced here by its label from the provider's
+        closed set (:func:`receiver.labelling.event_label`, inlined: two dict lookups on
+        every delivery), so no caller can put the raw value on a series.
+        """
+        label = EVENT_LABELS.get(provider, NO_EVENTS).get(event, OTHER)
+        return self.deliveries.child(receiver, provider, label, outcome)  # type: ignore[no-any-return]
 
     def request_time(self, status: int) -> Distribution:
         """The request-time histogram's series for ``status``'s class (``2xx``...)."""
