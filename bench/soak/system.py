@@ -279,7 +279,7 @@ class SoakSystem:
         port = free_port()
         self._hook_port = port
         for r in range(s.receivers):
-            token = f"soak-token-{r}"
+            token = f"soak-token-{r}-5f1c2a9e"
             name = f"soak-{r}"
             indexes = [(r + k) % s.objects for k in range(s.targets)]
             resources = [{"kind": "GitRepository", "name": f"src-{i}"} for i in indexes]
