@@ -377,3 +377,22 @@ def test_hex_signatures_are_read_strictly(given: Any) -> None:
     assert common.hmac_hex_matches(GITHUB_TOKEN.encode(), body, "sha256", digest)
     assert common.hmac_hex_matches(GITHUB_TOKEN.encode(), body, "sha256", digest.upper())
     assert not common.hmac_hex_matches(GITHUB_TOKEN.encode(), body, "sha256", given(digest))
+
+
+def test_the_receiver_process_refuses_to_start_on_a_weak_token(
+    tmp_path: Path, nats_session: NatsServer
+) -> None:
+    weak = "weak-tok-1234"  # 13 bytes
+    config = tmp_path / "receivers.yaml"
+    config.write_text(dump_yaml(receiver_docs("weak", "quay", weak)))
+    started = subprocess.run(
+        [sys.executable, "-m", "receiver", "--config", str(config), "--nats-url", nats_session.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=dict(os.environ, FLUXRELAY_STREAM_STORAGE="memory"),
+    )
+    assert started.returncode != 0
+    assert f"shorter than {MIN_TOKEN_BYTES} bytes" in started.stderr
+    assert weak not in started.stderr + started.stdout
