@@ -27,6 +27,7 @@ from receiver.errors import NotStored
 from receiver.settings import StreamSettings
 from schemas.natsauth import NatsAuth
 from schemas.pubacks import AckedPublisher, NotAcknowledged, Stored
+from schemas.subjects import RECEIVER_INBOX_PREFIX
 
 __all__ = ["Publisher", "Stored", "ensure_streams", "stream_configs"]
 
@@ -123,6 +124,9 @@ class Publisher:
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
                     error_cb=self._on_error,
+                    # Replies under the receiver's own prefix: NATS permissions let it
+                    # subscribe there only (schemas.subjects, deploy/nats/single/auth.conf).
+                    inbox_prefix=RECEIVER_INBOX_PREFIX,
                     **self._connect_options,
                 )
             except (NatsError, OSError, TimeoutError) as e:

@@ -56,8 +56,8 @@ class ReceiverTable:
             other = self._by_digest.get(old) or self._aliases.get(old)
             if other is not None:
                 message = (
-                    f"Receiver {spec.key}: the previous token's hook path /hook/{old} is "
-                    f"{other.key}'s: change a token"
+                    f"Receiver {spec.key}: the previous token's hook path is "
+                    f"{other.key}'s: change a token"  # (the path itself is a credential)
                 )
                 if strict:
                     raise ConfigError(message)
@@ -87,7 +87,7 @@ class ReceiverTable:
             if other is not None:
                 raise ConfigError(
                     f"Receivers {other.key} and {spec.key} hash to the same hook path "
-                    f"/hook/{spec.digest}: change one token"
+                    "(not shown: it is a credential): change one token"
                 )
             by_digest[spec.digest] = spec
         return cls(by_digest, clock=clock)

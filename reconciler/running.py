@@ -15,6 +15,7 @@ import contextlib
 import functools
 import logging
 import signal
+from typing import Any
 
 import nats
 from aiohttp import web
@@ -40,6 +41,7 @@ from reconciler.settings import ReconcilerSettings
 from reconciler.sinks import build_sinks
 from reconciler.targeting import IndexFactory, SourceMatcher, Targeter
 from reconciler.throttling import ApiGate
+from schemas import subjects
 from schemas.receivers import ConfigError
 
 log = logging.getLogger(__name__)
@@ -193,9 +195,7 @@ class Reconciler:
                 per_namespace=s.namespace is not None,
             )
         if s.cdevents.enabled:
-            sinks = build_sinks(
-                s.nats_url, s.cdevents, self.outcome_metrics, s.nats_auth.connect_options()
-            )
+            sinks = build_sinks(s.nats_url, s.cdevents, self.outcome_metrics, self._nats_options())
             self.emitter = Emitter(sinks, self.outcome_metrics)
             await self.emitter.start()
         if self.watcher is None and self.emitter is None:
@@ -212,10 +212,19 @@ class Reconciler:
     def _spawn(self, coro: object, name: str) -> None:
         self._tasks.append(asyncio.create_task(coro, name=name))  # type: ignore[arg-type]
 
+    def _nats_options(self) -> dict[str, Any]:
+        """Credentials and TLS for every NATS connection of this process (the consumer's and
+        the CDEvents sink's), with replies under the reconciler's own inbox prefix: NATS
+        permissions let it subscribe there only (schemas.subjects, deploy/nats/)."""
+        return {
+            **self.settings.nats_auth.connect_options(),
+            "inbox_prefix": subjects.RECONCILER_INBOX_PREFIX,
+        }
+
     async def _connect(self) -> Client:
         delay = 0.2
         servers = [u.strip() for u in self.settings.nats_url.split(",") if u.strip()]
-        options = self.settings.nats_auth.connect_options()
+        options = self._nats_options()
         while True:
             try:
                 return await nats.connect(

@@ -19,6 +19,19 @@ CDEVENTS_STREAM = "CDEVENTS"
 """Default stream for emitted CDEvents; subjects equal the CloudEvent type."""
 CDEVENTS_SUBJECTS = ("dev.cdevents.>", "dev.cdeventsx.>")
 
+RECEIVER_INBOX_PREFIX = "_INBOX.fluxrelay-receiver"
+"""Where the receiver's replies (PubAcks, JetStream API answers) come back.
+
+Each process takes replies under its own prefix so that NATS permissions can let it
+subscribe there and nowhere else: with the common ``_INBOX.>`` any user could subscribe to
+every other client's replies, which include the messages JetStream delivers to the
+reconciler's pull requests, i.e. the stored webhook bodies. Both prefixes stay under
+``_INBOX.`` so a server that grants ``_INBOX.>`` keeps working. deploy/nats/single/auth.conf
+grants exactly these."""
+RECONCILER_INBOX_PREFIX = "_INBOX.fluxrelay-reconciler"
+"""Where the reconciler's replies come back: consumer deliveries, PubAcks of dead letters
+and CDEvents, JetStream API answers (see :data:`RECEIVER_INBOX_PREFIX`)."""
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 

@@ -1,6 +1,8 @@
 """The quick start: fluxrelay running locally on real parts, until Ctrl-C.
 
-Starts a ``nats-server`` with JetStream (store under ``--state-dir``), a real etcd +
+Starts a ``nats-server`` with JetStream (store under ``--state-dir``) configured as deploy/
+ships it (deploy/nats/single: NKey users, least-privilege permissions, no anonymous access;
+the keys are made in ``<state-dir>/nats-users`` by scripts/natsusers.py and kept), a real etcd +
 kube-apiserver with the Flux CRDs and example sources (unless ``$KUBECONFIG`` points at a
 cluster), the receiver with ``deploy/examples/quickstart/receivers.yaml`` and the reconciler.
 On the local API server no Flux controller runs, so the tests' Flux stand-in answers
@@ -34,7 +36,9 @@ sys.path.insert(0, str(ROOT))
 
 from receiver.hooks import hook_path  # noqa: E402
 from schemas.receivers import read_documents  # noqa: E402
-from tests.support.natsd import NatsServer, free_port  # noqa: E402
+from scripts.natsusers import NatsUsers, ensure_users  # noqa: E402
+from tests.support.natsd import free_port  # noqa: E402
+from tests.support.shippednats import ShippedNats, shipped_files  # noqa: E402
 
 EXAMPLES = ROOT / "deploy" / "examples" / "quickstart"
 RECEIVERS = EXAMPLES / "receivers.yaml"
@@ -113,11 +117,12 @@ async def follow_objects(kubeconfig: Path, stop: asyncio.Event) -> None:
         await api_client.close()
 
 
-async def follow_cdevents(nats_url: str, stop: asyncio.Event) -> None:
-    """Print every CDEvent emitted on NATS (a plain core subscription, as a user would)."""
+async def follow_cdevents(nats_url: str, admin_seed: Path, stop: asyncio.Event) -> None:
+    """Print every CDEvent emitted on NATS (a plain core subscription, as an operator would,
+    with the admin user: the receiver's and reconciler's users may not subscribe there)."""
     import nats
 
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(nats_url, nkeys_seed=str(admin_seed))
     try:
 
         async def show(msg: Any) -> None:
@@ -143,14 +148,14 @@ async def stand_in(kube: Any, stop: asyncio.Event) -> None:
         await api_client.close()
 
 
-async def follow(nats_url: str, kubeconfig: Path, kube: Any) -> None:
+async def follow(nats_url: str, admin_seed: Path, kubeconfig: Path, kube: Any) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     tasks = [
         asyncio.create_task(follow_objects(kubeconfig, stop)),
-        asyncio.create_task(follow_cdevents(nats_url, stop)),
+        asyncio.create_task(follow_cdevents(nats_url, admin_seed, stop)),
     ]
     if kube is not None:
         tasks.append(asyncio.create_task(stand_in(kube, stop)))
@@ -183,9 +188,14 @@ def main() -> int:
     state: Path = args.state_dir
     state.mkdir(parents=True, exist_ok=True)
 
-    nats = NatsServer(port=args.nats_port or free_port(), store=state / "nats", name="quickstart")
+    users: NatsUsers = ensure_users(state / "nats-users")
+    nats = ShippedNats(state / "nats", shipped_files(), users, port=args.nats_port or free_port())
     nats.start()
-    say(f"nats-server with JetStream at {nats.url} (store {state / 'nats'})")
+    say(f"nats-server with JetStream at {nats.url} (store {state / 'nats' / 'js'})")
+    say(
+        f"NATS users and permissions as deploy/ ships them; as the admin user: "
+        f"nats --server {nats.url} --nkey {users.seed('admin')} stream ls"
+    )
     kube = None
     try:
         if os.environ.get("KUBECONFIG"):
@@ -209,6 +219,8 @@ def main() -> int:
             "-m",
             "receiver",
             *common,
+            "--nats-nkey",
+            str(users.seed("receiver")),
             "--listen",
             f"127.0.0.1:{args.port}",
             "--metrics-listen",
@@ -219,6 +231,8 @@ def main() -> int:
             "-m",
             "reconciler",
             *common,
+            "--nats-nkey",
+            str(users.seed("reconciler")),
             "--cdevents-nats",
             "--kubeconfig",
             str(kubeconfig),
@@ -255,7 +269,7 @@ def main() -> int:
             ]
             say("send a signed GitHub push with:")
             say(f"SEND {shlex.join(send)}")
-            asyncio.run(follow(nats.url, kubeconfig, kube))
+            asyncio.run(follow(nats.url, users.seed("admin"), kubeconfig, kube))
     finally:
         if kube is not None:
             kube.stop()
