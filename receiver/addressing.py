@@ -23,15 +23,30 @@ ALLOWED_SOURCES_ANNOTATION = "fluxrelay.io/allowed-sources"
 """Receiver annotation: comma-separated addresses/CIDRs; absent means every source."""
 
 
-@functools.lru_cache(maxsize=8192)
+MAX_ADDRESS_TEXT = 80
+"""Longest entry read as an address: the longest IPv6 text (45 characters) with a zone id,
+brackets and a port fits in it. Longer entries are no address, and are not cached."""
+
+
 def parse_address(text: str | None) -> Address | None:
     """An address from a peer name or a forwarded entry (``[v6]`` and ``v4:port`` accepted).
 
-    Cached: a handful of peers (providers' webhook senders, the ingress controller) make
-    nearly every request, and parsing is a visible share of a request's cost."""
+    Cached by the stripped text: a handful of peers (providers' webhook senders, the
+    ingress controller) make nearly every request, and parsing is a visible share of a
+    request's cost. A forwarded entry is whatever a client wrote, up to a whole header line
+    (8 KB); an entry too long to be an address is refused before the cache, which would
+    otherwise keep thousands of them (8,192 x 8 KB: 64 MiB).
+    """
     if not text:
         return None
     value = text.strip()
+    if len(value) > MAX_ADDRESS_TEXT:
+        return None
+    return _parse_address(value)
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_address(value: str) -> Address | None:
     if value.startswith("["):
         value = value[1:].partition("]")[0]
     elif value.count(":") == 1:

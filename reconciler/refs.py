@@ -23,6 +23,14 @@ Semver ranges use ``node-semver`` (npm range grammar: ``>=1.0.0 <2.0.0``, ``~1.2
 that ``,`` also means AND; commas are rewritten to spaces. Pre-releases follow Masterminds: a
 pre-release version satisfies a range only when the range itself names a pre-release.
 Versions are parsed leniently like Masterminds ``NewVersion`` (``v1.2`` is ``1.2.0``).
+
+Tags and refs come from webhook payloads, so their length is the sender's choice, while the
+patterns run over them (``semverFilter``, ``exclusionList``) are the user's: ``.*-rc.*``
+searched over a 32 KB tag took 0.3 s, and would take some 50 minutes over 3 MiB (every start
+position re-scans the rest). Hence two bounds, both those of the grammars involved, checked
+before any pattern runs: a tag longer than :data:`MAX_TAG_LENGTH` is no OCI tag and moves
+nothing, and a version longer than :data:`MAX_VERSION_LENGTH` is no version (npm's
+node-semver refuses those too).
 """
 
 from __future__ import annotations
@@ -49,11 +57,22 @@ _LENIENT_VERSION = re.compile(
     r"(?P<rest>(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?)$"
 )
 _COMMA = re.compile(r"\s*,\s*")
+MAX_TAG_LENGTH = 128
+"""The longest OCI tag (distribution spec: ``[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}``): a registry
+holds none longer, so a longer one in an event is not followed and no pattern sees it."""
+MAX_VERSION_LENGTH = 256
+"""The longest version parsed (node-semver's ``MAX_LENGTH``): semver parsing stays linear, but
+a source is asked once per event, so a long one would cost as much per source following the
+repository."""
 
 
 def parse_version(text: str) -> Any | None:
-    """A ``nodesemver.SemVer`` for a tag, lenient as Masterminds (``v1.2`` -> ``1.2.0``)."""
-    found = _LENIENT_VERSION.match(text.strip())
+    """A ``nodesemver.SemVer`` for a tag, lenient as Masterminds (``v1.2`` -> ``1.2.0``);
+    None for anything longer than :data:`MAX_VERSION_LENGTH`."""
+    text = text.strip()
+    if len(text) > MAX_VERSION_LENGTH:
+        return None
+    found = _LENIENT_VERSION.match(text)
     if found is None:
         return None
     canonical = f"{found['major']}.{found['minor'] or 0}.{found['patch'] or 0}{found['rest'] or ''}"
@@ -158,7 +177,7 @@ class OciFollow:
 
     def follows(self, tag: str | None) -> bool:
         """Whether a push of ``tag`` to the followed repository moves this source."""
-        if tag is None or self.kind == "pinned":
+        if tag is None or self.kind == "pinned" or len(tag) > MAX_TAG_LENGTH:
             return False
         if self.kind == "tag":
             return tag == self.value
@@ -197,7 +216,7 @@ class ImageFollow:
     exclusions: tuple[re.Pattern[str], ...]
 
     def follows(self, tag: str | None) -> bool:
-        if tag is None:
+        if tag is None or len(tag) > MAX_TAG_LENGTH:
             return False
         return not any(p.search(tag) for p in self.exclusions)
 

@@ -28,6 +28,7 @@ from receiver.errors import PayloadInvalid
 from receiver.providers import common
 from receiver.providers.base import Item, Parsed, Request
 from receiver.receivers import ReceiverSpec
+from schemas.excerpts import excerpt
 
 SERVER_PUSH_EVENTS = ("repo:refs_changed", "mirror:repo_synchronized")
 CLOUD_PUSH_EVENT = "repo:push"
@@ -104,7 +105,7 @@ def cloud_side(change: dict[str, Any], side: str, where: str) -> tuple[str, str 
     kind = common.req_str(value, "type")
     prefix = REF_PREFIXES.get(kind)
     if prefix is None:
-        raise PayloadInvalid(f"{where}.{side}.type: unsupported ref type {kind!r}")
+        raise PayloadInvalid(f"{where}.{side}.type: unsupported ref type {excerpt(kind)}")
     return prefix + name, common.opt_str(value, "target.hash")
 
 
