@@ -44,6 +44,7 @@ from receiver.providers import PROVIDERS
 from receiver.providers.base import Parsed, Request
 from receiver.receivers import ReceiverSpec
 from receiver.state import STATE, IngressState
+from schemas.excerpts import clipped, excerpt
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +287,7 @@ async def handle_hook(
         except DeadLetter as e:
             await deadlettering.store(state, spec, req, e)
             raise
-        event = parsed.event
+        event = clipped(parsed.event)  # logged and labelled: a sender's text, bounded
         if parsed.ping:
             outcome = "ping"
             return reply(200, status="ok", reason="ping acknowledged, nothing stored")
@@ -294,7 +295,7 @@ async def handle_hook(
         if not parsed.items:
             outcome = "ignored"
             return reply(200, status="ignored", reason="nothing to store in this delivery")
-        delivery = parsed.items[0].delivery_id
+        delivery = normalising.delivery_key(parsed.items[0].delivery_id)
         msgs = normalising.messages(
             spec,
             parsed,
@@ -365,7 +366,7 @@ def allowed_items(spec: ReceiverSpec, parsed: Parsed) -> Parsed:
         for alias in parsed.aliases:
             if spec.allows(alias):
                 return parsed
-        raise EventNotAllowed(f"event {parsed.event!r} is not in spec.events")
+        raise EventNotAllowed(f"event {excerpt(parsed.event)} is not in spec.events")
     kept = tuple(item for item in parsed.items if spec.allows(item.event or parsed.event))
     return dataclasses.replace(parsed, items=kept)
 

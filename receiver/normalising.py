@@ -40,6 +40,22 @@ class Message:
     headers: bytes
 
 
+MAX_DELIVERY_ID = 256
+"""Characters of a provider's delivery id kept as is. Ids come from the sender (a header, a
+body field: ACR's ``id``, a CDEvent's ``context.id``) and are copied into the envelope and
+the ``ce-subject`` header; a 3 MiB id made a message NATS refused by dropping the connection.
+Real ids are UUIDs, hashes or short numbers."""
+
+
+def delivery_key(delivery_id: str) -> str:
+    """The delivery id as stored: itself, or ``sha256:<hex>`` of it when longer than
+    :data:`MAX_DELIVERY_ID` (a redelivery of the same id maps to the same key, so dedup
+    still holds)."""
+    if len(delivery_id) <= MAX_DELIVERY_ID:
+        return delivery_id
+    return "sha256:" + hashlib.sha256(delivery_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def event_id(spec: ReceiverSpec, delivery_id: str) -> str:
     """Stable id of a stored event: same receiver + delivery id, same id."""
     digest = hashlib.sha256(f"{spec.namespace}/{spec.name}\x00{delivery_id}".encode())
@@ -94,13 +110,14 @@ def messages(
     out: list[Message] = []
     budget = max_bytes if max_bytes is not None and len(parsed.items) > 1 else None
     for item in parsed.items:
-        doc = build(spec, parsed, item, received, trace)
+        delivery = delivery_key(item.delivery_id)
+        doc = build(spec, parsed, item, received, trace, delivery)
         payload = encode(doc, parsed.raw_payload)
         ident = doc["id"]
         headers = (
             constant
             + (
-                f"ce-id: {ident}\r\nce-subject: {natsbinding.encode_value(item.delivery_id)}\r\n"
+                f"ce-id: {ident}\r\nce-subject: {natsbinding.encode_value(delivery)}\r\n"
                 f"ce-time: {received}\r\nce-traceparent: {trace}\r\nNats-Msg-Id: {ident}\r\n"
             ).encode()
         )
@@ -156,16 +173,24 @@ def encode(doc: dict[str, Any], raw_payload: bytes | None) -> bytes:
 
 
 def build(
-    spec: ReceiverSpec, parsed: Parsed, item: Item, received: str, trace: str
+    spec: ReceiverSpec,
+    parsed: Parsed,
+    item: Item,
+    received: str,
+    trace: str,
+    delivery: str | None = None,
 ) -> dict[str, Any]:
-    """The envelope document (see ``schemas/envelope/v1.schema.json``)."""
+    """The envelope document (see ``schemas/envelope/v1.schema.json``); ``delivery`` is the
+    item's :func:`delivery_key` (worked out here when not given)."""
+    if delivery is None:
+        delivery = delivery_key(item.delivery_id)
     doc: dict[str, Any] = {
         "specversion": envelope.ENVELOPE_SPECVERSION,
-        "id": event_id(spec, item.delivery_id),
+        "id": event_id(spec, delivery),
         "receiver": {"namespace": spec.namespace, "name": spec.name},
         "provider": spec.type,
         "event": parsed.event,
-        "delivery_id": item.delivery_id,
+        "delivery_id": delivery,
         "received_at": received,
         "traceparent": trace,
     }

@@ -23,7 +23,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from nats.js.errors import Error as JetStreamError
 from nats.js.errors import NotFoundError
 
-from receiver.errors import NotStored
+from receiver.errors import DeliveryTooLarge, NotStored
 from receiver.settings import StreamSettings
 from schemas.natsauth import NatsAuth
 from schemas.pubacks import AckedPublisher, NotAcknowledged, Stored
@@ -188,8 +188,18 @@ class Publisher:
         nc = self._nc
         if nc is None or not nc.is_connected or not self._acks.attached:
             raise NotStored("event store unavailable")
-        if len(payload) > nc.max_payload:
-            raise NotStored(f"event of {len(payload)} bytes exceeds NATS max_payload")
+        size = len(payload) + (
+            len(headers)
+            if isinstance(headers, bytes)
+            else sum(len(k) + len(v) + 4 for k, v in headers.items())
+        )
+        if size > nc.max_payload:
+            # Never handed to nats-py: the server answers an oversized message by closing the
+            # connection. A retry cannot succeed either, so this is a 413, not a 503.
+            raise DeliveryTooLarge(
+                f"stored message of {size} bytes exceeds the event store's limit per message "
+                f"({nc.max_payload} bytes, NATS max_payload)"
+            )
         return self._acks.publish(subject, payload, headers, stream, self._timeout)
 
     async def close(self) -> None:

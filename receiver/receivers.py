@@ -1,5 +1,9 @@
 """Receivers as the ingress serves them: a parsed Flux Receiver plus its resolved Secret.
 
+A ``generic-oidc`` Receiver in Flux's form references no Secret: it is served with an empty
+one, so its hook path is ``/hook/`` + sha256("" + name + namespace), as notification-controller
+computes it, and the token length check does not apply (it has no token).
+
 Everything a request needs (provider, allowed events, secret values, suspension) is
 resolved here once, at load time, so the request path does no lookups and a broken Receiver
 fails loudly before it is served. Manifest parsing itself is shared (``schemas.receivers``).
@@ -46,7 +50,8 @@ class ReceiverSpec:
 
     definition: ReceiverDef
     secret: Mapping[str, bytes] = field(repr=False)
-    """Every key of the referenced Secret, as raw bytes (a trailing newline is kept)."""
+    """Every key of the referenced Secret, as raw bytes (a trailing newline is kept); empty
+    when the Receiver references none (``generic-oidc`` in Flux's form)."""
     digest: str = field(default="", compare=False)
     allowed_sources: tuple[Network, ...] = field(default=(), init=False, compare=False)
     """From the ``fluxrelay.io/allowed-sources`` annotation; empty allows every source."""
@@ -100,7 +105,7 @@ class ReceiverSpec:
         return rotating.Rotation(previous_spec, deadline)
 
     @property
-    def secret_name(self) -> str:
+    def secret_name(self) -> str | None:
         return self.definition.secret_name
 
     @property
@@ -114,8 +119,11 @@ class ReceiverSpec:
 def resolve(
     definition: ReceiverDef, secrets: Mapping[tuple[str, str], Mapping[str, bytes]], where: str
 ) -> ReceiverSpec:
-    """Attach the Receiver's Secret; a missing Secret or token is a ConfigError."""
+    """Attach the Receiver's Secret; a missing Secret or token is a ConfigError. A Receiver
+    without a ``secretRef`` (only ``generic-oidc`` may have none) gets an empty one."""
     d = definition
+    if d.secret_name is None:
+        return ReceiverSpec(d, {})
     secret = secrets.get((d.namespace, d.secret_name))
     if secret is None:
         raise ConfigError(

@@ -3,7 +3,8 @@
 This module owns the Kubernetes source: one list+watch of Flux ``Receiver`` objects
 (``notification.toolkit.fluxcd.io/v1``, namespaced or cluster-wide, label selector applied) and
 one of ``Secret`` objects, kept in memory only for the Secrets a Receiver references (values
-are never logged). Every change rebuilds the whole table leniently (one broken Receiver never
+are never logged; a ``generic-oidc`` Receiver in Flux's form references none and is served
+without one). Every change rebuilds the whole table leniently (one broken Receiver never
 takes the others down) after a short debounce, and hands it to ``apply``; the swap is a single
 assignment, so requests in flight keep the Receiver they looked up.
 
@@ -420,7 +421,9 @@ class KubernetesSource:
         self._changed_receivers()
 
     def _changed_receivers(self) -> None:
-        self._referenced = {(d.namespace, d.secret_name) for d in self._defs.values()}
+        self._referenced = {
+            (d.namespace, d.secret_name) for d in self._defs.values() if d.secret_name is not None
+        }
         self._dirty.set()
 
     # ------------------------------------------------------------------ secrets
@@ -522,8 +525,14 @@ class KubernetesSource:
         specs: list[ReceiverSpec] = []
         unserved = [Unserved(f"{k[0]}/{k[1]}", "invalid", msg) for k, msg in self._invalid.items()]
         for d in self._defs.values():
-            skey = (d.namespace, d.secret_name)
             where = f"Receiver {d.key}"
+            if d.secret_name is None:  # generic-oidc in Flux's form: no Secret to wait for
+                try:
+                    specs.append(resolve(d, {}, where))
+                except ConfigError as e:
+                    unserved.append(Unserved(d.key, "invalid", str(e)))
+                continue
+            skey = (d.namespace, d.secret_name)
             if skey in self._secret_errors:
                 unserved.append(Unserved(d.key, "invalid", f"{where}: {self._secret_errors[skey]}"))
             elif skey in self._unreadable:

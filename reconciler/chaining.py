@@ -22,7 +22,9 @@ reconcile requested (one patch)             ``pipelinerun.queued`` per delivery 
 Flux handled it and Ready settled           ``pipelinerun.finished`` outcome ``success``
                                             (Ready=True) or ``failure`` (Ready=False);
                                             ``error`` when not settled within the timeout or
-                                            the object was deleted; ``errors`` = reason: message
+                                            the object was deleted; ``errors`` = reason: message;
+                                            never for ExternalArtifact (its status cannot say
+                                            a request was handled, so the chain ends at queued)
 HelmRelease Ready at our request            then ``service.deployed`` (``<ns>/<release>``,
                                             environment = target namespace, artifactId
                                             ``pkg:generic/<chart>@<version>``) when the status
@@ -58,7 +60,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from reconciler.kinds import ObjectRef
+from reconciler.kinds import KINDS, ObjectRef
 from reconciler.outcome_metrics import OutcomeMetrics
 from reconciler.outcomes import Outcome, OutcomeWatcher
 from reconciler.patching import OnPatched
@@ -365,6 +367,16 @@ def _followed(env: Envelope) -> Envelope:
     return slim  # type: ignore[return-value]
 
 
+def _reports_handling(ref: ObjectRef) -> bool:
+    """Whether Flux will ever say it handled a request on ``ref`` (else it is not followed).
+
+    An ExternalArtifact is still patched, as notification-controller patches it, but its status
+    has no ``lastHandledReconcileAt``; following it would end in a timeout reported as an error.
+    """
+    known = KINDS.get(ref.kind)
+    return known is None or known.reports_handling
+
+
 class ChainReporter:
     """Follows each delivery: ingest event, ``queued`` per patch, outcome → ``finished``.
 
@@ -416,7 +428,7 @@ class ChainReporter:
                 self._metrics.stage.labels("stored_patched").observe(max(patched_at - stored, 0))
             if self._emit is not None:
                 self._emit(queued(env, ref, requested_at, source=self._source))
-        if self._watcher is not None:
+        if self._watcher is not None and _reports_handling(ref):
             batch = [_followed(env) for env in envelopes]
             future = self._watcher.follow(ref, requested_at, patched_at)
             future.add_done_callback(

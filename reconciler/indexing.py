@@ -125,8 +125,15 @@ def compile_paths(annotation: str | None) -> re.Pattern[str] | None:
 
 
 def narrowing_paths(envelope: Mapping[str, Any]) -> list[str] | None:
-    """The changed paths to narrow by, or None when the event must not narrow at all."""
+    """The changed paths to narrow by, or None when the event must not narrow at all.
+
+    A tag push never narrows, whatever the provider says about its paths: the tag is a new
+    artifact for every source following it, even if the commit touched none of its paths.
+    """
     if envelope.get("paths_complete") is not True:
+        return None
+    ref = envelope.get("ref")
+    if isinstance(ref, str) and ref.startswith("refs/tags/"):
         return None
     paths = envelope.get("changed_paths")
     if not isinstance(paths, list) or not paths:

@@ -1,8 +1,13 @@
-"""The Flux kinds the reconciler can target, with Flux's default API version for each.
+"""The Flux kinds the reconciler can target, with the API version current Flux serves.
 
-Flux's Receiver lets ``spec.resources[].apiVersion`` be omitted; the default per kind below
-is what current Flux serves (kept in one table so targeting, patching, watching and RBAC
-agree). ``ObjectRef`` is how every stage names one object.
+Each version below is the one served by the newest release of its controller (every Flux CRD
+now serves exactly one version; a removed one answers 404), kept in one table so targeting,
+patching, watching and RBAC agree. ``ObjectRef`` is how every stage names one object.
+
+Flux's Receiver lets ``spec.resources[].apiVersion`` be omitted only for the kinds in
+notification-controller's own default table (:data:`DEFAULT_API_VERSIONS`); for any other kind it
+refuses the entry. fluxrelay resolves an entry exactly the same way (:func:`default_api_version`),
+so a Receiver that works here works under notification-controller and the other way round.
 """
 
 from __future__ import annotations
@@ -20,6 +25,12 @@ class Kind:
     plural: str
     is_source: bool = False
     """Sources (GitRepository, OCIRepository...) are what automatic targeting indexes."""
+    reports_handling: bool = True
+    """Its controller writes ``status.lastHandledReconcileAt`` when it handles a request.
+
+    Only then can a request be followed to an outcome; ExternalArtifact's status has no such
+    field (no controller reconciles it on request), so following it could only time out.
+    """
 
     @property
     def api_version(self) -> str:
@@ -34,17 +45,42 @@ KINDS: dict[str, Kind] = {
         Kind("HelmRepository", "source.toolkit.fluxcd.io", "v1", "helmrepositories", True),
         Kind("HelmChart", "source.toolkit.fluxcd.io", "v1", "helmcharts", True),
         Kind("Bucket", "source.toolkit.fluxcd.io", "v1", "buckets", True),
-        Kind("ExternalArtifact", "source.toolkit.fluxcd.io", "v1", "externalartifacts"),
+        Kind(
+            "ExternalArtifact",
+            "source.toolkit.fluxcd.io",
+            "v1",
+            "externalartifacts",
+            reports_handling=False,
+        ),
         Kind("ArtifactGenerator", "source.extensions.fluxcd.io", "v1beta1", "artifactgenerators"),
         Kind("Kustomization", "kustomize.toolkit.fluxcd.io", "v1", "kustomizations"),
         Kind("HelmRelease", "helm.toolkit.fluxcd.io", "v2", "helmreleases"),
-        Kind("ImageRepository", "image.toolkit.fluxcd.io", "v1beta2", "imagerepositories", True),
-        Kind("ImagePolicy", "image.toolkit.fluxcd.io", "v1beta2", "imagepolicies"),
-        Kind(
-            "ImageUpdateAutomation", "image.toolkit.fluxcd.io", "v1beta2", "imageupdateautomations"
-        ),
+        Kind("ImageRepository", "image.toolkit.fluxcd.io", "v1", "imagerepositories", True),
+        Kind("ImagePolicy", "image.toolkit.fluxcd.io", "v1", "imagepolicies"),
+        Kind("ImageUpdateAutomation", "image.toolkit.fluxcd.io", "v1", "imageupdateautomations"),
     )
 }
+
+DEFAULT_API_VERSIONS: dict[str, str] = {
+    "Bucket": "source.toolkit.fluxcd.io/v1",
+    "HelmChart": "source.toolkit.fluxcd.io/v1",
+    "HelmRepository": "source.toolkit.fluxcd.io/v1",
+    "GitRepository": "source.toolkit.fluxcd.io/v1",
+    "OCIRepository": "source.toolkit.fluxcd.io/v1",
+    "ImageRepository": "image.toolkit.fluxcd.io/v1",
+    "ArtifactGenerator": "source.extensions.fluxcd.io/v1beta1",
+}
+"""The kinds a Receiver may name without ``apiVersion``, as notification-controller v1.9 has them.
+
+Kustomization, HelmRelease, ImagePolicy, ImageUpdateAutomation and ExternalArtifact are not
+here on purpose: notification-controller refuses such an entry, and so does fluxrelay.
+"""
+
+
+def default_api_version(kind: str) -> str | None:
+    """The apiVersion Flux assumes for a Receiver entry without one (None: Flux refuses it)."""
+    return DEFAULT_API_VERSIONS.get(kind)
+
 
 SHARD_LABEL = "sharding.fluxcd.io/key"
 REQUESTED_AT = "reconcile.fluxcd.io/requestedAt"

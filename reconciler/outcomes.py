@@ -1,7 +1,8 @@
 """Outcome watching: what Flux made of each reconcile request the reconciler sent.
 
 After a patch, the request ``(object, requestedAt)`` is followed until Flux reports it handled
-(``status.lastHandledReconcileAt`` equals the value written) and then until the ``Ready``
+(``status.lastHandledReconcileAt`` equals the value written; only kinds whose controller writes
+that field are followed at all, see ``kinds.Kind.reports_handling``) and then until the ``Ready``
 condition settles: ``True`` is success, ``False`` with a reason other than ``Progressing`` is
 failure. A request not settled within the timeout is an error (timed out); an object deleted
 while followed is an error too.
@@ -120,7 +121,7 @@ def status_of(obj: Mapping[str, Any]) -> ObjectStatus:
         generation=_int(meta.get("generation")),
         ready=ready,
         reconciling=reconciling,
-        applied_revision=_text(status.get("lastAppliedRevision")),
+        applied_revision=_text(status.get("lastAppliedRevision")) or _released(latest),
         attempted_revision=_text(status.get("lastAttemptedRevision")),
         artifact_revision=_text(artifact.get("revision")),
         artifact_digest=_text(artifact.get("digest")),
@@ -130,6 +131,18 @@ def status_of(obj: Mapping[str, Any]) -> ObjectStatus:
         target_namespace=_text(spec.get("targetNamespace")),
         release_name=_text(spec.get("releaseName")),
     )
+
+
+def _released(snapshot: Mapping[str, Any]) -> str | None:
+    """The chart version a HelmRelease v2 runs now, from its newest ``status.history[]`` entry.
+
+    helm-controller v2 has no ``lastAppliedRevision``: it records each release in
+    ``status.history`` (newest first) and only a ``deployed`` snapshot was applied; a failed
+    or superseded one says what was tried, which ``lastAttemptedRevision`` already carries.
+    """
+    if snapshot.get("status") != "deployed":
+        return None
+    return _text(snapshot.get("chartVersion"))
 
 
 def settled(status: ObjectStatus) -> Literal["success", "failure"] | None:

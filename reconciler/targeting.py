@@ -1,9 +1,10 @@
 """Targeting: from one envelope to exactly the Flux objects its Receiver names.
 
 Explicit targeting follows Flux's Receiver semantics: each ``spec.resources[]`` entry has a
-kind, an optional apiVersion (Flux's default per kind from ``kinds.KINDS``), a name or ``*``
-with ``matchLabels`` (required with ``*``, as Flux requires), and a namespace defaulting to the
-Receiver's (cross-namespace references can be forbidden, like Flux's
+kind, an apiVersion (optional only for the kinds notification-controller defaults, see
+``kinds.DEFAULT_API_VERSIONS``; any other kind without one is refused as Flux refuses it), a
+name or ``*`` with ``matchLabels`` (required with ``*``, as Flux requires), and a namespace
+defaulting to the Receiver's (cross-namespace references can be forbidden, like Flux's
 ``--no-cross-namespace-refs``). Candidates pass ``spec.resourceFilter`` and the entry's own
 ``filter`` (CEL, see ``filtering``). Sharding is applied to every candidate: with a shard key
 only objects labelled ``sharding.fluxcd.io/key=<key>``, without one only unlabelled objects.
@@ -35,7 +36,7 @@ from kubernetes_asyncio import client as k8s
 
 from reconciler.errors import PermanentError, TemporaryError
 from reconciler.filtering import Filters, resource_view
-from reconciler.kinds import KINDS, SHARD_LABEL, ObjectRef
+from reconciler.kinds import KINDS, SHARD_LABEL, ObjectRef, default_api_version
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.receivers import ReceiverBook
 from reconciler.throttling import ApiGate
@@ -200,9 +201,14 @@ class Targeter:
                 f"{kind} in namespace {namespace}: cross-namespace references are not allowed",
                 reason="cross_namespace",
             )
-        api_version = resource.get("apiVersion")
+        api_version = str(resource.get("apiVersion") or "") or default_api_version(kind)
+        if api_version is None:
+            # notification-controller refuses such an entry with these words; so does fluxrelay.
+            raise PermanentError(
+                f"apiVersion must be specified for kind {kind!r}", reason="missing_api_version"
+            )
         name = str(resource.get("name", ""))
-        probe = ObjectRef.of(kind, namespace, name, str(api_version) if api_version else None)
+        probe = ObjectRef.of(kind, namespace, name, api_version)
         if name == "*":
             match_labels = resource.get("matchLabels")
             if not isinstance(match_labels, Mapping) or not match_labels:

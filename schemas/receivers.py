@@ -4,6 +4,15 @@ The receiver serves hook paths from them (with the Secret's values); the reconci
 only ``spec.resources`` and ``spec.resourceFilter`` (it never needs a Secret). Both accept the
 same inputs: a multi-document YAML of what a user would ``kubectl apply``, or the objects
 read from the Kubernetes API. Errors name the document and the field.
+
+The cross-field rules of Flux's Receiver CRD are enforced here, because a file given to
+``--config`` never went through an API server, and an API server older than Kubernetes 1.25
+skips the CRD's CEL rules: a ``generic-oidc`` Receiver has ``spec.oidcProviders`` (at least
+one, each with at least one validation, issuers unique and ``http(s)://``) and no
+``spec.secretRef``; every other type has a ``spec.secretRef`` and no ``spec.oidcProviders``.
+One fluxrelay extension is kept next to Flux's form: a ``generic-oidc`` Receiver with a
+``secretRef`` and no ``oidcProviders`` (the issuers then come from Secret keys, see
+``receiver.providers.generic_oidc``); notification-controller refuses that manifest.
 """
 
 from __future__ import annotations
@@ -20,10 +29,39 @@ import yaml
 RECEIVER_GROUP = "notification.toolkit.fluxcd.io"
 RECEIVER_VERSIONS = ("v1", "v1beta3", "v1beta2")
 """API versions of Receiver read; v1 is current, the betas share its spec for what we use."""
+GENERIC_OIDC = "generic-oidc"
+DEFAULT_OIDC_AUDIENCE = "notification-controller"
+"""The ``aud`` a ``generic-oidc`` token must carry when ``audience`` is not set (Flux's)."""
 
 
 class ConfigError(ValueError):
     """Configuration that cannot be served; raised at load time, never per request."""
+
+
+@dataclass(frozen=True, slots=True)
+class OIDCVariable:
+    """``oidcProviders[].variables[]``: CEL exposed to later expressions as ``vars.<name>``."""
+
+    name: str
+    expression: str
+
+
+@dataclass(frozen=True, slots=True)
+class OIDCValidation:
+    """``oidcProviders[].validations[]``: a CEL boolean; ``message`` is reported when false."""
+
+    expression: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class OIDCProvider:
+    """``spec.oidcProviders[]`` of a ``generic-oidc`` Receiver (hashable: compiled once)."""
+
+    issuer_url: str
+    audience: str = DEFAULT_OIDC_AUDIENCE
+    variables: tuple[OIDCVariable, ...] = ()
+    validations: tuple[OIDCValidation, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +71,8 @@ class ReceiverDef:
     namespace: str
     name: str
     type: str
-    secret_name: str
+    secret_name: str | None
+    """``spec.secretRef.name``; None for a ``generic-oidc`` Receiver in Flux's form."""
     events: frozenset[str] = frozenset()
     """Lower-cased allow-list from ``spec.events``; empty allows every event."""
     suspend: bool = False
@@ -41,6 +80,8 @@ class ReceiverDef:
     resource_filter: str | None = None
     annotations: Mapping[str, str] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
+    oidc_providers: tuple[OIDCProvider, ...] = ()
+    """``spec.oidcProviders``: set exactly when a ``generic-oidc`` Receiver has no Secret."""
 
     @property
     def key(self) -> str:
@@ -94,6 +135,88 @@ def secret_data(doc: Mapping[str, Any], where: str) -> dict[str, bytes]:
     return values
 
 
+def _text_field(item: Mapping[str, Any], key: str, where: str, required: bool = True) -> str:
+    value = item.get(key)
+    if value is None:
+        if required:
+            raise ConfigError(f"{where}.{key}: required")
+        return ""
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}.{key}: must be a string")
+    if required and not value:
+        raise ConfigError(f"{where}.{key}: required")
+    return value
+
+
+def _items(value: Any, where: str) -> list[Mapping[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
+        raise ConfigError(f"{where}: must be a list of objects")
+    return value
+
+
+def parse_oidc_providers(value: Any, where: str) -> tuple[OIDCProvider, ...]:
+    """``spec.oidcProviders`` with the checks notification-controller makes before serving
+    (its CRD's schema, repeated in its controller for API servers that skip it): issuer
+    required, ``http(s)://``, unique; at least one validation, each with an expression and a
+    message; each variable with a name and an expression. CEL is compiled by the receiver."""
+    providers: list[OIDCProvider] = []
+    seen: set[str] = set()
+    for i, item in enumerate(_items(value, f"{where}: spec.oidcProviders")):
+        at = f"{where}: spec.oidcProviders[{i}]"
+        issuer = _text_field(item, "issuerURL", at)
+        if not issuer.startswith(("http://", "https://")):
+            raise ConfigError(f"{at}.issuerURL: {issuer!r} must start with http:// or https://")
+        if issuer in seen:
+            raise ConfigError(f"{at}.issuerURL: duplicate issuerURL {issuer!r}")
+        seen.add(issuer)
+        audience = _text_field(item, "audience", at, required=False) or DEFAULT_OIDC_AUDIENCE
+        variables = tuple(
+            OIDCVariable(
+                _text_field(v, "name", f"{at}.variables[{j}]"),
+                _text_field(v, "expression", f"{at}.variables[{j}]"),
+            )
+            for j, v in enumerate(_items(item.get("variables"), f"{at}.variables"))
+        )
+        validations = tuple(
+            OIDCValidation(
+                _text_field(v, "expression", f"{at}.validations[{j}]"),
+                _text_field(v, "message", f"{at}.validations[{j}]"),
+            )
+            for j, v in enumerate(_items(item.get("validations"), f"{at}.validations"))
+        )
+        if not validations:
+            raise ConfigError(
+                f"{at}.validations: at least one validation is required; without validations "
+                "any caller able to obtain a token from this issuer can trigger the Receiver"
+            )
+        providers.append(OIDCProvider(issuer, audience, variables, validations))
+    return tuple(providers)
+
+
+def _secret_name(
+    kind: str, secret_ref: Any, oidc: tuple[OIDCProvider, ...], where: str
+) -> str | None:
+    """``spec.secretRef.name``, or None where Flux's form has none (the CRD's rules)."""
+    if kind == GENERIC_OIDC:
+        if oidc and secret_ref is not None:
+            raise ConfigError(f"{where}: spec.secretRef: cannot be set when type is generic-oidc")
+        if not oidc and secret_ref is None:
+            raise ConfigError(
+                f"{where}: spec.oidcProviders: generic-oidc receivers must define at least "
+                "one oidcProvider"
+            )
+        if oidc:
+            return None
+    elif oidc:
+        raise ConfigError(f"{where}: spec.oidcProviders: can only be set when type is generic-oidc")
+    if not isinstance(secret_ref, Mapping) or not isinstance(secret_ref.get("name"), str):
+        raise ConfigError(f"{where}: spec.secretRef.name: required")
+    name: str = secret_ref["name"]
+    return name
+
+
 def parse_receiver(doc: Mapping[str, Any], where: str) -> ReceiverDef:
     """Parse a Receiver manifest; raise :class:`ConfigError` naming ``where`` and the field."""
     namespace, name, meta = _meta(doc, where)
@@ -116,9 +239,8 @@ def parse_receiver(doc: Mapping[str, Any], where: str) -> ReceiverDef:
     resource_filter = spec.get("resourceFilter")
     if resource_filter is not None and not isinstance(resource_filter, str):
         raise ConfigError(f"{where}: spec.resourceFilter: must be a string")
-    secret_ref = spec.get("secretRef")
-    if not isinstance(secret_ref, Mapping) or not isinstance(secret_ref.get("name"), str):
-        raise ConfigError(f"{where}: spec.secretRef.name: required")
+    oidc = parse_oidc_providers(spec.get("oidcProviders"), where)
+    secret_name = _secret_name(kind, spec.get("secretRef"), oidc, where)
     suspend = spec.get("suspend", False)
     if not isinstance(suspend, bool):
         raise ConfigError(f"{where}: spec.suspend: must be a boolean")
@@ -130,13 +252,14 @@ def parse_receiver(doc: Mapping[str, Any], where: str) -> ReceiverDef:
         namespace=namespace,
         name=name,
         type=kind,
-        secret_name=secret_ref["name"],
+        secret_name=secret_name,
         events=frozenset(e.lower() for e in events),
         suspend=suspend,
         resources=tuple(dict(r) for r in resources),
         resource_filter=resource_filter,
         annotations={str(k): str(v) for k, v in annotations.items()},
         labels={str(k): str(v) for k, v in labels.items()},
+        oidc_providers=oidc,
     )
 
 

@@ -1,9 +1,11 @@
 """The quick start: fluxrelay running locally on real parts, until Ctrl-C.
 
-Starts a ``nats-server`` with JetStream (store under ``--state-dir``) configured as deploy/
+Starts a ``nats-server`` (the tests' choice: ``$FLUXRELAY_NATS_SERVER``, else the newest
+installed) with JetStream (store under ``--state-dir``) configured as deploy/
 ships it (deploy/nats/single: NKey users, least-privilege permissions, no anonymous access;
 the keys are made in ``<state-dir>/nats-users`` by scripts/natsusers.py and kept), a real etcd +
-kube-apiserver with the Flux CRDs and example sources (unless ``$KUBECONFIG`` points at a
+kube-apiserver with Flux's released CRDs (read in place from ../shared/flux-crds; the run stops
+with a clear message if they are missing) and example sources (unless ``$KUBECONFIG`` points at a
 cluster), the receiver with ``deploy/examples/quickstart/receivers.yaml`` and the reconciler.
 On the local API server no Flux controller runs, so the tests' Flux stand-in answers
 reconcile requests the way Flux would (``lastHandledReconcileAt``, ``Ready``). It prints the
@@ -37,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from receiver.hooks import hook_path  # noqa: E402
 from schemas.receivers import read_documents  # noqa: E402
 from scripts.natsusers import NatsUsers, ensure_users  # noqa: E402
-from tests.support.natsd import free_port  # noqa: E402
+from tests.support.natsd import NATS_SERVER, free_port, nats_version  # noqa: E402
 from tests.support.shippednats import ShippedNats, shipped_files  # noqa: E402
 
 EXAMPLES = ROOT / "deploy" / "examples" / "quickstart"
@@ -191,7 +193,11 @@ def main() -> int:
     users: NatsUsers = ensure_users(state / "nats-users")
     nats = ShippedNats(state / "nats", shipped_files(), users, port=args.nats_port or free_port())
     nats.start()
-    say(f"nats-server with JetStream at {nats.url} (store {state / 'nats' / 'js'})")
+    version = ".".join(map(str, nats_version()))
+    say(
+        f"nats-server with JetStream at {nats.url} (v{version}, {NATS_SERVER}; "
+        f"store {state / 'nats' / 'js'})"
+    )
     say(
         f"NATS users and permissions as deploy/ ships them; as the admin user: "
         f"nats --server {nats.url} --nkey {users.seed('admin')} stream ls"
@@ -202,10 +208,11 @@ def main() -> int:
             kubeconfig = Path(os.environ["KUBECONFIG"])
             say(f"using the cluster of $KUBECONFIG ({kubeconfig})")
         else:
-            from tests.support.kubeapi import KubeAPI
+            from tests.support.kubeapi import KubeAPI, load_crds
 
+            crds = load_crds()  # before starting anything: a missing folder fails at once
             kube = KubeAPI().start()
-            kube.apply_crds()
+            kube.apply_manifests(crds)
             kube.create_namespace(NAMESPACE)
             kube.apply_manifests(list(yaml.safe_load_all(OBJECTS.read_text())), namespace=NAMESPACE)
             kubeconfig = kube.write_kubeconfig(state / "kubeconfig")

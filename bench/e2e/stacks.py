@@ -124,8 +124,25 @@ def receivers_config(layout: Layout) -> str:
         )
         singles = (WARM,) if namespace == "bench-fan" else (WARM, *names)
         for name in singles:
-            docs.append(receiver(name, namespace, [{"kind": "Kustomization", "name": name}]))
-    wildcard = {"kind": "Kustomization", "name": "*", "matchLabels": FANOUT_LABELS}
+            docs.append(
+                receiver(
+                    name,
+                    namespace,
+                    [
+                        {
+                            "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+                            "kind": "Kustomization",
+                            "name": name,
+                        }
+                    ],
+                )
+            )
+    wildcard = {
+        "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+        "kind": "Kustomization",
+        "name": "*",
+        "matchLabels": FANOUT_LABELS,
+    }
     docs.append(receiver("fanout", "bench-fan", [wildcard]))
     return yaml.safe_dump_all(docs)
 

@@ -36,10 +36,12 @@ SOURCES_PER_REPO = 4
 LOOKUPS = 20_000
 PAGE = 500
 
+# What a GitRepository's spec.url may hold under Flux's schema (http, https or ssh://; the scp
+# form git@host:org/repo is refused there and appears only in webhook payloads).
 URL_FORMS = (
     "https://github.com/org{r}/repo{r}.git",
     "ssh://git@github.com/org{r}/repo{r}",
-    "git@github.com:Org{r}/Repo{r}.git",
+    "ssh://git@github.com:22/Org{r}/Repo{r}.git",
     "https://deploy:token@github.com/org{r}/repo{r}/",
 )
 REFS = (
@@ -160,7 +162,7 @@ def pages(count: int, size: int = PAGE) -> Iterator[bytes]:
 
 
 def git_push(repo: int) -> dict[str, Any]:
-    forms = [u.format(r=repo) for u in URL_FORMS]
+    forms = [u.format(r=repo) for u in URL_FORMS] + [f"git@github.com:Org{repo}/Repo{repo}.git"]
     return {
         "repository": {"urls": forms, "http": forms[0], "ssh": forms[1], "web": None},
         "ref": "refs/heads/main",

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from tests.deploy.rendering import JSON, render
+from tests.support.fluxobjects import flux_manifest
 from tests.support.kubeapi import KubeAPI
 
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
@@ -72,12 +73,10 @@ def installed_rbac(kube: KubeAPI, overlay: str) -> Iterator[dict[str, str]]:
 
 
 def flux_object(api_version: str, kind: str, name: str) -> JSON:
-    return {
-        "apiVersion": api_version,
-        "kind": kind,
-        "metadata": {"name": name},
-        "spec": {"interval": "10m"},
-    }
+    """A ``kind`` object valid under Flux's real CRDs (the controller docs' example spec)."""
+    manifest = flux_manifest(kind, name)
+    assert manifest["apiVersion"] == api_version
+    return manifest
 
 
 def seed(kube: KubeAPI, namespace: str) -> None:

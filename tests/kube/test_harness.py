@@ -11,6 +11,7 @@ import asyncio
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,18 +19,23 @@ import pytest
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from reconciler.kinds import KINDS
 from tests.support.faultproxy import FaultProxy, FaultProxyThread
+from tests.support.fluxobjects import flux_spec
 from tests.support.fluxstandin import (
+    ARTIFACT_GENERATOR,
+    EXTERNAL_ARTIFACT,
     GIT_REPOSITORY,
     HELM_RELEASE,
     KUSTOMIZATION,
     OCI_REPOSITORY,
     OUTCOME_LABEL,
+    RECONCILED_KINDS,
     FluxKind,
     FluxStandIn,
     Outcome,
 )
-from tests.support.kubeapi import MERGE_PATCH, KubeAPI, load_crds
+from tests.support.kubeapi import CRD_DIR, MERGE_PATCH, FluxCRDsMissing, KubeAPI, load_crds
 
 pytestmark = pytest.mark.kube
 
@@ -42,7 +48,12 @@ def kustomization(name: str, labels: dict[str, str] | None = None) -> dict[str, 
         "apiVersion": f"{KS_GROUP}/{KS_VERSION}",
         "kind": "Kustomization",
         "metadata": {"name": name, "labels": labels or {}},
-        "spec": {"interval": "10m", "path": "./deploy", "prune": True},
+        "spec": {
+            "interval": "10m",
+            "path": "./deploy",
+            "prune": True,
+            "sourceRef": {"kind": "GitRepository", "name": "flux-system"},
+        },
     }
 
 
@@ -83,10 +94,37 @@ def test_apiserver_is_ready_and_is_v1_20(kube: KubeAPI) -> None:
     assert version["gitVersion"].startswith("v1.20.2")
 
 
-def test_every_stand_in_crd_is_established_and_served(kube: KubeAPI) -> None:
+SERVED = {
+    "GitRepository": "source.toolkit.fluxcd.io/v1",
+    "OCIRepository": "source.toolkit.fluxcd.io/v1",
+    "HelmRepository": "source.toolkit.fluxcd.io/v1",
+    "HelmChart": "source.toolkit.fluxcd.io/v1",
+    "Bucket": "source.toolkit.fluxcd.io/v1",
+    "ExternalArtifact": "source.toolkit.fluxcd.io/v1",
+    "ArtifactGenerator": "source.extensions.fluxcd.io/v1beta1",
+    "Kustomization": "kustomize.toolkit.fluxcd.io/v1",
+    "HelmRelease": "helm.toolkit.fluxcd.io/v2",
+    "ImageRepository": "image.toolkit.fluxcd.io/v1",
+    "ImagePolicy": "image.toolkit.fluxcd.io/v1",
+    "ImageUpdateAutomation": "image.toolkit.fluxcd.io/v1",
+    "Receiver": "notification.toolkit.fluxcd.io/v1",
+    "Alert": "notification.toolkit.fluxcd.io/v1beta3",
+    "Provider": "notification.toolkit.fluxcd.io/v1beta3",
+}
+
+
+def test_fluxs_own_crds_are_established_and_serve_one_version_each(kube: KubeAPI) -> None:
+    """The 15 CRDs are Flux's released ones, each serving the version the reconciler uses."""
     crds = load_crds()
-    assert len(crds) == 13
+    assert {c["spec"]["names"]["kind"]: c["spec"]["group"] for c in crds} == {
+        kind: api.rsplit("/", 1)[0] for kind, api in SERVED.items()
+    }
     for crd in crds:
+        [version] = [v for v in crd["spec"]["versions"] if v.get("served")]
+        kind = crd["spec"]["names"]["kind"]
+        assert f"{crd['spec']['group']}/{version['name']}" == SERVED[kind]
+        if kind in KINDS:
+            assert KINDS[kind].api_version == SERVED[kind]
         _, live = kube.request(
             "GET",
             f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}",
@@ -98,7 +136,16 @@ def test_every_stand_in_crd_is_established_and_served(kube: KubeAPI) -> None:
             _, discovery = kube.request("GET", f"/apis/{crd['spec']['group']}/{version['name']}")
             served = {r["name"] for r in discovery["resources"]}
             plural = crd["spec"]["names"]["plural"]
-            assert {plural, f"{plural}/status"} <= served
+            with_status = crd["spec"]["names"]["kind"] not in ("Alert", "Provider")
+            assert {plural, f"{plural}/status"} <= served or not with_status
+            assert plural in served
+
+
+def test_missing_flux_crds_fail_with_a_clear_message(tmp_path: Path) -> None:
+    """Never a skip and never a silent fallback to stand-ins: the run says where they belong."""
+    with pytest.raises(FluxCRDsMissing, match=r"\.\./shared/flux-crds"):
+        load_crds(tmp_path / "flux-crds")
+    assert CRD_DIR.parts[-2:] == ("shared", "flux-crds")
 
 
 def test_unauthenticated_requests_are_rejected(kube: KubeAPI) -> None:
@@ -197,20 +244,42 @@ async def test_status_subresource_ignores_status_on_main_resource(
     assert through_status["status"]["lastHandledReconcileAt"] == "kept"
 
 
-def test_ocirepository_is_served_as_v1_and_v1beta2(kube: KubeAPI, kube_namespace: str) -> None:
-    manifest: dict[str, Any] = {
-        "apiVersion": "source.toolkit.fluxcd.io/v1beta2",
-        "kind": "OCIRepository",
-        "metadata": {"name": "podinfo", "namespace": kube_namespace},
-        "spec": {"url": "oci://ghcr.io/stefanprodan/manifests/podinfo", "interval": "5m"},
-    }
-    kube.apply(manifest)
-    _, as_v1 = kube.request(
-        "GET",
-        f"/apis/source.toolkit.fluxcd.io/v1/namespaces/{kube_namespace}/ocirepositories/podinfo",
+@pytest.mark.parametrize(
+    ("api_version", "plural"),
+    [
+        ("source.toolkit.fluxcd.io/v1beta2", "ocirepositories"),
+        ("image.toolkit.fluxcd.io/v1beta2", "imagerepositories"),
+        ("kustomize.toolkit.fluxcd.io/v1beta2", "kustomizations"),
+        ("helm.toolkit.fluxcd.io/v2beta2", "helmreleases"),
+    ],
+)
+def test_removed_flux_versions_answer_404(
+    kube: KubeAPI, kube_namespace: str, api_version: str, plural: str
+) -> None:
+    """What a client still using a removed version meets on a current Flux cluster."""
+    status, _ = kube.request(
+        "GET", f"/apis/{api_version}/namespaces/{kube_namespace}/{plural}", expect=None
     )
-    assert as_v1["apiVersion"] == "source.toolkit.fluxcd.io/v1"
-    assert as_v1["spec"]["url"] == manifest["spec"]["url"]
+    assert status == 404
+
+
+def test_real_schemas_refuse_an_scp_git_url_and_prune_unknown_fields(
+    kube: KubeAPI, kube_namespace: str
+) -> None:
+    """Flux's GitRepository accepts ``ssh://`` only, and no unknown spec field survives."""
+    repo: dict[str, Any] = {
+        "apiVersion": "source.toolkit.fluxcd.io/v1",
+        "kind": "GitRepository",
+        "metadata": {"name": "fleet", "namespace": kube_namespace},
+        "spec": {"url": "git@github.com:org/fleet.git", "interval": "5m"},
+    }
+    collection = f"/apis/source.toolkit.fluxcd.io/v1/namespaces/{kube_namespace}/gitrepositories"
+    status, _ = kube.request("POST", collection, repo, expect=None)
+    assert status == 422
+    repo["spec"] = {"url": "ssh://git@github.com/org/fleet", "interval": "5m", "bogus": 1}
+    created = kube.apply(repo)
+    assert "bogus" not in created["spec"]
+    assert created["status"] == {"observedGeneration": -1}  # defaulted on create
 
 
 def test_apply_replaces_an_existing_object(kube: KubeAPI, kube_namespace: str) -> None:
@@ -519,11 +588,18 @@ def flux_object(
     annotations: dict[str, str] | None = None,
     suspend: bool = False,
 ) -> dict[str, Any]:
+    """A documentation-like ``kind`` object; ``suspend`` the way its controller is paused."""
+    notes = dict(annotations or {})
+    spec = flux_spec(kind.kind)
+    if suspend and kind.disable_annotation is not None:
+        notes[kind.disable_annotation] = "Disabled"
+    elif suspend:
+        spec["suspend"] = True
     return {
         "apiVersion": kind.api_version,
         "kind": kind.kind,
-        "metadata": {"name": name, "labels": labels or {}, "annotations": annotations or {}},
-        "spec": {"interval": "10m", "suspend": suspend},
+        "metadata": {"name": name, "labels": labels or {}, "annotations": notes},
+        "spec": spec,
     }
 
 
@@ -611,10 +687,86 @@ async def test_stand_in_outcome_follows_object_metadata(
         assert status["artifact"]["revision"] == handled.revision
     if kind.revision_fields:
         assert status["lastAttemptedRevision"] == handled.revision
-        if expect_status == "True":
-            assert status["lastAppliedRevision"] == handled.revision
-        else:
-            assert "lastAppliedRevision" not in status
+    if kind is KUSTOMIZATION and expect_status == "True":
+        assert status["lastAppliedRevision"] == handled.revision
+    else:
+        assert "lastAppliedRevision" not in status  # HelmRelease v2 has no such field
+    if kind is HELM_RELEASE:
+        assert "history" not in status  # a failed first install records no release here
+
+
+@pytest.mark.parametrize("kind", RECONCILED_KINDS, ids=lambda k: k.kind)
+async def test_stand_in_status_survives_each_real_schema(
+    kube: KubeAPI, kube_namespace: str, kube_client: k8s_client.ApiClient, kind: FluxKind
+) -> None:
+    """Every field the stand-in writes is one Flux's schema keeps (nothing is pruned away).
+
+    A write the schema refused or pruned would leave ``lastHandledReconcileAt`` unset, and the
+    stand-in would loop on the object; one handled request proves neither happens.
+    """
+    kube.apply(flux_object(kind, "obj"), namespace=kube_namespace)
+    async with FluxStandIn(kube_client, kube_namespace, [kind]) as flux:
+        await annotate(kube_client, kind, kube_namespace, "obj", {REQUESTED_AT: "r1"})
+        async with asyncio.timeout(30):
+            (handled,) = await flux.wait_handled(1, name="obj")
+        await asyncio.sleep(0.3)  # a looping stand-in would handle it again meanwhile
+        assert len(flux.handled) == 1
+    status = (await get_object(kube_client, kind, kube_namespace, "obj"))["status"]
+    assert status["lastHandledReconcileAt"] == "r1"
+    assert ready_condition({"status": status})["status"] == "True"
+    assert ("observedGeneration" in status) is kind.has_observed_generation
+    if kind.has_artifact:
+        assert status["artifact"]["revision"] == handled.revision
+
+
+async def test_stand_in_records_helm_releases_in_history(
+    kube: KubeAPI, kube_namespace: str, kube_client: k8s_client.ApiClient
+) -> None:
+    """helm-controller v2 writes releases to ``status.history`` (newest first), as here."""
+    kube.apply(flux_object(HELM_RELEASE, "web"), namespace=kube_namespace)
+    async with FluxStandIn(kube_client, kube_namespace, [HELM_RELEASE]) as flux:
+        for n, at in enumerate(("r1", "r2"), start=1):
+            await annotate(kube_client, HELM_RELEASE, kube_namespace, "web", {REQUESTED_AT: at})
+            async with asyncio.timeout(30):
+                handled = await flux.wait_handled(n, name="web")
+    status = (await get_object(kube_client, HELM_RELEASE, kube_namespace, "web"))["status"]
+    latest, previous = status["history"]
+    assert (latest["status"], latest["version"], previous["status"]) == (
+        "deployed",
+        2,
+        "superseded",
+    )
+    assert latest["chartName"] == "podinfo"
+    assert latest["chartVersion"] == handled[-1].revision == status["lastAttemptedRevision"]
+
+
+async def test_stand_in_pauses_artifact_generator_by_annotation_and_ignores_external_artifact(
+    kube: KubeAPI, kube_namespace: str, kube_client: k8s_client.ApiClient
+) -> None:
+    """source-watcher pauses on ``source.extensions.fluxcd.io/reconcile: disabled`` (any case;
+    its ``IsDisabled``), not ``spec.suspend``; nothing answers requests on an ExternalArtifact."""
+    kube.apply_manifests(
+        [
+            flux_object(ARTIFACT_GENERATOR, "paused", suspend=True),
+            flux_object(ARTIFACT_GENERATOR, "active"),
+            flux_object(EXTERNAL_ARTIFACT, "external"),
+        ],
+        namespace=kube_namespace,
+    )
+    kinds = [ARTIFACT_GENERATOR, EXTERNAL_ARTIFACT]
+    assert EXTERNAL_ARTIFACT not in RECONCILED_KINDS
+    async with FluxStandIn(kube_client, kube_namespace, kinds) as flux:
+        for kind, name in ((EXTERNAL_ARTIFACT, "external"), (ARTIFACT_GENERATOR, "paused")):
+            await annotate(kube_client, kind, kube_namespace, name, {REQUESTED_AT: "1"})
+        await annotate(
+            kube_client, ARTIFACT_GENERATOR, kube_namespace, "active", {REQUESTED_AT: "1"}
+        )
+        async with asyncio.timeout(30):
+            await flux.wait_handled(1, name="active")
+        await asyncio.sleep(0.3)
+    assert [h.name for h in flux.handled] == ["active"]
+    external = await get_object(kube_client, EXTERNAL_ARTIFACT, kube_namespace, "external")
+    assert "lastHandledReconcileAt" not in (external.get("status") or {})
 
 
 async def test_stand_in_rule_callable_and_suspend(
@@ -669,7 +821,7 @@ async def test_stand_in_hang_never_handles_and_progress_is_not_final(
                 await asyncio.sleep(0.05)
     assert noticed.outcome.result == "hang"
     stuck = await get_object(kube_client, KUSTOMIZATION, kube_namespace, "stuck")
-    assert stuck.get("status") in (None, {})
+    assert stuck["status"] == {"observedGeneration": -1}  # only the CRD's default
     conditions = {c["type"]: c for c in slow["status"]["conditions"]}
     assert conditions["Ready"]["status"] == "Unknown"
     assert conditions["Reconciling"]["status"] == "True"

@@ -252,11 +252,9 @@ async def test_a_receiver_without_its_secret_is_unserved_until_the_secret_appear
     assert len(reported()) == 1
     assert "gh-token not found" in reported()[0]
     await apply(
-        kube, receiver_docs("other-0123456789ab", "github", "tok-2-0123456789ab", ns)
+        kube, receiver_docs("other", "github", "tok-2-0123456789ab", ns)
     )  # an unrelated change
-    await answers(
-        ingress, path_of("other-0123456789ab", "tok-2-0123456789ab", ns), "tok-2-0123456789ab", 202
-    )
+    await answers(ingress, path_of("other", "tok-2-0123456789ab", ns), "tok-2-0123456789ab", 202)
     assert len(reported()) == 1  # logged once per change, not once per rebuild
     await apply(kube, [only(docs, "Secret")])
     await answers(ingress, path, SECRET_VALUE, 202)
@@ -345,10 +343,12 @@ async def test_colliding_receivers_are_neither_served_and_a_broken_one_hides_not
     # sha256(token + name + namespace): token + "x" + "y" == token + "xy"
     await apply(kube, receiver_docs("y", "github", "s3cr3t-s3cr3t-s3cr3tx", ns))
     await apply(kube, receiver_docs("xy", "github", "s3cr3t-s3cr3t-s3cr3t", ns))
-    await apply(kube, receiver_docs("fine", "github", "other-0123456789ab", ns))
-    await apply(
-        kube, receiver_docs("odd-0123456789abcd", "no-such-provider", "odd-0123456789abcd", ns)
-    )
+    await apply(kube, receiver_docs("fine", "github", "fine-token-0123456789", ns))
+    # Broken but storable: Flux's schema refuses an unknown spec.type, while the rule that a
+    # github Receiver needs a secretRef is CEL, which kube-apiserver 1.20 does not enforce.
+    odd = receiver_docs("odd", "github", "odd-0123456789abcd", ns)
+    del only(odd, "Receiver")["spec"]["secretRef"]
+    await apply(kube, odd)
     shared = path_of("y", "s3cr3t-s3cr3t-s3cr3tx", ns)
     assert shared == path_of("xy", "s3cr3t-s3cr3t-s3cr3t", ns)
     await start_source(namespace=ns)
@@ -357,7 +357,8 @@ async def test_colliding_receivers_are_neither_served_and_a_broken_one_hides_not
     assert unserved(ingress, "invalid") == 1
     assert await push(ingress, shared, "s3cr3t-s3cr3t-s3cr3t") == 404
     assert (
-        await push(ingress, path_of("fine", "other-0123456789ab", ns), "other-0123456789ab") == 202
+        await push(ingress, path_of("fine", "fine-token-0123456789", ns), "fine-token-0123456789")
+        == 202
     )
     await delete_receiver(kube, ns, "y")
     await answers(ingress, shared, "s3cr3t-s3cr3t-s3cr3t", 202)
@@ -445,7 +446,7 @@ async def test_the_source_never_writes_the_receiver(
         )
     _, live = await asyncio.to_thread(kube.request, "GET", RECEIVERS.format(ns=ns) + "/gh")
     assert live["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
-    assert "status" not in live
+    assert live["status"] == {"observedGeneration": -1}  # only the CRD's default on create
     assert (live["metadata"].get("annotations") or {}) == {}
 
 

@@ -25,6 +25,7 @@ from reconciler.running import Reconciler
 from reconciler.settings import ConsumerSettings, PatchSettings, ReconcilerSettings
 from schemas import envelope as envelopes
 from schemas import natsbinding, subjects
+from tests.support.fluxobjects import flux_spec
 from tests.support.kubeapi import KubeAPI
 from tests.support.natsd import NatsServer
 
@@ -35,12 +36,13 @@ WAIT = 60.0
 def flux_object(
     kind: str, name: str, labels: dict[str, str] | None = None, spec: dict[str, Any] | None = None
 ) -> dict[str, Any]:
+    """A ``kind`` object valid under Flux's CRDs: the docs example, ``spec``'s fields replacing."""
     k = KINDS[kind]
     return {
         "apiVersion": k.api_version,
         "kind": kind,
         "metadata": {"name": name, "labels": labels or {}},
-        "spec": spec or {"interval": "10m"},
+        "spec": flux_spec(kind, spec),
     }
 
 

@@ -21,6 +21,7 @@ POSTed to both HTTP sinks in their spec versions; MTTP and stage histograms on `
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from collections.abc import AsyncIterator
@@ -35,9 +36,11 @@ from aiohttp import web
 from cloudevents.core.bindings import http as ce_http
 from kubernetes_asyncio import client as k8s
 from nats.aio.msg import Msg
+from prometheus_client import CollectorRegistry
 
 from reconciler.chaining import (
     WEBHOOK_TYPE,
+    ChainReporter,
     Planned,
     chain_id,
     event_id,
@@ -46,6 +49,7 @@ from reconciler.chaining import (
     queued,
 )
 from reconciler.kinds import ObjectRef
+from reconciler.outcome_metrics import OutcomeMetrics
 from reconciler.outcomes import ObjectStatus, Outcome
 from reconciler.settings import CDEventsSettings, HttpSinkSettings
 from reconciler.sinks import signature
@@ -55,6 +59,7 @@ from schemas.cdevents import V0_4_1, V0_5_1, Event, SpecRelease, decode_http, va
 from schemas.envelope import Envelope
 from tests.reconciler.conftest import Fleet, make_envelope, wait_for
 from tests.schemas.cdevents_reference import official_errors, spec_dir
+from tests.support.fluxobjects import flux_manifest
 from tests.support.fluxstandin import (
     OUTCOME_LABEL,
     REVISION_ANNOTATION,
@@ -231,6 +236,40 @@ def test_coalesced_deliveries_keep_their_own_chains_and_share_the_run() -> None:
     assert links(qa) == [event_id(a["id"], "ingest")] and links(qb) == [event_id(b["id"], "ingest")]
 
 
+class RecordingWatcher:
+    """Records what the reporter asks to follow (the real watcher is tested on its own)."""
+
+    def __init__(self) -> None:
+        self.followed: list[ObjectRef] = []
+
+    def follow(self, ref: ObjectRef, requested_at: str, patched_at: float) -> Any:
+        self.followed.append(ref)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        return future
+
+
+async def test_an_external_artifact_is_queued_but_never_followed() -> None:
+    """ExternalArtifact's status has no ``lastHandledReconcileAt``, so a followed request could
+    only time out into an ``error`` outcome; the chain ends at ``queued`` instead."""
+    watcher = RecordingWatcher()
+    emitted: list[Planned] = []
+
+    def emit(planned: Planned) -> None:
+        emitted.append(planned)
+
+    reporter = ChainReporter(
+        emit,
+        watcher,  # type: ignore[arg-type]
+        OutcomeMetrics(CollectorRegistry()),
+    )
+    external = ObjectRef.of("ExternalArtifact", "ns", "podinfo")
+    generator = ObjectRef.of("ArtifactGenerator", "ns", "podinfo")
+    for ref in (external, generator):
+        await reporter(ref, T1, [git_envelope()])
+    assert watcher.followed == [generator]
+    assert [p.type_key for p in emitted] == ["pipelinerun.queued", "pipelinerun.queued"]
+
+
 # --------------------------------------------------------------------------- end to end
 
 
@@ -310,21 +349,17 @@ async def test_a_signed_push_comes_out_as_one_chain_of_cdevents_on_nats_and_http
     ns = kube_namespace
     new_sink, old_sink = peers
     objects: list[dict[str, Any]] = [
-        {"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
-         "metadata": {"name": "apps"}, "spec": {"interval": "10m"}},
-        {"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
-         "metadata": {"name": "web", "annotations": {REVISION_ANNOTATION: "6.5.0"}},
-         "spec": {"interval": "10m", "chart": {"spec": {"chart": "podinfo"}}}},
-        {"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
-         "metadata": {"name": "broken", "labels": {OUTCOME_LABEL: "fail"}},
-         "spec": {"interval": "10m"}},
-        {"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
-         "metadata": {"name": "stuck", "labels": {OUTCOME_LABEL: "hang"}},
-         "spec": {"interval": "10m"}},
-    ]  # fmt: skip
+        flux_manifest("Kustomization", "apps"),
+        flux_manifest("HelmRelease", "web", annotations={REVISION_ANNOTATION: "6.5.0"}),
+        flux_manifest("Kustomization", "broken", labels={OUTCOME_LABEL: "fail"}),
+        flux_manifest("Kustomization", "stuck", labels={OUTCOME_LABEL: "hang"}),
+    ]
     for obj in objects:
         kube.apply(obj, namespace=ns)
-    resources = [{"kind": o["kind"], "name": o["metadata"]["name"]} for o in objects]
+    resources = [
+        {"apiVersion": o["apiVersion"], "kind": o["kind"], "name": o["metadata"]["name"]}
+        for o in objects
+    ]
     docs = receiver_docs("gh", "github", namespace=ns, resources=resources)
     ingress = await start_ingress(nats_server.url, docs)
     nc = await nats.connect(nats_server.url)

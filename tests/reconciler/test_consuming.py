@@ -59,7 +59,19 @@ async def test_a_named_target_is_patched_and_the_message_acked(
     kube.apply(flux_object("Kustomization", "apps"), namespace=kube_namespace)
     kube.apply(flux_object("Kustomization", "other"), namespace=kube_namespace)
     receivers = fleet.write_receivers(
-        [receiver_manifest("hook", kube_namespace, [{"kind": "Kustomization", "name": "apps"}])]
+        [
+            receiver_manifest(
+                "hook",
+                kube_namespace,
+                [
+                    {
+                        "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+                        "kind": "Kustomization",
+                        "name": "apps",
+                    }
+                ],
+            )
+        ]
     )
     hook = Recorder()
     reconciler = await fleet.start(fleet.settings(receivers), on_patched=hook)
@@ -87,8 +99,16 @@ async def test_invalid_messages_are_dead_lettered_with_their_reason(
                 "hook",
                 kube_namespace,
                 [
-                    {"kind": "Kustomization", "name": "apps"},
-                    {"kind": "Kustomization", "name": "gone"},
+                    {
+                        "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+                        "kind": "Kustomization",
+                        "name": "apps",
+                    },
+                    {
+                        "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+                        "kind": "Kustomization",
+                        "name": "gone",
+                    },
                 ],
             )
         ]
@@ -128,7 +148,19 @@ async def test_a_message_that_keeps_failing_is_dead_lettered_after_max_deliverie
     kube: KubeAPI, kube_namespace: str, fleet: Fleet, bus: Bus
 ) -> None:
     receivers = fleet.write_receivers(
-        [receiver_manifest("hook", kube_namespace, [{"kind": "Kustomization", "name": "apps"}])]
+        [
+            receiver_manifest(
+                "hook",
+                kube_namespace,
+                [
+                    {
+                        "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+                        "kind": "Kustomization",
+                        "name": "apps",
+                    }
+                ],
+            )
+        ]
     )
     reconciler = await fleet.start(fleet.settings(receivers, consumer={"max_deliver": 3}))
     # A Receiver the reconciler does not know is a temporary failure (its config may lag).
@@ -177,8 +209,13 @@ async def test_two_shards_each_patch_only_their_own_objects(
         labels = {"team": "x", **({SHARD_LABEL: shard} if shard else {})}
         kube.apply(flux_object("Kustomization", name, labels), namespace=kube_namespace)
     resources: list[dict[str, Any]] = [
-        {"kind": "Kustomization", "name": "*", "matchLabels": {"team": "x"}},
-        {"kind": "Kustomization", "name": "b1"},
+        {
+            "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+            "kind": "Kustomization",
+            "name": "*",
+            "matchLabels": {"team": "x"},
+        },
+        {"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization", "name": "b1"},
     ]
     receivers = fleet.write_receivers([receiver_manifest("hook", kube_namespace, resources)])
     hooks = {shard: Recorder() for shard in ("a", "b", "")}
@@ -206,7 +243,19 @@ async def test_long_work_is_kept_alive_past_ack_wait_without_redelivery(
 ) -> None:
     kube.apply(flux_object("Kustomization", "apps"), namespace=kube_namespace)
     receivers = fleet.write_receivers(
-        [receiver_manifest("hook", kube_namespace, [{"kind": "Kustomization", "name": "apps"}])]
+        [
+            receiver_manifest(
+                "hook",
+                kube_namespace,
+                [
+                    {
+                        "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+                        "kind": "Kustomization",
+                        "name": "apps",
+                    }
+                ],
+            )
+        ]
     )
     kube_proxy.delay(3.0, method="PATCH")  # three times the ack wait
     settings = fleet.settings(receivers, server=kube_proxy.url, consumer={"ack_wait": 1.0})
@@ -222,7 +271,19 @@ async def test_consumer_lag_is_exported(
 ) -> None:
     kube.apply(flux_object("Kustomization", "apps"), namespace=kube_namespace)
     receivers = fleet.write_receivers(
-        [receiver_manifest("hook", kube_namespace, [{"kind": "Kustomization", "name": "apps"}])]
+        [
+            receiver_manifest(
+                "hook",
+                kube_namespace,
+                [
+                    {
+                        "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+                        "kind": "Kustomization",
+                        "name": "apps",
+                    }
+                ],
+            )
+        ]
     )
     kube_proxy.delay(600, method="PATCH")  # hold the first patch: the rest must queue
     settings = fleet.settings(

@@ -43,7 +43,13 @@ async def test_a_signed_github_push_becomes_a_patch_on_the_kustomization(
         "gh",
         "github",
         namespace=kube_namespace,
-        resources=[{"kind": "Kustomization", "name": "apps"}],
+        resources=[
+            {
+                "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+                "kind": "Kustomization",
+                "name": "apps",
+            }
+        ],
     )
     ingress = await start_ingress(fleet.bus.url, docs)
     try:
@@ -135,8 +141,17 @@ async def test_the_reconciler_works_as_its_service_account_and_can_do_no_more(
         "hook",
         kube_namespace,
         [
-            {"kind": "Kustomization", "name": "apps"},
-            {"kind": "HelmRelease", "name": "*", "matchLabels": {"team": "a"}},
+            {
+                "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+                "kind": "Kustomization",
+                "name": "apps",
+            },
+            {
+                "apiVersion": "helm.toolkit.fluxcd.io/v2",
+                "kind": "HelmRelease",
+                "name": "*",
+                "matchLabels": {"team": "a"},
+            },
         ],
     )
     kube.apply(receiver, namespace=kube_namespace)  # read from the API, not from a file

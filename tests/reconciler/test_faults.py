@@ -46,7 +46,15 @@ def setup_targets(kube: KubeAPI, fleet: Fleet, namespace: str, count: int) -> Pa
         kube.apply(flux_object("Kustomization", f"ks-{i}"), namespace=namespace)
         manifests.append(
             receiver_manifest(
-                f"hook-{i}", namespace, [{"kind": "Kustomization", "name": f"ks-{i}"}]
+                f"hook-{i}",
+                namespace,
+                [
+                    {
+                        "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+                        "kind": "Kustomization",
+                        "name": f"ks-{i}",
+                    }
+                ],
             )
         )
     return fleet.write_receivers(manifests)

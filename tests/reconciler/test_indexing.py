@@ -41,9 +41,12 @@ NS = "apps"
 REPO_FORMS = (
     "https://github.com/Org/Repo.git",
     "ssh://git@github.com/org/repo",
-    "git@github.com:org/repo.git",
+    "ssh://git@github.com:22/Org/repo.git",
     "https://deploy:token@github.com/org/repo/",
 )
+"""One repository as a GitRepository's ``spec.url`` may name it. Never the scp form
+``git@github.com:org/repo.git``: Flux's schema refuses it (``^(http|https|ssh)://``), though
+webhook payloads carry it, so the scp form appears here only in events."""
 
 
 def git(
@@ -91,7 +94,7 @@ def image_repo(name: str, image: str, exclusions: list[str] | None = None) -> di
     if exclusions is not None:
         spec["exclusionList"] = exclusions
     return {
-        "apiVersion": "image.toolkit.fluxcd.io/v1beta2",
+        "apiVersion": "image.toolkit.fluxcd.io/v1",
         "kind": "ImageRepository",
         "metadata": {"name": name, "namespace": NS},
         "spec": spec,
@@ -182,7 +185,7 @@ def table() -> SourceTable:
     for obj in (
         git("main-https", REPO_FORMS[0], {"branch": "main"}),
         git("main-ssh", REPO_FORMS[1], {"branch": "main"}),
-        git("dev-scp", REPO_FORMS[2], {"branch": "dev"}),
+        git("dev-ssh-port", REPO_FORMS[2], {"branch": "dev"}),
         git("default-master", REPO_FORMS[3]),
         git("tag-v1", REPO_FORMS[0], {"tag": "v1.2.3"}),
         git("semver-1x", REPO_FORMS[1], {"semver": ">=1.0.0 <2.0.0"}),
@@ -227,7 +230,7 @@ def table() -> SourceTable:
             ["main-https", "main-ssh", "narrow-apps"],
             id="event-url-in-scp-form",
         ),
-        pytest.param(push("refs/heads/dev"), ["dev-scp"], id="other-branch"),
+        pytest.param(push("refs/heads/dev"), ["dev-ssh-port"], id="other-branch"),
         pytest.param(push("refs/heads/master"), ["default-master"], id="default-master-branch"),
         pytest.param(push("refs/heads/feature"), [], id="non-matching-branch"),
         pytest.param(push("refs/tags/v1.2.3"), ["semver-1x", "tag-v1"], id="tag-and-semver"),
@@ -322,20 +325,67 @@ def test_table_matches_exactly_the_sources_that_follow(
 def test_matches_carry_kind_and_api_version(table: SourceTable) -> None:
     refs = table.match(registry_push("org/app", "latest"))
     assert {(r.kind, r.group, r.version) for r in refs} == {
-        ("ImageRepository", "image.toolkit.fluxcd.io", "v1beta2"),
+        ("ImageRepository", "image.toolkit.fluxcd.io", "v1"),
         ("OCIRepository", "source.toolkit.fluxcd.io", "v1"),
     }
     assert all(r.namespace == NS for r in refs)
 
 
+def test_a_tag_push_is_never_narrowed_by_paths() -> None:
+    """A tag is a new artifact for every source following it, whatever paths its commit touched
+    (the module's promise); a branch push with the same complete path list still narrows."""
+    t = SourceTable()
+    paths = {"fluxrelay.io/paths": "apps/**"}
+    t.upsert(git("narrow-semver", REPO_FORMS[1], {"semver": ">=1.0.0"}, annotations=paths))
+    t.upsert(git("narrow-tag", REPO_FORMS[0], {"tag": "v1.2.3"}, annotations=paths))
+    t.upsert(git("narrow-main", REPO_FORMS[0], {"branch": "main"}, annotations=paths))
+    docs_only = ["docs/readme.md"]
+    tag = push("refs/tags/v1.2.3", paths=docs_only, complete=True)
+    assert names(t.match(tag)) == ["narrow-semver", "narrow-tag"]
+    assert names(t.match(push("refs/heads/main", paths=docs_only, complete=True))) == []
+    assert names(t.match(push("refs/heads/main", paths=["apps/x"], complete=True))) == [
+        "narrow-main"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("event_url", "source_url"),
+    [
+        pytest.param("git@github.com:org/repo.git", "ssh://git@github.com/org/repo", id="github"),
+        pytest.param(
+            "git@gitlab.example.com:infra/platform-config.git",
+            "ssh://git@gitlab.example.com/infra/platform-config.git",
+            id="gitlab",
+        ),
+        pytest.param(
+            "git@bitbucket.org:northwind/gitops.git",
+            "ssh://git@bitbucket.org/northwind/gitops",
+            id="bitbucket-cloud",
+        ),
+        pytest.param(
+            "git@ssh.dev.azure.com:v3/contoso/Platform/deploy",
+            "ssh://git@ssh.dev.azure.com/v3/contoso/Platform/deploy",
+            id="azure-devops",
+        ),
+    ],
+)
+def test_scp_form_in_an_event_meets_the_ssh_url_flux_requires(
+    event_url: str, source_url: str
+) -> None:
+    """Payloads name the ssh clone URL in scp form; a GitRepository may only use ``ssh://``."""
+    t = SourceTable()
+    t.upsert(git("src", source_url, {"branch": "main"}))
+    assert names(t.match(push("refs/heads/main", event_url))) == ["src"]
+
+
 def test_updating_a_source_refiles_it(table: SourceTable) -> None:
-    table.upsert(git("dev-scp", REPO_FORMS[2], {"branch": "release"}))
-    assert "dev-scp" not in names(table.match(push("refs/heads/dev")))
-    assert names(table.match(push("refs/heads/release"))) == ["dev-scp"]
-    table.upsert(git("dev-scp", "https://github.com/org/moved", {"branch": "release"}))
+    table.upsert(git("dev-ssh-port", REPO_FORMS[2], {"branch": "release"}))
+    assert "dev-ssh-port" not in names(table.match(push("refs/heads/dev")))
+    assert names(table.match(push("refs/heads/release"))) == ["dev-ssh-port"]
+    table.upsert(git("dev-ssh-port", "https://github.com/org/moved", {"branch": "release"}))
     assert names(table.match(push("refs/heads/release"))) == []
     assert names(table.match(push("refs/heads/release", "https://github.com/org/moved"))) == [
-        "dev-scp"
+        "dev-ssh-port"
     ]
 
 
@@ -438,6 +488,16 @@ def test_path_globs(globs: str, path: str, expected: bool) -> None:
         pytest.param({"changed_paths": ["a"]}, None, id="unstated"),
         pytest.param({"paths_complete": True, "changed_paths": []}, None, id="empty"),
         pytest.param({"paths_complete": True}, None, id="no-list"),
+        pytest.param(
+            {"paths_complete": True, "changed_paths": ["a"], "ref": "refs/tags/v1.0.0"},
+            None,
+            id="tag-push",
+        ),
+        pytest.param(
+            {"paths_complete": True, "changed_paths": ["a"], "ref": "refs/heads/v1.0.0"},
+            ["a"],
+            id="branch-named-like-a-tag",
+        ),
     ],
 )
 def test_only_complete_non_empty_path_lists_narrow(
@@ -483,12 +543,17 @@ async def started(
 
 
 async def test_index_lists_and_matches_real_sources(
-    kube: KubeAPI, kube_namespace: str, started: Callable[..., Awaitable[SourceIndex]]
+    kube: KubeAPI,
+    kube_namespace: str,
+    started: Callable[..., Awaitable[SourceIndex]],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """Against Flux's real CRDs every indexed kind is served at the version the index asks for
+    (ImageRepository was a 404 at ``v1beta2``, so no image was ever matched)."""
     for obj in (
         git("main-https", REPO_FORMS[0], {"branch": "main"}),
         git("main-ssh", REPO_FORMS[1], {"branch": "main"}),
-        git("dev-scp", REPO_FORMS[2], {"branch": "dev"}),
+        git("dev-ssh-port", REPO_FORMS[2], {"branch": "dev"}),
         git("tag-v1", REPO_FORMS[3], {"tag": "v1.2.3"}),
         git("semver-1x", REPO_FORMS[0], {"semver": ">=1.0.0 <2.0.0"}),
         git("pinned", REPO_FORMS[0], {"branch": "main", "commit": "a" * 40}),
@@ -500,13 +565,14 @@ async def test_index_lists_and_matches_real_sources(
 
     index = await started()
     assert index.ready
+    assert not [r for r in caplog.records if "not served" in r.getMessage()]
     assert names(index.match(push("refs/heads/main"))) == ["main-https", "main-ssh"]
     assert names(index.match(push("refs/heads/main", "git@github.com:org/repo"))) == [
         "main-https",
         "main-ssh",
     ]
     assert names(index.match(push("refs/heads/dev", "ssh://git@github.com:22/org/Repo.git"))) == [
-        "dev-scp"
+        "dev-ssh-port"
     ]
     assert names(index.match(push("refs/tags/v1.2.3"))) == ["semver-1x", "tag-v1"]
     assert names(index.match(push("refs/tags/v1.7.0"))) == ["semver-1x"]

@@ -295,6 +295,43 @@ def test_status_keeps_what_the_cdevents_mapping_needs() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("snapshot", "applied"),
+    [
+        pytest.param({"status": "deployed", "chartVersion": "6.5.1"}, "6.5.1", id="deployed"),
+        pytest.param({"status": "failed", "chartVersion": "6.5.2"}, None, id="failed-release"),
+        pytest.param({"status": "superseded", "chartVersion": "6.5.0"}, None, id="superseded"),
+    ],
+)
+def test_a_helm_release_v2_applied_revision_is_its_deployed_release(
+    snapshot: dict[str, Any], applied: str | None
+) -> None:
+    """helm-controller v2 has no ``lastAppliedRevision``: the newest ``status.history`` entry
+    says what runs, and only a ``deployed`` one was applied."""
+    status = status_of({"status": {"lastAttemptedRevision": "6.5.2", "history": [snapshot]}})
+    assert status.applied_revision == applied
+    assert status.attempted_revision == "6.5.2"
+
+
+async def test_a_helm_release_outcome_carries_the_release_from_its_history(
+    kube: KubeAPI,
+    kube_namespace: str,
+    kube_client: k8s.ApiClient,
+    flux: FluxStandIn,
+    watcher: OutcomeWatcher,
+) -> None:
+    """On the real HelmRelease v2 schema (stand-in writing ``status.history`` as
+    helm-controller does), the outcome names the chart version that was released."""
+    ref = make(kube, kube_namespace, "HelmRelease", "web")
+    value = RequestClock().next()
+    await request(kube_client, ref, value)
+    got = await asyncio.wait_for(watcher.follow(ref, value), WAIT)
+    (handled,) = await asyncio.wait_for(flux.wait_handled(1, name="web"), WAIT)
+    assert got.result == "success" and got.status is not None
+    assert got.status.applied_revision == got.status.chart_version == handled.revision
+    assert got.status.chart_name == "podinfo"
+
+
 async def test_a_closed_watcher_cancels_what_it_followed(
     kube_client: k8s.ApiClient,
 ) -> None:

@@ -21,9 +21,16 @@ from tests.support.kubeapi import KubeAPI
 async def test_kubernetes_receivers_are_listed_and_watched(
     kube: KubeAPI, kube_namespace: str, kube_client: k8s_client.ApiClient
 ) -> None:
-    first = receiver_manifest("first", kube_namespace, [{"kind": "Kustomization", "name": "a"}])
+    first = receiver_manifest(
+        "first",
+        kube_namespace,
+        [{"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization", "name": "a"}],
+    )
     kube.apply(first, namespace=kube_namespace)
-    invalid = receiver_manifest("invalid", kube_namespace, [{"kind": "Kustomization"}])
+    # Flux's schema refuses an entry without a name, so the invalid one lacks its secretRef:
+    # stored on 1.20 (the rule requiring it is CEL, which 1.20 drops), refused by our parser.
+    invalid = receiver_manifest("invalid", kube_namespace, [{"kind": "GitRepository", "name": "a"}])
+    del invalid["spec"]["secretRef"]
     kube.apply(invalid, namespace=kube_namespace)
     book = ReceiverBook()
     source = KubeReceivers(
@@ -41,7 +48,9 @@ async def test_kubernetes_receivers_are_listed_and_watched(
         await wait_for(lambda: book.get(kube_namespace, "later") is not None, "watched create")
         definition = book.get(kube_namespace, "later")
         assert definition is not None and definition.resource_filter == "true"
-        first["spec"]["resources"] = [{"kind": "Kustomization", "name": "b"}]
+        first["spec"]["resources"] = [
+            {"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization", "name": "b"}
+        ]
         kube.apply(first, namespace=kube_namespace)
 
         def updated() -> bool:

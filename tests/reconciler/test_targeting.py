@@ -18,7 +18,13 @@ import pytest
 from kubernetes_asyncio import client as k8s_client
 
 from reconciler.errors import TemporaryError
-from reconciler.kinds import SHARD_LABEL, ObjectRef
+from reconciler.kinds import (
+    DEFAULT_API_VERSIONS,
+    KINDS,
+    SHARD_LABEL,
+    ObjectRef,
+    default_api_version,
+)
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.receivers import ReceiverBook
 from reconciler.settings import PatchSettings
@@ -44,15 +50,8 @@ async def world(kube: KubeAPI, kube_namespace: str) -> AsyncIterator[str]:
     ]
     for obj in objects:
         kube.apply(obj, namespace=kube_namespace)
-    kube.apply(
-        {
-            "apiVersion": "source.toolkit.fluxcd.io/v1beta2",
-            "kind": "OCIRepository",
-            "metadata": {"name": "podinfo"},
-            "spec": {"url": "oci://ghcr.io/stefanprodan/manifests/podinfo"},
-        },
-        namespace=kube_namespace,
-    )
+    for kind in ("OCIRepository", "ImageRepository", "ImagePolicy", "HelmRelease"):
+        kube.apply(flux_object(kind, "podinfo"), namespace=kube_namespace)
     kube.create_namespace(f"{OTHER_NS}-{kube_namespace}")
     kube.apply(flux_object("Kustomization", "elsewhere"), namespace=f"{OTHER_NS}-{kube_namespace}")
     try:
@@ -76,7 +75,17 @@ class Case:
 
 CASES = [
     pytest.param(
-        Case([{"kind": "Kustomization", "name": "apps"}], ["Kustomization/apps"]), id="named"
+        Case(
+            [
+                {
+                    "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+                    "kind": "Kustomization",
+                    "name": "apps",
+                }
+            ],
+            ["Kustomization/apps"],
+        ),
+        id="named",
     ),
     pytest.param(
         Case(
@@ -84,7 +93,7 @@ CASES = [
                 {
                     "kind": "OCIRepository",
                     "name": "podinfo",
-                    "apiVersion": "source.toolkit.fluxcd.io/v1beta2",
+                    "apiVersion": "source.toolkit.fluxcd.io/v1",
                 }
             ],
             ["OCIRepository/podinfo"],
@@ -93,37 +102,122 @@ CASES = [
     ),
     pytest.param(
         Case(
-            [{"kind": "Kustomization", "name": "*", "matchLabels": {"team": "red"}}],
+            [
+                {"kind": "ImageRepository", "name": "podinfo"},
+                {"kind": "OCIRepository", "name": "podinfo"},
+            ],
+            ["ImageRepository/podinfo", "OCIRepository/podinfo"],
+        ),
+        id="defaultable-kinds-resolve-to-the-served-version",
+    ),
+    pytest.param(
+        Case(
+            [
+                {"kind": "Kustomization", "name": "apps"},
+                {"kind": "HelmRelease", "name": "podinfo"},
+                {"kind": "ImagePolicy", "name": "podinfo"},
+                {"kind": "GitRepository", "name": "repo"},
+            ],
+            ["GitRepository/repo"],
+            ["missing_api_version"] * 3,
+        ),
+        id="flux-Test_handlePayload-missing-apiVersion-in-resource",
+    ),
+    pytest.param(
+        Case(
+            [
+                {
+                    "kind": "ImagePolicy",
+                    "name": "podinfo",
+                    "apiVersion": "image.toolkit.fluxcd.io/v1beta2",
+                }
+            ],
+            [],
+            ["not_found"],
+        ),
+        id="removed-api-version-is-not-found",
+    ),
+    pytest.param(
+        Case(
+            [
+                {
+                    "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+                    "kind": "Kustomization",
+                    "name": "*",
+                    "matchLabels": {"team": "red"},
+                }
+            ],
             ["Kustomization/apps", "Kustomization/infra"],
         ),
         id="wildcard-match-labels-skips-other-shards",
     ),
     pytest.param(
         Case(
-            [{"kind": "Kustomization", "name": "*", "matchLabels": {"team": "red", "tier": "web"}}],
+            [
+                {
+                    "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+                    "kind": "Kustomization",
+                    "name": "*",
+                    "matchLabels": {"team": "red", "tier": "web"},
+                }
+            ],
             ["Kustomization/apps"],
         ),
         id="wildcard-labels-are-anded",
     ),
     pytest.param(
         Case(
-            [{"kind": "Kustomization", "name": "*", "matchLabels": {"team": "red"}}],
+            [
+                {
+                    "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+                    "kind": "Kustomization",
+                    "name": "*",
+                    "matchLabels": {"team": "red"},
+                }
+            ],
             ["Kustomization/sharded"],
             shard="s1",
         ),
         id="wildcard-in-a-shard",
     ),
     pytest.param(
-        Case([{"kind": "Kustomization", "name": "sharded"}], [], shard=None),
+        Case(
+            [
+                {
+                    "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+                    "kind": "Kustomization",
+                    "name": "sharded",
+                }
+            ],
+            [],
+            shard=None,
+        ),
         id="named-object-of-another-shard-is-skipped",
     ),
     pytest.param(
-        Case([{"kind": "Kustomization", "name": "*"}], [], ["wildcard_without_labels"]),
+        Case(
+            [
+                {
+                    "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+                    "kind": "Kustomization",
+                    "name": "*",
+                }
+            ],
+            [],
+            ["wildcard_without_labels"],
+        ),
         id="wildcard-without-labels-is-refused",
     ),
     pytest.param(
         Case(
-            [{"kind": "Kustomization", "name": "apps"}, {"kind": "GitRepository", "name": "repo"}],
+            [
+                {
+                    "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+                    "kind": "Kustomization",
+                    "name": "apps",
+                },
+                {"kind": "GitRepository", "name": "repo"},
+            ],
             ["GitRepository/repo", "Kustomization/apps"],
         ),
         id="several-resources",
@@ -131,7 +225,11 @@ CASES = [
     pytest.param(
         Case(
             [
-                {"kind": "Kustomization", "name": "missing"},
+                {
+                    "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+                    "kind": "Kustomization",
+                    "name": "missing",
+                },
                 {"kind": "GitRepository", "name": "repo"},
             ],
             ["GitRepository/repo"],
@@ -144,14 +242,28 @@ CASES = [
     ),
     pytest.param(
         Case(
-            [{"kind": "Kustomization", "name": "elsewhere", "namespace": "@other"}],
+            [
+                {
+                    "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+                    "kind": "Kustomization",
+                    "name": "elsewhere",
+                    "namespace": "@other",
+                }
+            ],
             ["Kustomization/elsewhere@other"],
         ),
         id="cross-namespace-allowed",
     ),
     pytest.param(
         Case(
-            [{"kind": "Kustomization", "name": "elsewhere", "namespace": "@other"}],
+            [
+                {
+                    "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+                    "kind": "Kustomization",
+                    "name": "elsewhere",
+                    "namespace": "@other",
+                }
+            ],
             [],
             ["cross_namespace"],
             cross_namespace=False,
@@ -160,7 +272,14 @@ CASES = [
     ),
     pytest.param(
         Case(
-            [{"kind": "Kustomization", "name": "*", "matchLabels": {"team": "red"}}],
+            [
+                {
+                    "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+                    "kind": "Kustomization",
+                    "name": "*",
+                    "matchLabels": {"team": "red"},
+                }
+            ],
             ["Kustomization/infra"],
             resource_filter="res.metadata.name == 'infra'",
         ),
@@ -168,7 +287,13 @@ CASES = [
     ),
     pytest.param(
         Case(
-            [{"kind": "Kustomization", "name": "apps"}],
+            [
+                {
+                    "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+                    "kind": "Kustomization",
+                    "name": "apps",
+                }
+            ],
             [],
             resource_filter="req.ref == 'refs/heads/release'",
             payload={"ref": "refs/heads/main"},
@@ -177,7 +302,13 @@ CASES = [
     ),
     pytest.param(
         Case(
-            [{"kind": "Kustomization", "name": "apps"}],
+            [
+                {
+                    "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+                    "kind": "Kustomization",
+                    "name": "apps",
+                }
+            ],
             ["Kustomization/apps"],
             resource_filter="req.ref.split('/')[2] == 'main' && has(res.metadata.labels)",
             payload={"ref": "refs/heads/main"},
@@ -188,6 +319,7 @@ CASES = [
         Case(
             [
                 {
+                    "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
                     "kind": "Kustomization",
                     "name": "*",
                     "matchLabels": {"team": "red"},
@@ -203,7 +335,13 @@ CASES = [
     ),
     pytest.param(
         Case(
-            [{"kind": "Kustomization", "name": "apps"}],
+            [
+                {
+                    "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+                    "kind": "Kustomization",
+                    "name": "apps",
+                }
+            ],
             [],
             ["filter_not_bool"],
             resource_filter="res.metadata.name",
@@ -212,7 +350,13 @@ CASES = [
     ),
     pytest.param(
         Case(
-            [{"kind": "Kustomization", "name": "apps"}],
+            [
+                {
+                    "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+                    "kind": "Kustomization",
+                    "name": "apps",
+                }
+            ],
             [],
             ["filter_invalid"],
             resource_filter="res.metadata.name ===",
@@ -259,6 +403,29 @@ async def test_explicit_targeting(
     )
     assert got == sorted(case.expected)
     assert sorted(e.reason for e in result.failures) == sorted(case.failures)
+
+
+def test_only_notification_controllers_defaults_resolve_without_api_version() -> None:
+    """The same table as notification-controller v1.9.3's ``defaultFluxAPIVersions``, each
+    entry the version its CRD serves; every other targetable kind has no default."""
+    assert DEFAULT_API_VERSIONS == {
+        "Bucket": "source.toolkit.fluxcd.io/v1",
+        "HelmChart": "source.toolkit.fluxcd.io/v1",
+        "HelmRepository": "source.toolkit.fluxcd.io/v1",
+        "GitRepository": "source.toolkit.fluxcd.io/v1",
+        "OCIRepository": "source.toolkit.fluxcd.io/v1",
+        "ImageRepository": "image.toolkit.fluxcd.io/v1",
+        "ArtifactGenerator": "source.extensions.fluxcd.io/v1beta1",
+    }
+    for kind, known in KINDS.items():
+        assert default_api_version(kind) in (None, known.api_version)
+    assert {k for k in KINDS if default_api_version(k) is None} == {
+        "Kustomization",
+        "HelmRelease",
+        "ImagePolicy",
+        "ImageUpdateAutomation",
+        "ExternalArtifact",
+    }
 
 
 async def test_an_unknown_receiver_is_a_temporary_failure(
@@ -311,10 +478,14 @@ async def test_auto_targeting_adds_the_source_index_matches(
     manifest = receiver_manifest(
         "hook",
         world,
-        [{"kind": "Kustomization", "name": "apps"}],
+        [{"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization", "name": "apps"}],
         annotations={TARGETING_ANNOTATION: "auto"},
     )
-    plain = receiver_manifest("plain", world, [{"kind": "Kustomization", "name": "apps"}])
+    plain = receiver_manifest(
+        "plain",
+        world,
+        [{"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization", "name": "apps"}],
+    )
     book = ReceiverBook()
     book.replace([parse_receiver(manifest, "test"), parse_receiver(plain, "test")])
     t = targeter(kube_client, book, index_factory=factory)

@@ -8,6 +8,18 @@ is not suspended), it writes status through the status subresource with a JSON m
 first ``Reconciling=True``/``Ready=Unknown`` (reason ``Progressing``, optional), then after a
 delay the result with ``lastHandledReconcileAt`` set to the annotation's value.
 
+The objects live under Flux's real CRDs, so status is written only in the fields each
+controller's schema has (anything else would be pruned silently):
+
+- Kustomization: ``lastAppliedRevision``/``lastAttemptedRevision``;
+- HelmRelease v2: ``lastAttemptedRevision`` and, on success, a new ``status.history[0]``
+  snapshot (``deployed``, the previous one ``superseded``): v2 has no ``lastAppliedRevision``;
+- sources: ``status.artifact`` with every field the schema requires;
+- ArtifactGenerator: no ``observedGeneration`` (its status has none); paused by the annotation
+  ``source.extensions.fluxcd.io/reconcile: disabled`` (any case), not ``spec.suspend``;
+- ExternalArtifact: never handled. No controller reconciles it on request and its status has
+  no ``lastHandledReconcileAt`` (a stand-in writing it would see it pruned and loop forever).
+
 The result per object comes from a rule (a callable) or, by default, from the object's own
 metadata so a test can state it when it creates the object:
 
@@ -60,6 +72,10 @@ class FluxKind:
     kind: str
     revision_fields: tuple[str, ...] = ()  # status fields holding applied/attempted revisions
     has_artifact: bool = False  # sources publish status.artifact
+    has_history: bool = False  # HelmRelease v2 records releases in status.history
+    has_observed_generation: bool = True  # status.observedGeneration exists in the schema
+    handles_requests: bool = True  # its controller answers requestedAt (ExternalArtifact: no)
+    disable_annotation: str | None = None  # annotation that pauses it when "disabled"
 
     @property
     def api_version(self) -> str:
@@ -70,7 +86,14 @@ _APPLIED = ("lastAppliedRevision", "lastAttemptedRevision")
 KUSTOMIZATION = FluxKind(
     "kustomize.toolkit.fluxcd.io", "v1", "kustomizations", "Kustomization", _APPLIED
 )
-HELM_RELEASE = FluxKind("helm.toolkit.fluxcd.io", "v2", "helmreleases", "HelmRelease", _APPLIED)
+HELM_RELEASE = FluxKind(
+    "helm.toolkit.fluxcd.io",
+    "v2",
+    "helmreleases",
+    "HelmRelease",
+    ("lastAttemptedRevision",),
+    has_history=True,
+)
 GIT_REPOSITORY = FluxKind(
     "source.toolkit.fluxcd.io", "v1", "gitrepositories", "GitRepository", has_artifact=True
 )
@@ -85,17 +108,26 @@ HELM_CHART = FluxKind(
 )
 BUCKET = FluxKind("source.toolkit.fluxcd.io", "v1", "buckets", "Bucket", has_artifact=True)
 EXTERNAL_ARTIFACT = FluxKind(
-    "source.toolkit.fluxcd.io", "v1", "externalartifacts", "ExternalArtifact", has_artifact=True
+    "source.toolkit.fluxcd.io",
+    "v1",
+    "externalartifacts",
+    "ExternalArtifact",
+    has_artifact=True,
+    has_observed_generation=False,
+    handles_requests=False,
 )
-IMAGE_REPOSITORY = FluxKind(
-    "image.toolkit.fluxcd.io", "v1beta2", "imagerepositories", "ImageRepository"
-)
-IMAGE_POLICY = FluxKind("image.toolkit.fluxcd.io", "v1beta2", "imagepolicies", "ImagePolicy")
+IMAGE_REPOSITORY = FluxKind("image.toolkit.fluxcd.io", "v1", "imagerepositories", "ImageRepository")
+IMAGE_POLICY = FluxKind("image.toolkit.fluxcd.io", "v1", "imagepolicies", "ImagePolicy")
 IMAGE_UPDATE_AUTOMATION = FluxKind(
-    "image.toolkit.fluxcd.io", "v1beta2", "imageupdateautomations", "ImageUpdateAutomation"
+    "image.toolkit.fluxcd.io", "v1", "imageupdateautomations", "ImageUpdateAutomation"
 )
 ARTIFACT_GENERATOR = FluxKind(
-    "source.extensions.fluxcd.io", "v1beta1", "artifactgenerators", "ArtifactGenerator"
+    "source.extensions.fluxcd.io",
+    "v1beta1",
+    "artifactgenerators",
+    "ArtifactGenerator",
+    has_observed_generation=False,
+    disable_annotation="source.extensions.fluxcd.io/reconcile",
 )
 RECEIVER = FluxKind("notification.toolkit.fluxcd.io", "v1", "receivers", "Receiver")
 
@@ -117,8 +149,11 @@ FLUX_KINDS: dict[str, FluxKind] = {
         RECEIVER,
     )
 }
-# What Flux reconciles on request (Receiver objects are not reconciled by a requestedAt here).
-RECONCILED_KINDS: tuple[FluxKind, ...] = tuple(k for k in FLUX_KINDS.values() if k is not RECEIVER)
+# What Flux reconciles on request (Receiver objects are not reconciled by a requestedAt here,
+# and nothing answers a requestedAt on an ExternalArtifact).
+RECONCILED_KINDS: tuple[FluxKind, ...] = tuple(
+    k for k in FLUX_KINDS.values() if k is not RECEIVER and k.handles_requests
+)
 
 
 @dataclass(frozen=True)
@@ -165,9 +200,54 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _default_revision(name: str, requested_at: str) -> str:
+def _default_revision(kind: FluxKind, name: str, requested_at: str) -> str:
     digest = hashlib.sha1(f"{name}/{requested_at}".encode(), usedforsecurity=False).hexdigest()
+    if kind.has_history:
+        return f"0.1.0+{digest[:12]}"  # a HelmRelease's revision is its chart's version
     return f"main@sha1:{digest}"
+
+
+def _chart_name(obj: JSON) -> str:
+    """The chart a HelmRelease installs: ``chart.spec.chart`` or the ``chartRef``'s name."""
+    spec = obj.get("spec") or {}
+    chart = ((spec.get("chart") or {}).get("spec") or {}).get("chart")
+    if isinstance(chart, str) and chart:
+        return chart.rsplit("/", 1)[-1]
+    return str((spec.get("chartRef") or {}).get("name") or obj["metadata"]["name"])
+
+
+def _release_history(obj: JSON, revision: str) -> list[JSON]:
+    """``status.history`` after a successful release of ``revision``, newest first.
+
+    Every field the HelmRelease v2 schema requires of a snapshot is set; older snapshots turn
+    ``superseded`` as helm-controller records them, and at most five are kept.
+    """
+    spec = obj.get("spec") or {}
+    meta = obj["metadata"]
+    before = [dict(h) for h in ((obj.get("status") or {}).get("history") or [])]
+    for old in before:
+        if old.get("status") == "deployed":
+            old["status"] = "superseded"
+    now = _now()
+    number = max((int(h.get("version") or 0) for h in before), default=0) + 1
+    release = spec.get("releaseName") or (
+        f"{spec['targetNamespace']}-{meta['name']}" if spec.get("targetNamespace") else meta["name"]
+    )
+    config = "sha256:" + hashlib.sha256(json.dumps(spec.get("values") or {}).encode()).hexdigest()
+    snapshot: JSON = {
+        "name": release,
+        "namespace": spec.get("targetNamespace") or meta["namespace"],
+        "version": number,
+        "status": "deployed",
+        "chartName": _chart_name(obj),
+        "chartVersion": revision,
+        "appVersion": revision.split("+", 1)[0],
+        "configDigest": config,
+        "digest": "sha256:" + hashlib.sha256(f"{release}/{number}".encode()).hexdigest(),
+        "firstDeployed": before[-1]["firstDeployed"] if before else now,
+        "lastDeployed": now,
+    }
+    return [snapshot, *before][:5]
 
 
 def _set_conditions(
@@ -328,19 +408,28 @@ class FluxStandIn:
         if state.task is not None and not state.task.done():
             state.dirty = True
             return
-        if not self._wanted(obj, state):
+        if not self._wanted(kind, obj, state):
             return
         state.task = asyncio.create_task(
             self._reconcile(kind, name, state), name=f"standin-{kind.plural}-{name}"
         )
 
     @staticmethod
-    def _wanted(obj: JSON, state: _ObjectState) -> str | None:
+    def _wanted(kind: FluxKind, obj: JSON, state: _ObjectState) -> str | None:
         """The requestedAt value to handle, or None if there is nothing to do."""
-        requested = (obj["metadata"].get("annotations") or {}).get(REQUESTED_AT)
+        annotations = obj["metadata"].get("annotations") or {}
+        requested = annotations.get(REQUESTED_AT)
         handled = (obj.get("status") or {}).get("lastHandledReconcileAt")
         suspended = bool((obj.get("spec") or {}).get("suspend"))
-        if not requested or requested == handled or suspended or requested in state.hung:
+        if kind.disable_annotation is not None:
+            suspended = str(annotations.get(kind.disable_annotation, "")).lower() == "disabled"
+        if (
+            not kind.handles_requests
+            or not requested
+            or requested == handled
+            or suspended
+            or requested in state.hung
+        ):
             return None
         wanted: str = requested
         return wanted
@@ -355,7 +444,7 @@ class FluxStandIn:
                 obj = await self._custom.get_namespaced_custom_object(
                     kind.group, kind.version, self.namespace, kind.plural, name
                 )
-                requested = self._wanted(obj, state)
+                requested = self._wanted(kind, obj, state)
                 if requested is None:
                     if state.dirty:
                         continue
@@ -400,8 +489,10 @@ class FluxStandIn:
         delay = self.delay if outcome.delay is None else outcome.delay
         if delay > 0:
             await asyncio.sleep(delay)
-        revision = outcome.revision or _default_revision(name, requested)
-        status: JSON = {"lastHandledReconcileAt": requested, "observedGeneration": generation}
+        revision = outcome.revision or _default_revision(kind, name, requested)
+        status: JSON = {"lastHandledReconcileAt": requested}
+        if kind.has_observed_generation:
+            status["observedGeneration"] = generation
         if outcome.result == "succeed":
             message = outcome.message or f"Applied revision: {revision}"
             ready = self._condition(
@@ -409,6 +500,8 @@ class FluxStandIn:
             )
             for field_name in kind.revision_fields:
                 status[field_name] = revision
+            if kind.has_history:
+                status["history"] = _release_history(obj, revision)
             if kind.has_artifact:
                 status["artifact"] = {
                     "revision": revision,

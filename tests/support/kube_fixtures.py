@@ -1,7 +1,7 @@
 """pytest fixtures for the real Kubernetes API server (a plugin: ``tests.support.kube_fixtures``).
 
 This module owns how tests get a cluster: one etcd + kube-apiserver per test session (``kube``,
-with the stand-in Flux CRDs from deploy/crds applied), a fresh namespace per test
+with Flux's real CRDs from ../shared/flux-crds applied), a fresh namespace per test
 (``kube_namespace``, emptied and removed afterwards), a ready ``kubernetes_asyncio`` client
 (``kube_client``) and a fault proxy in front of the server (``kube_proxy``). The session fixture
 is synchronous on purpose, so it works with whatever event loop a test runs in. Tests that use
@@ -29,9 +29,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def kube() -> Iterator[KubeAPI]:
-    """A real kube-apiserver v1.20.2 + etcd for the whole session, stand-in Flux CRDs applied.
+    """A real kube-apiserver v1.20.2 + etcd for the whole session, Flux's real CRDs applied.
 
-    Fails (never skips) when the server cannot be started.
+    Fails (never skips) when the server cannot be started or Flux's CRDs are missing.
     """
     api = KubeAPI()
     api.start()
