@@ -307,8 +307,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run(serve(settings))
     except ConfigError as e:
+        # Lines still queued for the log writer come first, as they happened first.
+        logs.shutdown()
         print(f"fluxrelay-reconciler: invalid configuration: {e}", file=sys.stderr)
         return 2
+    finally:
+        logs.shutdown()
     return 0
 
 

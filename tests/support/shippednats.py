@@ -4,10 +4,11 @@ The deploy tests, the NATS permission tests and the quick start all need a nats-
 that is configured *exactly* like the StatefulSet's, users and permissions included, or
 what they prove says nothing about an install. Only what cannot work on a developer's
 machine is changed: the listen and monitoring addresses move to free loopback ports, the
-store to a private folder, and ``sync_interval`` (2.10+) is dropped when the local server
-is older (Debian's is 2.9.10). The credentials come in the way the pod gets them: the
-public keys and route password as environment variables (``scripts/natsusers.py``), and
-the environment holds nothing else, so the config cannot pick up a stray variable.
+store to a private folder, and ``sync_interval`` (2.10+) is dropped when the server the
+harness chose is older (Debian's 2.9.10, which the CI run also uses). The credentials come
+in the way the pod gets them: the public keys and route password as environment variables
+(``scripts/natsusers.py``), and the environment holds nothing else, so the config cannot
+pick up a stray variable.
 
 The server's log is kept: permission violations are logged there (with the user's public
 key), which lets a test show both that an attack was refused and that the legitimate
@@ -16,32 +17,27 @@ processes never hit a refusal.
 
 from __future__ import annotations
 
-import functools
 import re
-import shutil
 import signal
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
 from scripts.natsusers import NatsUsers
-from tests.support.natsd import NATS_SERVER, free_port, wait_port
+from tests.support.natsd import NATS_SERVER, free_port, nats_version, require_server, wait_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SINGLE_DIR = REPO_ROOT / "deploy" / "nats" / "single"
 CONFIG_FILES = ("nats.conf", "auth.conf")
 """The files of the ConfigMap nats-config (nats.conf includes auth.conf)."""
 NEWER_THAN_LOCAL = ("sync_interval",)
-"""nats.conf keys the 2.10 image knows and Debian's 2.9 server does not."""
+"""nats.conf keys the image knows and Debian's 2.9 server does not (2.10+)."""
 POD_NAME = "nats-0"
 
 
-@functools.cache
 def local_version() -> tuple[int, int]:
-    out = subprocess.run([NATS_SERVER, "--version"], capture_output=True, text=True, check=True)
-    match = re.search(r"v(\d+)\.(\d+)", out.stdout + out.stderr)
-    assert match, out
-    return int(match[1]), int(match[2])
+    major, minor, _ = nats_version()
+    return major, minor
 
 
 def for_local_server(text: str) -> str:
@@ -118,8 +114,7 @@ class ShippedNats:
         )
 
     def start(self) -> ShippedNats:
-        if not Path(NATS_SERVER).exists() and shutil.which(NATS_SERVER) is None:
-            raise RuntimeError("nats-server is not installed (Debian package nats-server)")
+        require_server()
         self.proc = subprocess.Popen(
             [NATS_SERVER, "-c", str(self.conf), "-l", str(self.log)],
             env=self.env,
