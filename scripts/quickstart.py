@@ -173,6 +173,8 @@ def hook_lines(port: int) -> list[tuple[str, str]]:
     found = read_documents(RECEIVERS)
     out: list[tuple[str, str]] = []
     for _, definition in found.receivers:
+        if definition.secret_name is None:  # generic-oidc in Flux's form: no token to print
+            continue
         token = found.secrets[(definition.namespace, definition.secret_name)]["token"]
         path = hook_path(token, definition.name, definition.namespace)
         out.append((f"http://127.0.0.1:{port}{path}", token.decode()))
