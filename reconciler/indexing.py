@@ -124,11 +124,22 @@ def compile_paths(annotation: str | None) -> re.Pattern[str] | None:
     return re.compile("(?:" + "|".join(parts) + ")(?:/.*)?")
 
 
+MAX_NARROWING_PATH = 4096
+"""Longest changed path narrowed by (Linux's PATH_MAX): a glob with several ``**`` is a
+regex whose match time grows with the square of the path's length, and the paths are the
+sender's text (one 3 MiB path would take hours)."""
+MAX_NARROWING_BYTES = 64 * 1024
+"""Changed paths, in all, that an event may narrow by; past it the event narrows nothing
+(reconciling a source too many is safe, a filter that runs for minutes is not)."""
+
+
 def narrowing_paths(envelope: Mapping[str, Any]) -> list[str] | None:
     """The changed paths to narrow by, or None when the event must not narrow at all.
 
     A tag push never narrows, whatever the provider says about its paths: the tag is a new
     artifact for every source following it, even if the commit touched none of its paths.
+    Nor does an event whose paths are longer than a real path or more than
+    :data:`MAX_NARROWING_BYTES` in all (what the globs cost grows faster than the paths).
     """
     if envelope.get("paths_complete") is not True:
         return None
@@ -138,7 +149,12 @@ def narrowing_paths(envelope: Mapping[str, Any]) -> list[str] | None:
     paths = envelope.get("changed_paths")
     if not isinstance(paths, list) or not paths:
         return None
-    return [p.removeprefix("./").lstrip("/") for p in paths if isinstance(p, str)]
+    kept = [p.removeprefix("./").lstrip("/") for p in paths if isinstance(p, str)]
+    if sum(map(len, kept)) > MAX_NARROWING_BYTES or max(map(len, kept), default=0) > (
+        MAX_NARROWING_PATH
+    ):
+        return None
+    return kept
 
 
 # ----------------------------------------------------------------------------------- table
