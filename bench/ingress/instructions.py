@@ -1,15 +1,23 @@
-"""bench/ingress/instructions: instructions the server executes per delivery, receiver and
-bare handler, counted by callgrind.
+"""bench/ingress/instructions: instructions the server executes per delivery, the receiver
+and both ceilings of ``bench.ingress.run`` (bare handler, strict low-level server), counted
+by callgrind.
 
-Time per request on a shared host drifts by a factor of two within minutes, and the two
-servers do not drift alike; the number of instructions a server executes per request hardly
-moves between runs. So this is the bench for telling whether a change to the hot path is a
-gain (the throughput bench, ``bench.ingress.run``, is the one whose numbers the goal is
-stated in). Each server runs under ``valgrind --tool=callgrind`` with counting off; after a
+Time per request on a shared host drifts by a factor of two within minutes, and the servers
+do not drift alike; the number of instructions a server executes per request hardly moves
+between runs. So this is the bench for telling whether a change to the hot path is a gain
+(the throughput bench, ``bench.ingress.run``, is the one whose numbers the goal is stated
+in). Each server runs under ``valgrind --tool=callgrind`` with counting off; after a
 warm-up, counting is switched on for exactly ``--requests`` signed GitHub pushes (each a new
 delivery id, ``--concurrency`` in flight, from a client outside valgrind), then off, and
 the total is divided by the number of requests. Counts include everything the process
-runs: the interpreter, aiohttp, uvloop, libcrypto, the kernel interface (not the kernel).
+runs, every thread: the interpreter, aiohttp, uvloop, libcrypto, the kernel interface (not
+the kernel).
+
+The receiver runs with the same command line as in ``bench.ingress.run``: its default flags
+(INFO, a text line per delivery), stdout and stderr to a file. Its lines are formatted and
+written by the log writer thread, possibly after the answer; so counting starts only once
+the warm-up's lines are all written and stops only once the measured requests' lines are
+(the log file has stopped growing), and the lines written per request are reported.
 
     python -m bench.ingress.instructions [--requests 2000] [--concurrency 32]
 """
@@ -32,12 +40,41 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.ingress.run import PUSH, ROOT, TOKEN, bench_receiver, receiver_command, wait_ready
+from bench.ingress.run import (
+    CEILINGS,
+    PUSH,
+    ROOT,
+    TOKEN,
+    bench_receiver,
+    ceiling_command,
+    git_state,
+    receiver_command,
+    receiver_env,
+    wait_ready,
+)
 from tests.support.ingress import hmac_hex
 from tests.support.natsd import NatsServer, free_port, wait_port
 
 READY_SECONDS = 300.0
 """Starting the receiver under valgrind (imports, compiled schemas) takes a minute or two."""
+QUIET_SECONDS = 1.0
+"""A log that has not grown for this long has been written out (the writer thread writes
+while it has lines queued)."""
+
+
+def settled(log: Path, timeout: float = 120.0) -> int:
+    """Wait until ``log`` stops growing; its number of lines then."""
+    deadline = time.monotonic() + timeout
+    size, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        now = log.stat().st_size
+        if now != size:
+            size, since = now, time.monotonic()
+        elif time.monotonic() - since >= QUIET_SECONDS:
+            break
+        time.sleep(0.05)
+    with log.open("rb") as lines:
+        return sum(1 for _ in lines)
 
 
 async def send(url: str, count: int, concurrency: int, nonce: str) -> int:
@@ -86,31 +123,42 @@ def counted(out_dir: Path) -> int:
 
 
 def measure(
-    name: str, command: list[str], ready: Callable[[], None], url: str, args: argparse.Namespace
+    name: str,
+    command: list[str],
+    env: dict[str, str],
+    ready: Callable[[], None],
+    url: str,
+    args: argparse.Namespace,
 ) -> dict[str, float]:
     """Run ``command`` under callgrind, wait until ``ready()`` returns, count one batch."""
     out_dir = Path(tempfile.mkdtemp(prefix=f"fluxrelay-callgrind-{name}-"))
+    log = out_dir / "server.log"  # the server's stdout and stderr; valgrind's own apart
     try:
-        proc = subprocess.Popen(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                "--instr-atstart=no",
-                f"--callgrind-out-file={out_dir}/callgrind.out.%p",
-                *command,
-            ],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONHASHSEED": "0"},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        with log.open("wb") as output:
+            proc = subprocess.Popen(
+                [
+                    "valgrind",
+                    "--tool=callgrind",
+                    "--instr-atstart=no",
+                    f"--callgrind-out-file={out_dir}/callgrind.out.%p",
+                    f"--log-file={out_dir}/valgrind.log",
+                    *command,
+                ],
+                cwd=ROOT,
+                env={**env, "PYTHONHASHSEED": "0"},
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=output,
+            )
         try:
             ready()
             nonce = uuid.uuid4().hex
             asyncio.run(send(url, args.warmup, args.concurrency, nonce + "-warm"))
+            lines_before = settled(log)
             callgrind_control("--instr=on", str(proc.pid))
             started = time.monotonic()
             ok = asyncio.run(send(url, args.requests, args.concurrency, nonce))
+            lines = settled(log) - lines_before
             callgrind_control("--instr=off", str(proc.pid))
             callgrind_control("--dump", str(proc.pid))
             seconds = time.monotonic() - started
@@ -122,8 +170,16 @@ def measure(
         total = counted(out_dir)  # after exit: the dumps are complete
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
-    result = {"instructions_per_request": total / args.requests, "seconds": seconds}
-    print(f"{name:8s} {result['instructions_per_request']:10.0f} instructions/request", flush=True)
+    result = {
+        "instructions_per_request": total / args.requests,
+        "log_lines_per_request": lines / args.requests,
+        "seconds": seconds,
+    }
+    print(
+        f"{name:8s} {result['instructions_per_request']:10.0f} instructions/request  "
+        f"{result['log_lines_per_request']:.2f} log lines/request",
+        flush=True,
+    )
     return result
 
 
@@ -141,38 +197,47 @@ def main() -> int:
             print(f"{tool} is required (Debian: valgrind)", file=sys.stderr)
             return 2
 
+    git = git_state()
     tmp = Path(tempfile.mkdtemp(prefix="fluxrelay-bench-"))
     path, config = bench_receiver(tmp)
     nats = NatsServer(name="bench")
     nats.start()
     try:
-        port, metrics, bare = free_port(), free_port(), free_port()
+        port, metrics = free_port(), free_port()
         results = {
             "receiver": measure(
                 "receiver",
                 receiver_command(config, nats.url, port, metrics),
+                receiver_env(),
                 lambda: wait_ready(f"http://127.0.0.1:{metrics}/readyz", READY_SECONDS),
                 f"http://127.0.0.1:{port}{path}",
                 args,
-            ),
-            "bare": measure(
-                "bare",
-                [sys.executable, "-m", "bench.ingress.bare", str(bare)],
-                lambda: wait_port(bare, READY_SECONDS),
-                f"http://127.0.0.1:{bare}{path}",
-                args,
-            ),
+            )
         }
+        for name in CEILINGS:
+            ceiling = free_port()
+            results[name] = measure(
+                name,
+                ceiling_command(name, ceiling),
+                dict(os.environ),
+                lambda: wait_port(ceiling, READY_SECONDS),  # noqa: B023 (called right away)
+                f"http://127.0.0.1:{ceiling}{path}",
+                args,
+            )
     finally:
         nats.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
     receiver = results["receiver"]["instructions_per_request"]
-    ceiling = results["bare"]["instructions_per_request"]
     summary = {
+        **git,
         "requests": args.requests,
         "concurrency": args.concurrency,
         **{name: round(r["instructions_per_request"]) for name, r in results.items()},
-        "ratio": ceiling / receiver,
+        **{
+            f"receiver/{name}": receiver / results[name]["instructions_per_request"]
+            for name in CEILINGS
+        },
+        "receiver_log_lines_per_request": results["receiver"]["log_lines_per_request"],
     }
     print(json.dumps(summary, indent=2))
     args.out.write_text(json.dumps(summary, indent=2) + "\n")

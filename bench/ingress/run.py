@@ -1,15 +1,33 @@
 """bench/ingress: signed GitHub push deliveries with wrk against one receiver process and a
-real nats-server (file storage), and, in the same run, a bare aiohttp handler as the ceiling.
+real nats-server (file storage), and, in the same run, two aiohttp servers that do nothing
+but answer, as ceilings.
 
-Both servers run for the whole bench and are loaded ``--runs`` times each, in pairs a few
-seconds apart (which goes first alternates). Reported: the medians, the median of the
-per-pair receiver/bare throughput ratios, and the ratio of CPU time per request (bare over
-receiver), which a shared host's changing speed disturbs less. The server process is
-pinned to one core and wrk plus nats-server to the other, as TESTING.md describes. Every
-request carries its own delivery id (so nothing is deduplicated: each 202 is a new stored
-message).
+The receiver runs as it ships: default flags (log level INFO, one text line per delivery on
+stderr, written by the log writer thread), with its stdout and stderr going to a file as
+under a container runtime, so formatting and writing the log lines are measured; a pipe
+that nobody read would block it, ``/dev/null`` would be cheaper than any real destination.
+The only flags given are the ones a bench cannot do without: ``--config`` (the bench's one
+GitHub Receiver), ``--nats-url`` (the bench's own nats-server), ``--listen`` and
+``--metrics-listen`` (free loopback ports, the metrics port for readiness). ``FLUXRELAY_*``
+variables are removed from its environment, so a shell that sets one cannot change a
+default behind the bench's back. The nats-server is private to the bench, so the default
+stream names write into nothing a running relay uses.
 
-    python -m bench.ingress.run [--duration 5] [--runs 10] [--connections 64]
+The ceilings: ``bare`` (:mod:`bench.ingress.bare`, an application with a router and
+``json_response``, the usual aiohttp service, the ceiling of earlier results) and ``strict``
+(:mod:`bench.ingress.strict`, the receiver's own low-level server and options with a handler
+that only answers). All three stay up for the whole bench and are loaded in ``--runs``
+rounds, one run each, seconds apart; the order rotates every round, so a drift of the shared
+host's speed does not always favour the same server. Reported for each server: throughput,
+p50, p99 and CPU time per request (the server is pinned to one core, so CPU per request is
+the cost that bounds its throughput, and a shared host's changing speed disturbs it less);
+per round and as medians of the rounds, receiver/bare and receiver/strict for throughput
+(below 1) and CPU per request (above 1). wrk plus nats-server are pinned to the other core,
+as TESTING.md describes. Every request carries its own delivery id (nothing is deduplicated:
+each 202 is a new stored message). The results file records every run, the exact commands,
+and the commit measured with whether the work tree was dirty.
+
+    python -m bench.ingress.run [--duration 5] [--runs 10] [--connections 64] [--warmup 2]
 """
 
 from __future__ import annotations
@@ -26,15 +44,20 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from receiver.hooks import hook_path
 from tests.support.ingress import dump_yaml, hmac_hex, receiver_docs
-from tests.support.natsd import NatsServer, free_port, wait_port
+from tests.support.natsd import NATS_SERVER, NatsServer, free_port, nats_version, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PUSH = (ROOT / "tests" / "receiver" / "fixtures" / "github_push.json").read_bytes()
 TOKEN = "bench-token-00000001"
+
+SERVERS = ("receiver", "bare", "strict")
+CEILINGS = ("bare", "strict")
 
 LUA = """
 -- Every request gets its own delivery id (run nonce, wrk thread, counter): nothing may be
@@ -61,7 +84,8 @@ end
 """
 
 
-KEYS = ("rps", "p50_ms", "p99_ms", "non2xx", "cpu_us_per_request")
+KEYS = ("rps", "p50_ms", "p99_ms", "requests", "non2xx", "socket_errors", "cpu_us_per_request")
+"""What each run records; medians are taken of each."""
 
 
 def lua_string(data: bytes) -> str:
@@ -78,14 +102,14 @@ def parse_wrk(out: str) -> dict[str, float]:
     p99 = ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     total = re.search(r"(\d+) requests in", out)
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    errors = re.search(r"Socket errors:.*", out)
+    errors = re.search(r"Socket errors:(.*)", out)
     return {
         "rps": rps,
         "p50_ms": p50,
         "p99_ms": p99,
         "requests": float(total.group(1)) if total else 0.0,
         "non2xx": float(non2xx.group(1)) if non2xx else 0.0,
-        "socket_errors": 1.0 if errors else 0.0,
+        "socket_errors": float(sum(map(int, re.findall(r"\d+", errors[1])))) if errors else 0.0,
     }
 
 
@@ -160,9 +184,8 @@ def bench_receiver(tmp: Path) -> tuple[str, Path]:
 
 
 def receiver_command(config: Path, nats_url: str, port: int, metrics: int) -> list[str]:
-    """The receiver's command line for both benches: its own stream names, so a bench
-    never writes into a stream a running relay uses, and warnings only (logging per
-    delivery would be measured too)."""
+    """The receiver's command line for both benches: its defaults but for what a bench
+    cannot leave to them (the Receivers, the bench's nats-server, free ports)."""
     return [
         sys.executable,
         "-m",
@@ -175,24 +198,111 @@ def receiver_command(config: Path, nats_url: str, port: int, metrics: int) -> li
         f"127.0.0.1:{port}",
         "--metrics-listen",
         f"127.0.0.1:{metrics}",
-        "--stream",
-        "BENCH",
-        "--stream-subject-prefix",
-        "bench.events",
-        "--dead-stream",
-        "BENCHDEAD",
-        "--dead-subject-prefix",
-        "bench.dead",
-        "--log-level",
-        "WARNING",
     ]
 
 
+def receiver_env() -> dict[str, str]:
+    """This environment without ``FLUXRELAY_*``: every receiver option can be set by such a
+    variable, and a bench of the defaults must not inherit one (a log level, say)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("FLUXRELAY_")}
+
+
+def ceiling_command(name: str, port: int) -> list[str]:
+    return [sys.executable, "-m", f"bench.ingress.{name}", str(port)]
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def log_stats(path: Path) -> dict[str, Any]:
+    """Size of the receiver's log, and its lines by level (INFO lines show it logged at its
+    default level: one per accepted delivery)."""
+    level = re.compile(rb"\S+ \S+ ([A-Z]+) ")
+    stats: dict[str, Any] = {"bytes": path.stat().st_size, "lines": 0}
+    notable: list[str] = []  # what else it said (warnings at startup, say), the first few
+    with path.open("rb") as lines:  # a full set writes some 100 MB: read line by line
+        for line in lines:
+            stats["lines"] += 1
+            match = level.match(line)
+            name = match[1].decode() if match else "other"
+            stats[name] = stats.get(name, 0) + 1
+            if name != "INFO" and len(notable) < 10:
+                notable.append(line.decode(errors="replace").rstrip())
+    return {**stats, "not_info": notable}
+
+
+def git_state() -> dict[str, Any]:
+    """The commit measured and whether the work tree differed from it (paths as ``git status
+    --porcelain`` gives them; untracked files count, they may be imported)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True, timeout=30
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    head = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain")
+    changed = status.splitlines() if status is not None else []
+    return {
+        "commit": head.strip() if head is not None else None,
+        "dirty": bool(changed) if status is not None else None,
+        "dirty_paths": changed,
+    }
+
+
+def rotation(round_index: int, servers: Sequence[str] = SERVERS) -> tuple[str, ...]:
+    """The order of round ``round_index``: the servers shifted by one place each round, so
+    each goes first, second and last equally often (within one) over the rounds."""
+    shift = round_index % len(servers)
+    return (*servers[shift:], *servers[:shift])
+
+
+def round_ratios(runs: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """receiver/ceiling for throughput and CPU per request, for one round's runs."""
+    return {
+        f"receiver/{ceiling}": {
+            key: runs["receiver"][key] / runs[ceiling][key] for key in ("rps", "cpu_us_per_request")
+        }
+        for ceiling in CEILINGS
+    }
+
+
+def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians per server over the rounds, and each ratio per round and its median (the
+    median of per-round ratios: both sides of a ratio were measured seconds apart)."""
+    medians = {
+        name: {key: statistics.median(r[name][key] for r in rounds) for key in KEYS}
+        for name in SERVERS
+    }
+    ratios: dict[str, Any] = {}
+    for pair in (f"receiver/{c}" for c in CEILINGS):
+        ratios[pair] = {}
+        for key in ("rps", "cpu_us_per_request"):
+            values = [r["ratios"][pair][key] for r in rounds]
+            ratios[pair][key] = {
+                "median": statistics.median(values),
+                "min": min(values),
+                "max": max(values),
+                "per_round": [round(v, 4) for v in values],
+            }
+    return {"median": medians, "ratios": ratios}
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--duration", type=int, default=5)
-    parser.add_argument("--runs", type=int, default=10)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=int, default=5, help="seconds per run")
+    parser.add_argument("--runs", type=int, default=10, help="rounds (one run per server)")
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--warmup", type=int, default=2, help="seconds per server, 0: none")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "ingress" / "results.json")
     args = parser.parse_args()
     for tool in ("wrk", "taskset"):
@@ -200,9 +310,14 @@ def main() -> int:
             print(f"{tool} is required (Debian: wrk, util-linux)", file=sys.stderr)
             return 2
 
+    started = time.monotonic()
+    git = git_state()  # before the run: the tree measured, not the results it writes
     load_before = os.getloadavg()[0]  # the machine should be idle but for this bench
     tmp = Path(tempfile.mkdtemp(prefix="fluxrelay-bench-"))
     path, config = bench_receiver(tmp)
+    # The receiver's stdout and stderr, as a container runtime keeps them; the ceilings'
+    # (they write nothing unless they fail) only for telling why one did.
+    logs = {name: tmp / f"{name}.log" for name in SERVERS}
 
     nats = NatsServer(name="bench")
     nats.start()
@@ -211,83 +326,143 @@ def main() -> int:
         check=True,
         capture_output=True,
     )
-    results: dict[str, list[dict[str, float]]] = {"receiver": [], "bare": []}
-    ports = {"receiver": free_port(), "bare": free_port()}
+    ports = {name: free_port() for name in SERVERS}
     metrics = free_port()
     commands = {
         "receiver": receiver_command(config, nats.url, ports["receiver"], metrics),
-        "bare": [sys.executable, "-m", "bench.ingress.bare", str(ports["bare"])],
+        **{name: ceiling_command(name, ports[name]) for name in CEILINGS},
     }
+    rounds: list[dict[str, Any]] = []
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    rss: dict[str, float] = {}
     try:
-        # Both servers stay up on core 0 for the whole bench (an idle one costs nothing), so
-        # the two halves of a pair are seconds apart, not a process start and a warm-up.
+        # All servers stay up on core 0 for the whole bench (an idle one costs next to
+        # nothing), so the runs of a round are seconds apart, not a process start and a
+        # warm-up apart.
         for name, cmd in commands.items():
-            procs[name] = subprocess.Popen(
-                ["taskset", "-c", "0", *cmd],
-                cwd=ROOT,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        wait_ready(f"http://127.0.0.1:{metrics}/readyz")
-        wait_port(ports["bare"])
-        for name in commands:
-            wrk(ports[name], write_script(tmp, path), 2, args.connections)  # warm-up
-        for run in range(args.runs):
-            # Alternate which goes first, so a drift of the shared host's speed within a
-            # pair does not always favour the same side.
-            order = ("receiver", "bare") if run % 2 == 0 else ("bare", "receiver")
+            with logs[name].open("wb") as log:  # the child keeps its own descriptor
+                procs[name] = subprocess.Popen(
+                    ["taskset", "-c", "0", *cmd],
+                    cwd=ROOT,
+                    env=receiver_env() if name == "receiver" else None,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                )
+        try:
+            wait_ready(f"http://127.0.0.1:{metrics}/readyz")
+            for name in CEILINGS:
+                wait_port(ports[name])
+        except RuntimeError as e:
+            tails = "\n".join(f"{name} log:\n{log_tail(logs[name])}" for name in SERVERS)
+            raise RuntimeError(f"{e}\n{tails}") from e
+        if args.warmup > 0:
+            for name in SERVERS:
+                wrk(ports[name], write_script(tmp, path), args.warmup, args.connections)
+        for index in range(args.runs):
+            order = rotation(index)
+            runs: dict[str, dict[str, float]] = {}
             for name in order:
                 pid = procs[name].pid
                 cpu_before = cpu_seconds(pid)
                 result = wrk(ports[name], write_script(tmp, path), args.duration, args.connections)
+                if not result["requests"]:
+                    raise RuntimeError(f"{name} answered no request; log:\n{log_tail(logs[name])}")
                 result["cpu_us_per_request"] = (
                     (cpu_seconds(pid) - cpu_before) / result["requests"] * 1e6
                 )
-                results[name].append(result)
+                runs[name] = result
                 print(
-                    f"run {run + 1} {name:8s} {result['rps']:9.0f} req/s  "
+                    f"round {index + 1} {name:8s} {result['rps']:9.0f} req/s  "
                     f"p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms  "
                     f"non-2xx {result['non2xx']:.0f}  "
-                    f"cpu {result['cpu_us_per_request']:.0f} us/request",
+                    f"cpu {result['cpu_us_per_request']:.1f} us/request",
                     flush=True,
                 )
-        rss = peak_rss_mib(procs["receiver"].pid)
+            ratios = round_ratios(runs)
+            print(
+                f"round {index + 1} "
+                + "  ".join(
+                    f"{pair}: throughput {r['rps']:.3f} cpu/request {r['cpu_us_per_request']:.3f}"
+                    for pair, r in ratios.items()
+                ),
+                flush=True,
+            )
+            rounds.append({"order": list(order), **runs, "ratios": ratios})
+        rss = {name: peak_rss_mib(proc.pid) for name, proc in procs.items()}
     finally:
         for proc in procs.values():
             proc.terminate()
-            proc.wait(15)
+        for proc in procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         nats.cleanup()
+        receiver_log = log_stats(logs["receiver"]) if logs["receiver"].exists() else {}
         shutil.rmtree(tmp, ignore_errors=True)
 
-    def median(name: str, key: str) -> float:
-        return statistics.median(r[key] for r in results[name])
-
-    ratios = [
-        r["rps"] / b["rps"] for r, b in zip(results["receiver"], results["bare"], strict=True)
-    ]
     summary = {
+        **git,
         "connections": args.connections,
         "duration_s": args.duration,
         "runs": args.runs,
+        "warmup_s": args.warmup,
         "cpus": os.cpu_count(),
-        "receiver": {k: median("receiver", k) for k in KEYS},
-        "bare": {k: median("bare", k) for k in KEYS},
-        "ratio": statistics.median(ratios),
-        "ratios": [round(r, 3) for r in ratios],
-        "cpu_ratio": median("bare", "cpu_us_per_request")
-        / median("receiver", "cpu_us_per_request"),
-        "receiver_peak_rss_mib": rss,
-        "per_run": {
-            name: [{k: round(r[k], 2) for k in KEYS} for r in runs]
-            for name, runs in results.items()
+        "nats_server": {"binary": NATS_SERVER, "version": ".".join(map(str, nats_version()))},
+        "commands": {
+            # ports and temporary paths differ from run to run; the flags are what matters
+            name: [str(Path(cmd[0]).name), *cmd[1:]]
+            for name, cmd in commands.items()
         },
-        "loadavg_1m_after": os.getloadavg()[0],
+        **summarise(rounds),
+        "peak_rss_mib": rss,
+        "receiver_log": receiver_log,
+        "rounds": [
+            {
+                "order": r["order"],
+                **{name: {k: round(v, 3) for k, v in r[name].items()} for name in SERVERS},
+                "ratios": {
+                    pair: {k: round(v, 4) for k, v in values.items()}
+                    for pair, values in r["ratios"].items()
+                },
+            }
+            for r in rounds
+        ],
         "loadavg_1m_before": load_before,
+        "loadavg_1m_after": os.getloadavg()[0],
+        "wall_s": round(time.monotonic() - started, 1),
     }
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary, indent=2))
+    print(report(summary))
+    print(f"written: {args.out}")
     return 0
+
+
+def report(summary: dict[str, Any]) -> str:
+    """The medians and ratios as a few lines (the file has every run)."""
+    lines = [
+        f"commit {summary['commit']}{' (dirty tree)' if summary['dirty'] else ''}, "
+        f"{summary['runs']} rounds of {summary['duration_s']} s, "
+        f"{summary['connections']} connections",
+        f"{'':9s}{'req/s':>10s}{'p50 ms':>9s}{'p99 ms':>9s}{'cpu us/req':>12s}",
+    ]
+    for name in SERVERS:
+        m = summary["median"][name]
+        lines.append(
+            f"{name:9s}{m['rps']:10.0f}{m['p50_ms']:9.2f}{m['p99_ms']:9.2f}"
+            f"{m['cpu_us_per_request']:12.1f}"
+        )
+    for pair, ratios in summary["ratios"].items():
+        rps, cpu = ratios["rps"], ratios["cpu_us_per_request"]
+        lines.append(
+            f"{pair}: throughput {rps['median']:.3f} ({rps['min']:.3f}-{rps['max']:.3f}), "
+            f"cpu/request {cpu['median']:.3f} ({cpu['min']:.3f}-{cpu['max']:.3f})"
+        )
+    log = summary["receiver_log"]
+    lines.append(f"receiver log: {log.get('lines', 0)} lines, {log.get('bytes', 0)} bytes")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
