@@ -278,7 +278,8 @@ async def handle_hook(
             body = await read_body(request, limit, state.settings.read_timeout)
         state.metrics.body_bytes.observe(len(body))
         remote = addressing.text(source) if source is not None else request.remote
-        req = Request(request.headers, body, request.content_type.lower(), remote)
+        content_type = media_type(request.headers.get("Content-Type"))
+        req = Request(request.headers, body, content_type, remote)
         used_previous = rotating.verify(provider, spec, req, state.table.now()) or route.previous
         if used_previous:
             note_previous_token(state, spec)
@@ -291,7 +292,8 @@ async def handle_hook(
         if parsed.ping:
             outcome = "ping"
             return reply(200, status="ok", reason="ping acknowledged, nothing stored")
-        parsed = allowed_items(spec, parsed)
+        if provider.filters_events:
+            parsed = allowed_items(spec, parsed)
         if not parsed.items:
             outcome = "ignored"
             return reply(200, status="ignored", reason="nothing to store in this delivery")
@@ -352,6 +354,18 @@ async def handle_hook(
         state.metrics.delivery(spec.key, spec.type, event, outcome).inc()
 
 
+def media_type(header: str | None) -> str:
+    """The media type as sent, lower-cased, without parameters; "" when there is no header.
+
+    aiohttp's ``content_type`` reports a missing header as ``application/octet-stream``
+    (RFC 9110's default for a recipient guessing), so providers that accept a body without
+    one, as Flux does for most of them, would refuse it as octet-stream.
+    """
+    if header is None:
+        return ""
+    return header.split(";", 1)[0].strip().lower()
+
+
 def allowed_items(spec: ReceiverSpec, parsed: Parsed) -> Parsed:
     """Apply ``spec.events``. A delivery of one event is refused with 400 when not allowed
     (Flux's answer). Items with their own event type are filtered one by one; when none is
@@ -361,8 +375,11 @@ def allowed_items(spec: ReceiverSpec, parsed: Parsed) -> Parsed:
         if item.event:
             break
     else:  # one event type for the whole delivery (written as loops: this runs per request)
-        if not parsed.event or spec.allows(parsed.event):
-            return parsed  # providers without event types: spec.events does not apply (Flux)
+        if (not parsed.event and not parsed.named) or spec.allows(parsed.event):
+            # Providers without event types: spec.events does not apply (Flux). Those that
+            # name the event in a header (``named``) are held to it even when none was sent,
+            # as Flux holds them: an empty name is in no list.
+            return parsed
         for alias in parsed.aliases:
             if spec.allows(alias):
                 return parsed

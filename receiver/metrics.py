@@ -193,7 +193,7 @@ class IngressMetrics:
         self.receivers_unserved = Gauge(
             "fluxrelay_receiver_receivers_unserved",
             "Receivers known but not served, by reason (secret_missing, secret_unreadable, "
-            "invalid, collision).",
+            "invalid, weak_token, collision).",
             ["reason"],
             registry=r,
         )

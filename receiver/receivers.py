@@ -34,11 +34,31 @@ the others; Flux's documentation generates 40 hex characters. Notification-contr
 any length; a one-character token is guessed in a few hundred requests."""
 
 
+class SecretMissing(ConfigError):
+    """The Receiver's Secret does not exist (yet): reported apart, as it is usually a matter
+    of applying the Secret, not of fixing the Receiver."""
+
+    reason = "secret_missing"
+
+
+class WeakToken(ConfigError):
+    """The token is shorter than :data:`MIN_TOKEN_BYTES`: the Receiver is not served (Flux
+    would serve it), and is reported under its own reason so the refusal is easy to find."""
+
+    reason = "weak_token"
+
+
+def unserved_reason(error: ConfigError) -> str:
+    """The ``reason`` label a Receiver that failed with ``error`` is reported under."""
+    reason: str = getattr(error, "reason", "invalid")
+    return reason
+
+
 def check_token(token: bytes, where: str, key: str = "token") -> None:
-    """ConfigError for a token shorter than :data:`MIN_TOKEN_BYTES` (white space aside);
+    """WeakToken for a token shorter than :data:`MIN_TOKEN_BYTES` (white space aside);
     the message gives the length required, never the token."""
     if len(token.strip()) < MIN_TOKEN_BYTES:
-        raise ConfigError(
+        raise WeakToken(
             f"{where}: key {key!r} is shorter than {MIN_TOKEN_BYTES} bytes; generate one with "
             "e.g. `head -c 32 /dev/urandom | sha256sum | cut -d' ' -f1`"
         )
@@ -126,7 +146,7 @@ def resolve(
         return ReceiverSpec(d, {})
     secret = secrets.get((d.namespace, d.secret_name))
     if secret is None:
-        raise ConfigError(
+        raise SecretMissing(
             f"{where}: spec.secretRef: Secret {d.namespace}/{d.secret_name} not found"
         )
     if not secret.get("token"):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from receiver.errors import ConfigError
 from receiver.providers import PROVIDERS
-from receiver.receivers import ReceiverSpec
+from receiver.receivers import ReceiverSpec, unserved_reason
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,8 @@ class ReceiverTable:
     def build_lenient(
         cls, specs: Iterable[ReceiverSpec], *, clock: Callable[[], float] = time.time
     ) -> tuple[ReceiverTable, list[Unserved]]:
-        """Serve every valid Receiver and report the rest (used with a live Kubernetes source,
-        where one broken object must not take the others down). Colliding paths: neither is
+        """Serve every valid Receiver and report the rest (used by both sources: one broken
+        object must not take the others down). Colliding paths: neither is
         served, since serving one would route the other's deliveries to it."""
         unserved: list[Unserved] = []
         valid: dict[str, list[ReceiverSpec]] = {}
@@ -135,7 +135,7 @@ class ReceiverTable:
                     )
                 provider.validate(spec)
             except ConfigError as e:
-                unserved.append(Unserved(spec.key, "invalid", str(e)))
+                unserved.append(Unserved(spec.key, unserved_reason(e), str(e)))
                 continue
             valid.setdefault(spec.digest, []).append(spec)
         by_digest: dict[str, ReceiverSpec] = {}

@@ -58,6 +58,7 @@ def make_source(settings: ReceiverSettings, metrics: IngressMetrics) -> Receiver
         settings.config,
         settings.reload_interval,
         lambda result: metrics.reloads.labels(result).inc(),
+        metrics,
     )
 
 

@@ -33,10 +33,10 @@ from kubernetes_asyncio.config.config_exception import ConfigException
 
 from receiver.errors import ConfigError
 from receiver.metrics import IngressMetrics
-from receiver.receivers import ReceiverSpec, resolve
+from receiver.receivers import ReceiverSpec, resolve, unserved_reason
 from receiver.registry import ReceiverTable, Unserved
 from receiver.settings import ReceiverSettings
-from receiver.sources import Apply
+from receiver.sources import Apply, UnservedReport
 from schemas.receivers import RECEIVER_GROUP, ReceiverDef, parse_receiver, secret_data
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,6 @@ log = logging.getLogger(__name__)
 RECEIVER_VERSION = "v1"
 RECEIVER_PLURAL = "receivers"
 
-REASONS = ("secret_missing", "secret_unreadable", "invalid", "collision")
-"""Every reason a known Receiver may go unserved; each is exported (0 when none)."""
 
 Key = tuple[str, str]
 """(namespace, name) of an object."""
@@ -284,7 +282,7 @@ class KubernetesSource:
         self._fetching: dict[Key, bool] = {}
         """Secrets being fetched: True once the watch said something newer meanwhile."""
         self._dirty = asyncio.Event()
-        self._unserved: dict[str, tuple[str, str]] = {}
+        self.report = UnservedReport(metrics, log)
 
     # ------------------------------------------------------------------ protocol
 
@@ -530,7 +528,7 @@ class KubernetesSource:
                 try:
                     specs.append(resolve(d, {}, where))
                 except ConfigError as e:
-                    unserved.append(Unserved(d.key, "invalid", str(e)))
+                    unserved.append(Unserved(d.key, unserved_reason(e), str(e)))
                 continue
             skey = (d.namespace, d.secret_name)
             if skey in self._secret_errors:
@@ -554,29 +552,11 @@ class KubernetesSource:
                 try:
                     specs.append(resolve(d, self._secret_values, where))
                 except ConfigError as e:
-                    unserved.append(Unserved(d.key, "invalid", str(e)))
+                    unserved.append(Unserved(d.key, unserved_reason(e), str(e)))
         table, more = ReceiverTable.build_lenient(specs)
         unserved.extend(more)
-        self._report(table, unserved)
+        self.report(table, unserved)
         return table
-
-    def _report(self, table: ReceiverTable, unserved: list[Unserved]) -> None:
-        """Log what changed (once per change) and export counts by reason."""
-        now = {u.key: (u.reason, u.message) for u in unserved}
-        for key, (reason, message) in sorted(now.items()):
-            if self._unserved.get(key) != (reason, message):
-                log.warning("not serving Receiver %s (%s): %s", key, reason, message)
-        served = {spec.key for spec in table}
-        for key in sorted(self._unserved.keys() - now.keys()):
-            if key in served:
-                log.info("serving Receiver %s again", key)
-        self._unserved = now
-        counts = dict.fromkeys(REASONS, 0)
-        for u in unserved:
-            counts[u.reason] = counts.get(u.reason, 0) + 1
-        for reason, count in counts.items():
-            self.metrics.receivers_unserved.labels(reason).set(count)
-        self.metrics.receivers.set(len(table))
 
     async def _rebuilding(self, apply: Apply) -> None:
         """Debounce changes, rebuild, apply; retry Secrets that could not be read."""
@@ -597,7 +577,7 @@ class KubernetesSource:
                 continue
             apply(table)
             self.metrics.reloads.labels("ok").inc()
-            log.info("serving %d receiver(s), %d not served", len(table), len(self._unserved))
+            log.info("serving %d receiver(s), %d not served", len(table), len(self.report.current))
 
     async def _resyncing(self, reload: asyncio.Event) -> None:
         assert self.receiver_watch is not None and self.secret_watch is not None

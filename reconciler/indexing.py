@@ -477,6 +477,9 @@ class IndexSettings:
 
 
 _SHORT_WATCH_S = 1.0
+_TRANSIENT_NOT_FOUND = 8
+"""404s in a row, for a kind served before, taken for an API server still loading CRDs (about
+a minute and a half at the default backoff); past them the kind counts as not served."""
 
 
 class WatchGone(Exception):
@@ -545,10 +548,12 @@ class SourceIndex:
     async def _run(self, kind: str) -> None:
         backoff = _Backoff(self._settings.backoff_initial_s, self._settings.backoff_max_s)
         version: str | None = None
+        served = False
         while True:
             try:
                 if version is None:
                     version = await self._list(kind)
+                    served = True
                     self._mark_listed(kind)
                 began = asyncio.get_running_loop().time()
                 version = await self._watch(kind, version)
@@ -563,6 +568,19 @@ class SourceIndex:
             except ApiException as e:
                 if e.status == 410:  # the watch request itself answered Gone
                     logger.info("watch of %s expired (HTTP 410); listing again", kind)
+                    version = None
+                    continue
+                if e.status == 404 and served:
+                    # Served before: an API server that restarts answers 404 for custom
+                    # resources until it has loaded their CRDs. Keep what is filed (dropping it
+                    # would leave every source of the kind untargeted for a minute) and retry
+                    # as for any other error; a CRD really deleted shows as a 404 that lasts.
+                    served = backoff.attempts < _TRANSIENT_NOT_FOUND
+                    delay = backoff.next()
+                    logger.warning(
+                        "%s answered 404 after being served; retrying in %.1fs", kind, delay
+                    )
+                    await asyncio.sleep(delay)
                     version = None
                     continue
                 if e.status == 404:
@@ -712,6 +730,11 @@ class _Backoff:
         ceiling = min(self._cap, self._initial * (2**self._attempt))
         self._attempt += 1
         return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not a secret
+
+    @property
+    def attempts(self) -> int:
+        """Delays handed out since the last reset."""
+        return self._attempt
 
     def reset(self) -> None:
         self._attempt = 0

@@ -99,6 +99,11 @@ class Documents:
     receivers: list[tuple[str, ReceiverDef]]
     """(where, definition) pairs, ``where`` naming the document for error messages."""
     secrets: dict[tuple[str, str], dict[str, bytes]]
+    invalid: dict[str, str] = field(default_factory=dict)
+    """Lenient reading only: Receivers (``namespace/name``) whose manifest cannot be served,
+    with the reason naming the document and the field."""
+    secret_errors: dict[tuple[str, str], str] = field(default_factory=dict)
+    """Lenient reading only: Secrets whose data cannot be decoded, with the reason."""
 
 
 def _meta(doc: Mapping[str, Any], where: str) -> tuple[str, str, Mapping[str, Any]]:
@@ -271,10 +276,19 @@ def is_receiver(doc: Mapping[str, Any]) -> bool:
     )
 
 
-def split_documents(docs: Iterable[Any], source: str) -> Documents:
-    """Sort manifests into Receivers and Secrets; anything else is an error."""
+def split_documents(docs: Iterable[Any], source: str, *, lenient: bool = False) -> Documents:
+    """Sort manifests into Receivers and Secrets; anything else is an error.
+
+    ``lenient`` (the receiver's file source, which must keep serving the other Receivers, as
+    a cluster does) records a named Receiver or Secret that cannot be read in
+    :attr:`Documents.invalid` or :attr:`Documents.secret_errors` instead of failing. What
+    cannot be named (no ``metadata.name``), what is no manifest, and other kinds still fail:
+    such a file is not the Receiver list it is meant to be.
+    """
     secrets: dict[tuple[str, str], dict[str, bytes]] = {}
     receivers: list[tuple[str, ReceiverDef]] = []
+    invalid: dict[str, str] = {}
+    secret_errors: dict[tuple[str, str], str] = {}
     for index, doc in enumerate(docs, start=1):
         where = f"{source}: document {index}"
         if doc is None:
@@ -283,19 +297,33 @@ def split_documents(docs: Iterable[Any], source: str) -> Documents:
             raise ConfigError(f"{where}: not a manifest (expected a YAML map)")
         if doc.get("kind") == "Secret" and doc.get("apiVersion") == "v1":
             namespace, name, _ = _meta(doc, where)
-            secrets[(namespace, name)] = secret_data(doc, f"{where} (Secret {namespace}/{name})")
+            try:
+                secrets[(namespace, name)] = secret_data(
+                    doc, f"{where} (Secret {namespace}/{name})"
+                )
+            except ConfigError as e:
+                if not lenient:
+                    raise
+                secret_errors[(namespace, name)] = str(e)
         elif is_receiver(doc):
-            receivers.append((where, parse_receiver(doc, where)))
+            try:
+                receivers.append((where, parse_receiver(doc, where)))
+            except ConfigError as e:
+                if not lenient:
+                    raise
+                namespace, name, _ = _meta(doc, where)
+                invalid[f"{namespace}/{name}"] = str(e)
         else:
             raise ConfigError(
                 f"{where}: kind {doc.get('kind')!r} apiVersion {doc.get('apiVersion')!r}: "
                 f"only v1 Secret and {RECEIVER_GROUP} Receiver manifests are read"
             )
-    return Documents(receivers, secrets)
+    return Documents(receivers, secrets, invalid, secret_errors)
 
 
-def read_documents(path: Path) -> Documents:
-    """Read a multi-document YAML file of Receiver and Secret manifests."""
+def read_documents(path: Path, *, lenient: bool = False) -> Documents:
+    """Read a multi-document YAML file of Receiver and Secret manifests (``lenient``: see
+    :func:`split_documents`)."""
     try:
         text = path.read_text("utf-8")
     except OSError as e:
@@ -304,4 +332,4 @@ def read_documents(path: Path) -> Documents:
         docs = list(yaml.safe_load_all(text))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from e
-    return split_documents(docs, str(path))
+    return split_documents(docs, str(path), lenient=lenient)

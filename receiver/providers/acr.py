@@ -4,14 +4,16 @@ Azure signs nothing (it only adds the custom headers you configure): the hook pa
 only secret, so keep it out of logs and rotate the token if it leaks. The event is the body's
 ``action`` (``push``, ``delete``, ``chart_push``, ``quarantine``…; ``ping`` is answered 200
 and never stored), the delivery id its ``id``; ``target.{repository,tag,digest,mediaType}``
-and ``request.host`` make the artifact.
+and ``request.host`` make the artifact. Flux only decodes the body (an object, or ``null``)
+and checks no Content-Type; so does this: no ``id`` falls back to the body digest, no
+``action`` is no event type, no ``target.repository`` is no artifact.
 """
 
 from __future__ import annotations
 
 from receiver.providers import common
 from receiver.providers.base import Item, Parsed, Request
-from receiver.providers.distribution import artifact, require_json
+from receiver.providers.distribution import artifact
 from receiver.receivers import ReceiverSpec
 
 
@@ -19,6 +21,7 @@ class ACR:
     """``acr``: unauthenticated beyond the secret path."""
 
     name = "acr"
+    filters_events = False
 
     def validate(self, spec: ReceiverSpec) -> None:
         common.require_secret(spec, "token")
@@ -27,18 +30,21 @@ class ACR:
         """Nothing to check: ACR offers no signature; the path is the secret."""
 
     def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
-        require_json(request)
-        doc = common.load_object(request.body)
-        event = common.req_str(doc, "action")
-        delivery = common.req_str(doc, "id")
+        doc, payload = common.load_struct(request.body)
+        event = common.opt_str(doc, "action") or ""
+        delivery = common.opt_str(doc, "id") or common.body_digest(request.body)
         if event == "ping":
-            return Parsed(event, (), doc, ping=True)
-        block = artifact(
-            common.opt_str(doc, "target.repository"),
-            registry=common.opt_str(doc, "request.host"),
-            tag=common.opt_str(doc, "target.tag"),
-            digest=common.opt_str(doc, "target.digest"),
-            media_type=common.opt_str(doc, "target.mediaType"),
-            what="target.repository",
+            return Parsed(event, (), payload, ping=True)
+        repository = common.opt_str(doc, "target.repository")
+        block = (
+            artifact(
+                repository,
+                registry=common.opt_str(doc, "request.host"),
+                tag=common.opt_str(doc, "target.tag"),
+                digest=common.opt_str(doc, "target.digest"),
+                media_type=common.opt_str(doc, "target.mediaType"),
+            )
+            if repository
+            else None
         )
-        return Parsed(event, (Item(delivery, {"artifact": block}),), doc)
+        return Parsed(event, (Item(delivery, {"artifact": block}),), payload)

@@ -74,6 +74,7 @@ class AzureDevOps:
     """``azuredevops``: Basic auth from the Secret, one item per ref update of a push."""
 
     name = "azuredevops"
+    filters_events = True
 
     def validate(self, spec: ReceiverSpec) -> None:
         common.require_secret(spec, "token", "username", "password")

@@ -68,12 +68,21 @@ class Parsed:
     raw_payload: bytes | None = None
     """The body's exact JSON text when ``payload`` is that body parsed: the envelope then
     embeds these bytes instead of re-encoding the payload (the costliest step per event)."""
+    named: bool = False
+    """The provider names its event in a header (GitHub, GitLab, Bitbucket, CDEvents'
+    ``Ce-Type``): ``spec.events`` then applies even when that header was absent (the empty
+    name is in no list), as Flux applies it. For the others an empty ``event`` means the
+    delivery has no event type, and ``spec.events`` does not apply to it."""
 
 
 class Provider(Protocol):
     """A webhook source. Instances are stateless and shared by all requests."""
 
     name: str
+    filters_events: bool
+    """Whether ``spec.events`` applies to this provider's event types. notification-controller
+    applies it to github, gitlab, bitbucket and cdevents only and ignores it for the registries
+    (harbor, quay, dockerhub, acr, nexus, gcr); fluxrelay's own providers apply it."""
 
     def validate(self, spec: ReceiverSpec) -> None:
         """Raise ConfigError if ``spec`` lacks what this provider needs (Secret keys...)."""

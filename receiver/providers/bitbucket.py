@@ -1,8 +1,10 @@
 """Bitbucket webhooks, Server/Data Center and Cloud in one provider.
 
-Both sign the raw body with HMAC-SHA256 in ``X-Hub-Signature: sha256=<hex>`` and name the
-event in ``X-Event-Key``; they differ in the delivery id header (``X-Request-Id`` on Server,
-``X-Request-UUID`` on Cloud) and in the payload, so the event key decides how to read it:
+Both sign the raw body with HMAC-SHA256 in ``X-Hub-Signature: sha256=<hex>`` (read as Flux reads
+it, with its GitHub library: ``X-Hub-Signature-256`` first, a JSON or form body with a
+Content-Type) and name the event in ``X-Event-Key``; they differ in the delivery id header
+(``X-Request-Id`` on Server, ``X-Request-UUID`` on Cloud) and in the payload, so the event key
+decides how to read it:
 
 - Server ``repo:refs_changed`` (and ``mirror:repo_synchronized``, same shape): ``changes[]``
   with ``ref.id``, ``fromHash``, ``toHash`` and ``type`` (ADD/UPDATE/DELETE); clone URLs from
@@ -12,12 +14,11 @@ event in ``X-Event-Key``; they differ in the delivery id header (``X-Request-Id`
   the repository is ``full_name`` plus ``links.html.href``, from which the https and ssh
   clone URLs on bitbucket.org are derived.
 
-One push may change several refs, and each ref is its own event for targeting (a source
-follows one branch), so every change becomes its own item; with more than one, the delivery
-id gets a ``#<index>`` suffix so each is deduplicated on its own. Neither flavour lists
-changed files, so ``paths_complete`` is always false. Server's ``diagnostics:ping`` (the
-"Test connection" button) is answered 200 and never stored. Other events keep the repository
-only.
+One push may change several refs, and each ref is its own event for targeting (a source follows
+one branch), so every change becomes its own item; with more than one, the delivery id gets a
+``#<index>`` suffix so each is deduplicated on its own. Neither flavour lists changed files, so
+``paths_complete`` is always false. Server's ``diagnostics:ping`` (the "Test connection" button)
+is answered 200 and never stored. Other events keep the repository only.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 from receiver.errors import PayloadInvalid
 from receiver.providers import common
 from receiver.providers.base import Item, Parsed, Request
+from receiver.providers.github import decode_hub_payload, verify_hub_signature
 from receiver.receivers import ReceiverSpec
 from schemas.excerpts import excerpt
 
@@ -134,6 +136,7 @@ class Bitbucket:
     """``bitbucket``: Server/Data Center and Cloud, one item per changed ref."""
 
     name = "bitbucket"
+    filters_events = True
     signature_header = "X-Hub-Signature"
     event_header = "X-Event-Key"
     delivery_headers = ("X-Request-Id", "X-Request-UUID")
@@ -142,13 +145,9 @@ class Bitbucket:
         common.require_secret(spec, "token")
 
     def verify(self, spec: ReceiverSpec, request: Request) -> None:
-        common.verify_prefixed_hmac(
-            request.headers.get(self.signature_header),
-            spec.token,
-            request.body,
-            ("sha256",),
-            self.signature_header,
-        )
+        """Flux verifies Bitbucket with its GitHub library: ``X-Hub-Signature-256`` first,
+        then ``X-Hub-Signature`` (what Bitbucket sends, ``sha256=``), sha1/sha512 too."""
+        verify_hub_signature(spec, request)
 
     def delivery_id(self, request: Request) -> str:
         for header in self.delivery_headers:
@@ -158,13 +157,18 @@ class Bitbucket:
         return common.body_digest(request.body)
 
     def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
+        # No X-Event-Key is no event type (Flux reads it only for spec.events).
         event = common.header_text(request, self.event_header)
-        if not event:
-            raise PayloadInvalid(f"missing {self.event_header} header")
         if event == PING_EVENT:
-            return Parsed(event, (), None, ping=True)
-        doc = common.load_object(request.body)
-        raw = common.verbatim(request.body)
+            return Parsed(event, (), None, ping=True, named=True)
+        payload = decode_hub_payload(request)
+        if not isinstance(payload, dict):
+            # Flux never reads the body: a verified one that is no object is stored as it
+            # is, with no repository, so only the Receiver's own resources react.
+            item = Item(self.delivery_id(request), {"repository": None})
+            return Parsed(event, (item,), payload, named=True)
+        doc = payload
+        raw = common.verbatim(request.body) if request.content_type == "application/json" else None
         delivery = self.delivery_id(request)
         if event in SERVER_PUSH_EVENTS:
             repo = server_repository(doc)
@@ -172,16 +176,30 @@ class Bitbucket:
                 server_change(change, f"changes[{i}]", repo)
                 for i, change in enumerate(common.opt_items(doc, "changes"))
             ]
-            return Parsed(event, common.items_per_change(delivery, changes), doc, raw_payload=raw)
+            return Parsed(
+                event,
+                common.items_per_change(delivery, changes),
+                doc,
+                raw_payload=raw,
+                named=True,
+            )
         if event == CLOUD_PUSH_EVENT:
             repo = cloud_repository(doc)
             changes = [
                 cloud_change(change, f"push.changes[{i}]", repo)
                 for i, change in enumerate(common.opt_items(doc, "push.changes"))
             ]
-            return Parsed(event, common.items_per_change(delivery, changes), doc, raw_payload=raw)
+            return Parsed(
+                event,
+                common.items_per_change(delivery, changes),
+                doc,
+                raw_payload=raw,
+                named=True,
+            )
         if common.opt_str(doc, "repository.full_name"):
             repo = cloud_repository(doc)
         else:
             repo = server_repository(doc)
-        return Parsed(event, (Item(delivery, {"repository": repo}),), doc, raw_payload=raw)
+        return Parsed(
+            event, (Item(delivery, {"repository": repo}),), doc, raw_payload=raw, named=True
+        )

@@ -2,14 +2,14 @@
 as they arrived.
 
 Accepted shapes (see :func:`schemas.cdevents.decode_http`): CloudEvents HTTP binary mode
-(``ce-*`` headers, body = the CDEvent), structured mode (``application/cloudevents+json``,
-the CDEvent in ``data``) and a bare CDEvent body with no CloudEvents attributes at all (what
-Flux and cdviz send). In binary and structured mode the CloudEvents attributes are read as
-sent: a missing ``ce-id``, ``ce-type``, ``ce-source`` or ``ce-specversion`` is a 400, never
-invented (an invented id would defeat de-duplication). Attributes that contradict the CDEvent
-they carry (``id``, ``source``, ``type``, ``subject`` against ``context.id``,
-``context.source``, ``context.type``, ``subject.id``) are a 400 too; ``time`` is not
-cross-checked, as senders legitimately round it.
+(``ce-specversion`` and the other ``ce-*`` headers, body = the CDEvent), structured mode
+(``application/cloudevents+json``, the CDEvent in ``data``) and a bare CDEvent body with no
+CloudEvents attributes at all (what Flux and cdviz send). In binary and structured mode the
+CloudEvents attributes are read as sent: a missing ``ce-id``, ``ce-type``, ``ce-source`` or
+``ce-specversion`` is a 400, never invented (an invented id would defeat de-duplication).
+Attributes that contradict the CDEvent they carry (``id``, ``source``, ``type``, ``subject``
+against ``context.id``, ``context.source``, ``context.type``, ``subject.id``) are a 400 too;
+``time`` is not cross-checked, as senders legitimately round it.
 
 The CDEvent must satisfy the schema of its spec release (0.4.1 if ``context.version``, 0.5.1
 if ``context.specversion``); a violation is a 400 whose JSON answer carries ``path``, the JSON
@@ -17,9 +17,12 @@ Pointer of the culprit. A body that is no CDEvent at all (not JSON, not an objec
 ``context`` object) is stored on the dead-letter stream (``<dead>.ingress.cdevents-unparseable``)
 and then refused with a JSON 400, so it is never dropped silently.
 
-Event type and filter: the event is ``context.type`` in full (``dev.cdevents.change.merged.0.2.0``);
-its alias without the version suffix (``dev.cdevents.change.merged``) lets ``spec.events``
-name a type with or without version, case-insensitively. The delivery id is ``context.id``
+Event type and filter: the event is the ``Ce-Type`` header when one is sent (what Flux matches
+``spec.events`` against: ``Ce-Type`` without ``ce-specversion`` is not binary mode, the body is
+then read as a bare CDEvent, as Flux reads it), else ``context.type`` in full
+(``dev.cdevents.change.merged.0.2.0``); ``context.type`` and its alias without the version
+suffix (``dev.cdevents.change.merged``) are matched too, so ``spec.events`` may name a type
+with or without version, case-insensitively. The delivery id is ``context.id``
 (equal to ``ce-id`` when one was sent). The envelope carries the CDEvent untouched in
 ``cdevent``; ``payload`` is the request body as parsed (the CloudEvent envelope in structured
 mode, the CDEvent otherwise), for CEL filters.
@@ -113,6 +116,7 @@ class CDEvents:
     """``cdevents``: CloudEvents-framed or bare CDEvents, schema-validated."""
 
     name = "cdevents"
+    filters_events = True
 
     def validate(self, spec: ReceiverSpec) -> None:
         common.require_secret(spec, "token")
@@ -143,10 +147,18 @@ class CDEvents:
         context = event["context"]
         event_type: str = context["type"]
         delivery: str = context["id"]
+        aliases = [event_type]
         alias = unversioned(event_type)
+        if alias:
+            aliases.append(alias)
+        # Flux matches spec.events against the Ce-Type header alone; the CDEvent's own type
+        # (with or without its version) is matched too, so a bare CDEvent sent without
+        # Ce-Type can still be filtered.
+        named = common.header_text(request, "Ce-Type") or event_type
         return Parsed(
-            event_type,
+            named,
             (Item(delivery, {"cdevent": event}),),
             body,
-            aliases=(alias,) if alias else (),
+            aliases=tuple(aliases),
+            named=True,
         )

@@ -233,6 +233,31 @@ def load_object(body: bytes | str, what: str = "body") -> dict[str, Any]:
     return doc
 
 
+def load_struct(body: bytes | str, what: str = "body") -> tuple[dict[str, Any], Any]:
+    """A body Flux decodes into a Go struct: an object, or ``null`` (which Go decodes to the
+    empty struct without complaint). Returns the object to read fields from (empty for
+    ``null``) and the payload to store (the body as parsed). Anything else is a 400, as it
+    is in Flux."""
+    doc = load_json(body, what)
+    if doc is None:
+        return {}, None
+    if not isinstance(doc, dict):
+        raise PayloadInvalid(f"{what}: JSON object expected")
+    return doc, doc
+
+
+def load_unread(body: bytes) -> tuple[dict[str, Any], Any]:
+    """A body Flux never reads (GitLab, Harbor, Bitbucket: it verifies the sender and
+    reconciles the Receiver's resources): empty, or any JSON value. Returns the object to
+    read routing fields from (empty unless the body is an object) and the payload to store
+    (None when empty). Bytes that are not JSON stay a 400: the stored envelope carries the
+    payload as JSON for CEL filters."""
+    if not body.strip():
+        return {}, None
+    doc = load_json(body)
+    return (doc if isinstance(doc, dict) else {}), doc
+
+
 def field_path(doc: Any, path: str) -> Any:
     """Walk dotted ``path``; None when absent; 400 when an intermediate is not an object.
 

@@ -114,6 +114,7 @@ class Distribution:
     """``distribution``: one stored message per event of the envelope."""
 
     name = "distribution"
+    filters_events = True
 
     def header_name(self, spec: ReceiverSpec) -> str:
         return (_secret_text(spec, "header") or DEFAULT_HEADER).strip()

@@ -4,14 +4,16 @@ Docker Hub signs nothing and sends no secret header: the hook path (sha256 of to
 namespace) is the only secret, so keep it out of logs and rotate the token if it leaks. The
 payload names the repository (``repository.repo_name``, ``repo_url``) and the pushed tag
 (``push_data.tag``); it has no event type (the event is empty) and no delivery id (the body
-digest is the id). The registry is ``docker.io``.
+digest is the id). The registry is ``docker.io``. Flux only decodes the body (an object, or
+``null``) and checks no Content-Type: a body without ``repository.repo_name`` is stored with no
+artifact, so only the Receiver's own resources react to it.
 """
 
 from __future__ import annotations
 
 from receiver.providers import common
 from receiver.providers.base import Item, Parsed, Request
-from receiver.providers.distribution import artifact, require_json
+from receiver.providers.distribution import artifact
 from receiver.receivers import ReceiverSpec
 
 REGISTRY = "docker.io"
@@ -21,6 +23,7 @@ class DockerHub:
     """``dockerhub``: unauthenticated beyond the secret path."""
 
     name = "dockerhub"
+    filters_events = False
 
     def validate(self, spec: ReceiverSpec) -> None:
         common.require_secret(spec, "token")
@@ -29,13 +32,9 @@ class DockerHub:
         """Nothing to check: Docker Hub offers no signature; the path is the secret."""
 
     def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
-        require_json(request)
-        doc = common.load_object(request.body)
-        block = artifact(
-            common.opt_str(doc, "repository.repo_name"),
-            registry=REGISTRY,
-            tag=common.opt_str(doc, "push_data.tag"),
-            url=common.opt_str(doc, "repository.repo_url"),
-            what="repository.repo_name",
-        )
-        return Parsed("", (Item(common.body_digest(request.body), {"artifact": block}),), doc)
+        doc, payload = common.load_struct(request.body)
+        name = common.opt_str(doc, "repository.repo_name")
+        tag = common.opt_str(doc, "push_data.tag")
+        url = common.opt_str(doc, "repository.repo_url")
+        block = artifact(name, registry=REGISTRY, tag=tag, url=url) if name else None
+        return Parsed("", (Item(common.body_digest(request.body), {"artifact": block}),), payload)

@@ -17,7 +17,9 @@ air-gapped installation can mirror Google's keys.
 Payload: ``message.data`` is base64 JSON ``{action, digest, tag}`` where ``digest`` and ``tag``
 are full references (``host/project/repo/image@sha256:…``, ``…:tag``). The event is the inner
 ``action`` (``INSERT``, ``DELETE``); the delivery id is ``message.messageId``, which Pub/Sub
-keeps across redeliveries.
+keeps across redeliveries. Flux requires no more than a ``message.data`` that decodes to a
+JSON object (or ``null``) and checks no Content-Type; so does this: no ``messageId`` falls
+back to the body digest, no ``action`` is no event type, no ``digest``/``tag`` no artifact.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 from receiver.errors import ConfigError, PayloadInvalid, SignatureInvalid
 from receiver.providers import common, jwks
 from receiver.providers.base import Item, Parsed, Request
-from receiver.providers.distribution import artifact, require_json, split_reference
+from receiver.providers.distribution import artifact, split_reference
 from receiver.providers.jwks import KeySource, fetch_url
 from receiver.receivers import ReceiverSpec
 
@@ -71,6 +73,7 @@ class GCR:
     """``gcr``: Google ID token checks, then the Pub/Sub push envelope."""
 
     name = "gcr"
+    filters_events = False
 
     def __init__(self, keys: KeySource | None = None) -> None:
         self.keys: KeySource = keys if keys is not None else RemoteKeys()
@@ -96,29 +99,30 @@ class GCR:
             raise SignatureInvalid("ID token: email_verified is not true")
 
     def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
-        require_json(request)
         doc = common.load_object(request.body)
-        delivery = common.opt_str(doc, "message.messageId") or common.req_str(
-            doc, "message.message_id"
+        delivery = (
+            common.opt_str(doc, "message.messageId")
+            or common.opt_str(doc, "message.message_id")
+            or common.body_digest(request.body)
         )
         data = common.req_str(doc, "message.data")
         try:
             raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError) as e:
             raise PayloadInvalid("message.data: invalid base64") from e
-        inner = common.load_object(raw, "message.data")
-        action = common.req_str(inner, "action")
+        inner, _ = common.load_struct(raw, "message.data")
+        action = common.opt_str(inner, "action") or ""
         digest_ref = common.opt_str(inner, "digest")
         tag_ref = common.opt_str(inner, "tag")
         named = tag_ref or digest_ref
-        if not named:
-            raise PayloadInvalid("message.data: 'digest' or 'tag' required")
-        registry, repository, _, _ = split_reference(named)
-        block = artifact(
-            repository,
-            registry=registry,
-            tag=split_reference(tag_ref)[2] if tag_ref else None,
-            digest=split_reference(digest_ref)[3] if digest_ref else None,
-            what="message.data",
-        )
+        block = None
+        if named:
+            registry, repository, _, _ = split_reference(named)
+            block = artifact(
+                repository,
+                registry=registry,
+                tag=split_reference(tag_ref)[2] if tag_ref else None,
+                digest=split_reference(digest_ref)[3] if digest_ref else None,
+                what="message.data",
+            )
         return Parsed(action, (Item(delivery, {"artifact": block}),), doc)

@@ -36,6 +36,7 @@ class Generic:
     """``generic``: the hook path, plus the Secret's optional ``auth`` (bearer or HMAC)."""
 
     name = "generic"
+    filters_events = True
 
     def validate(self, spec: ReceiverSpec) -> None:
         common.require_secret(spec, "token")
@@ -56,6 +57,7 @@ class GenericHmac(Generic):
     """``generic-hmac``: the body's HMAC with the token, algorithm named in the header."""
 
     name = "generic-hmac"
+    filters_events = True
 
     def validate(self, spec: ReceiverSpec) -> None:
         common.require_secret(spec, "token")

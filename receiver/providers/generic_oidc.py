@@ -212,6 +212,7 @@ class GenericOIDC:
     """``generic-oidc``: an OIDC bearer token from a configured issuer, claims kept."""
 
     name = "generic-oidc"
+    filters_events = True
 
     def __init__(self, keys_for: KeysFor = remote_keys) -> None:
         self._keys_for = keys_for

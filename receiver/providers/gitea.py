@@ -40,6 +40,7 @@ class GiteaLike:
 
     def __init__(self, name: str, brand: str) -> None:
         self.name = name
+        self.filters_events = True
         self.signature_header = f"X-{brand}-Signature"
         self.event_header = f"X-{brand}-Event"
         self.delivery_header = f"X-{brand}-Delivery"

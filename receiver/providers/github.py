@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote, unquote_to_bytes
 
-from receiver.errors import PayloadInvalid, UnsupportedMediaType
+from receiver.errors import PayloadInvalid, SignatureInvalid, UnsupportedMediaType
 from receiver.providers import common
 from receiver.providers.base import Item, Parsed, Request
 from receiver.receivers import ReceiverSpec
@@ -128,10 +128,43 @@ def other_fields(doc: dict[str, Any], event: str) -> dict[str, Any]:
     return fields
 
 
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+LEGACY_SIGNATURE_HEADER = "X-Hub-Signature"
+
+
+def verify_hub_signature(spec: ReceiverSpec, request: Request) -> None:
+    """``X-Hub-Signature-256: sha256=<hex>``, else the legacy ``X-Hub-Signature`` with sha1,
+    sha256 or sha512 (what Flux's GitHub library reads, for its GitHub and Bitbucket types).
+    With neither, the refusal names the header senders are expected to use."""
+    modern = request.headers.get(SIGNATURE_HEADER)
+    if modern is not None:
+        common.verify_prefixed_hmac(modern, spec.token, request.body, ("sha256",), SIGNATURE_HEADER)
+        return
+    legacy = request.headers.get(LEGACY_SIGNATURE_HEADER)
+    if legacy is None:
+        raise SignatureInvalid(f"missing {SIGNATURE_HEADER} header")
+    common.verify_prefixed_hmac(
+        legacy, spec.token, request.body, ("sha1", "sha256", "sha512"), LEGACY_SIGNATURE_HEADER
+    )
+
+
+def decode_hub_payload(request: Request) -> Any:
+    """The payload of a body signed the GitHub way: the JSON body, or the ``payload`` field
+    of a form. Flux's library reads exactly these two media types, and refuses a request
+    without a Content-Type (it cannot parse an empty media type); so does this (415)."""
+    if request.content_type == "application/x-www-form-urlencoded":
+        return common.load_json(form_payload(request.body), "payload")
+    if request.content_type == "application/json":
+        return common.load_json(request.body)
+    given = repr(request.content_type) if request.content_type else "no Content-Type"
+    raise UnsupportedMediaType(f"{given} not supported; use {' or '.join(CONTENT_TYPES)}")
+
+
 class GitHub:
     """``github``: Flux-compatible, including form-encoded payloads and sha1/sha512 fallbacks."""
 
     name = "github"
+    filters_events = True
     event_header = "X-GitHub-Event"
     delivery_header = "X-GitHub-Delivery"
 
@@ -139,40 +172,25 @@ class GitHub:
         common.require_secret(spec, "token")
 
     def verify(self, spec: ReceiverSpec, request: Request) -> None:
-        modern = request.headers.get("X-Hub-Signature-256")
-        if modern is not None:
-            common.verify_prefixed_hmac(
-                modern, spec.token, request.body, ("sha256",), "X-Hub-Signature-256"
-            )
-            return
-        common.verify_prefixed_hmac(
-            request.headers.get("X-Hub-Signature"),
-            spec.token,
-            request.body,
-            ("sha1", "sha256", "sha512"),
-            "X-Hub-Signature",
-        )
-
-    def decode(self, request: Request) -> dict[str, Any]:
-        """The payload object (JSON body, or the ``payload`` field of a form)."""
-        if request.content_type == "application/x-www-form-urlencoded":
-            return common.load_object(form_payload(request.body), "payload")
-        if request.content_type in ("application/json", ""):
-            return common.load_object(request.body)
-        raise UnsupportedMediaType(
-            f"content type {request.content_type!r} not supported; use {' or '.join(CONTENT_TYPES)}"
-        )
+        verify_hub_signature(spec, request)
 
     def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
+        """Flux checks the signature and reads nothing else (the event header only for
+        ``spec.events``): a verified payload that is no object, or a push without ``ref``,
+        is stored without the fields it lacks, and only the Receiver's own resources react."""
         event = common.header_text(request, self.event_header)
-        if not event:
-            raise PayloadInvalid(f"missing {self.event_header} header")
-        doc = self.decode(request)
+        payload = decode_hub_payload(request)
+        doc = payload if isinstance(payload, dict) else {}
         delivery = common.header_text(request, self.delivery_header) or common.body_digest(
             request.body
         )
         if event == "ping":
-            return Parsed(event, (), doc, ping=True)
-        fields = push_fields(doc) if event == "push" else other_fields(doc, event)
+            return Parsed(event, (), payload, ping=True, named=True)
+        if event == "push" and doc.get("ref") is not None:
+            fields = push_fields(doc)
+        else:
+            fields = other_fields(doc, event)
         raw = request.body if request.content_type != CONTENT_TYPES[1] else None
-        return Parsed(event, (Item(delivery, fields),), doc, raw_payload=common.verbatim(raw))
+        return Parsed(
+            event, (Item(delivery, fields),), payload, raw_payload=common.verbatim(raw), named=True
+        )

@@ -1,30 +1,31 @@
 """GitLab webhooks: a shared token in ``X-Gitlab-Token``, the event in ``X-Gitlab-Event``.
 
-GitLab signs nothing: the token is sent as-is and compared in constant time (Flux compares
-with ``!=``). The delivery id is ``X-Gitlab-Event-UUID``, then ``Idempotency-Key`` (GitLab
-17.4+, equal across retries of one event), then the body digest.
+GitLab signs nothing: the token is sent as-is and compared in constant time (Flux compares with
+``!=``). The delivery id is ``X-Gitlab-Event-UUID``, then ``Idempotency-Key`` (GitLab 17.4+,
+equal across retries of one event), then the body digest.
 
-Push and tag push hooks (and system hooks whose ``event_name`` is ``push``/``tag_push``)
-become repository URLs (``project.git_http_url``/``git_ssh_url``/``web_url``, falling back to
-the legacy ``repository`` block), ref, before/after and the changed paths. ``before`` of all
-zeros means the ref was created, ``after`` of all zeros that it was deleted. GitLab puts at
-most 20 commits in a payload but always says how many were pushed (``total_commits_count``),
-so completeness of the path list is known rather than guessed. GitLab has no "forced" flag:
-a force push that drops commits cannot be detected from the payload, which is why consumers
-should treat narrowing by paths as an optimisation and not as a guarantee.
+Push and tag push hooks (and system hooks whose ``event_name`` is ``push``/``tag_push``) become
+repository URLs (``project.git_http_url``/``git_ssh_url``/``web_url``, falling back to the
+legacy ``repository`` block), ref, before/after and the changed paths. ``before`` of all zeros
+means the ref was created, ``after`` of all zeros that it was deleted. GitLab puts at most 20
+commits in a payload but always says how many were pushed (``total_commits_count``), so
+completeness of the path list is known rather than guessed. GitLab has no "forced" flag: a force
+push that drops commits cannot be detected from the payload, which is why consumers should treat
+narrowing by paths as an optimisation and not as a guarantee.
 
-An empty body that carries a valid token is accepted and stored as an event with no
-repository or ref and a null payload. Flux's gitlab receiver never reads the body and
-reconciles the Receiver's ``spec.resources`` on any verified delivery; storing the event keeps
-that explicit targeting working, while automatic (URL-indexed) targeting finds nothing to
-match, so an empty body can never trigger more than the Receiver names explicitly.
+An empty body, or one that is JSON but no object, that carries a valid token is accepted and
+stored as an event with no repository or ref and a null payload. Flux's gitlab receiver never
+reads the body and reconciles the Receiver's ``spec.resources`` on any verified delivery;
+storing the event keeps that explicit targeting working, while automatic (URL-indexed) targeting
+finds nothing to match, so an empty body can never trigger more than the Receiver names
+explicitly.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from receiver.errors import PayloadInvalid, SignatureInvalid
+from receiver.errors import SignatureInvalid
 from receiver.providers import common
 from receiver.providers.base import Item, Parsed, Request
 from receiver.receivers import ReceiverSpec
@@ -80,6 +81,7 @@ class GitLab:
     """``gitlab``: Flux-compatible token check, push normalisation with known completeness."""
 
     name = "gitlab"
+    filters_events = True
     token_header = "X-Gitlab-Token"  # noqa: S105 (a header name)
     event_header = "X-Gitlab-Event"
     delivery_headers = ("X-Gitlab-Event-UUID", "Idempotency-Key")
@@ -102,13 +104,16 @@ class GitLab:
         return common.body_digest(request.body)
 
     def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
+        # No X-Gitlab-Event is no event type (Flux reads it only for spec.events).
         event = common.header_text(request, self.event_header)
-        if not event:
-            raise PayloadInvalid(f"missing {self.event_header} header")
         delivery = self.delivery_id(request)
-        if not request.body.strip():
-            return Parsed(event, (Item(delivery, {"repository": None, "ref": None}),), None)
-        doc = common.load_object(request.body)
-        fields = push_fields(doc) if is_push(event, doc) else {"repository": repository(doc)}
+        doc, payload = common.load_unread(request.body)
+        if not doc:
+            item = Item(delivery, {"repository": None, "ref": None})
+            return Parsed(event, (item,), payload, named=True)
+        if is_push(event, doc) and doc.get("ref") is not None:
+            fields = push_fields(doc)
+        else:
+            fields = {"repository": repository(doc)}
         raw = common.verbatim(request.body)
-        return Parsed(event, (Item(delivery, fields),), doc, raw_payload=raw)
+        return Parsed(event, (Item(delivery, fields),), doc, raw_payload=raw, named=True)

@@ -7,8 +7,10 @@ the Secret's ``token`` (compared in constant time, as bytes). The event is the b
 from its ``resource_url``. Harbor gives no delivery id: the body digest is the id (suffixed
 with the resource's index when there are several).
 
-An empty body is accepted, as Flux accepts it: it is stored with no artifact, so it concerns
-every resource of the Receiver.
+Flux checks the Authorization header and never reads the body, whatever its Content-Type: an
+empty body, or JSON that is no object (``null``), is accepted too, stored with no artifact, so
+it concerns every resource of the Receiver. Bytes that are not JSON are a 400 (the envelope
+carries the payload as JSON).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 from receiver.errors import PayloadInvalid, SignatureInvalid
 from receiver.providers import common
 from receiver.providers.base import Item, Parsed, Request
-from receiver.providers.distribution import artifact, require_json, split_reference
+from receiver.providers.distribution import artifact, split_reference
 from receiver.receivers import ReceiverSpec
 
 
@@ -32,6 +34,7 @@ class Harbor:
     """``harbor``: Authorization equals the token; one message per pushed resource."""
 
     name = "harbor"
+    filters_events = False
 
     def validate(self, spec: ReceiverSpec) -> None:
         common.require_secret(spec, "token")
@@ -45,10 +48,9 @@ class Harbor:
 
     def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
         base = common.body_digest(request.body)
-        if not request.body.strip():
-            return Parsed("", (Item(base, {"artifact": None}),), None)
-        require_json(request)
-        doc = common.load_object(request.body)
+        doc, payload = common.load_unread(request.body)
+        if not doc:
+            return Parsed("", (Item(base, {"artifact": None}),), payload)
         event = common.opt_str(doc, "type") or ""
         full_name = common.opt_str(doc, "event_data.repository.repo_full_name")
         resources = common.opt_items(doc, "event_data.resources")

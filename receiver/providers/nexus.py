@@ -4,9 +4,10 @@
 Secret's ``token``, no prefix. It is compared as a string, as Flux does: upper-case hex is
 rejected. The event is the body's ``action`` (``CREATED``, ``UPDATED``, ``DELETED``); the
 artifact is the component (``component.name``, version as tag) or else the asset
-(``asset.name``); the Nexus repository's name stays in the payload. Nexus gives no delivery
-id that is unique per delivery (``nodeId`` + ``timestamp`` can repeat across a component and
-its assets), so the body digest is the id.
+(``asset.name``); the Nexus repository's name stays in the payload. Nexus gives no delivery id
+that is unique per delivery (``nodeId`` + ``timestamp`` can repeat across a component and its
+assets), so the body digest is the id. Flux only decodes the body (an object, or ``null``) and
+checks no Content-Type; neither does this (no ``action`` is no event type).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from receiver.errors import SignatureInvalid
 from receiver.providers import common
 from receiver.providers.base import Item, Parsed, Request
-from receiver.providers.distribution import artifact, require_json
+from receiver.providers.distribution import artifact
 from receiver.receivers import ReceiverSpec
 
 HEADER = "X-Nexus-Webhook-Signature"
@@ -28,6 +29,7 @@ class Nexus:
     """``nexus``: HMAC-SHA1, lowercase hex only."""
 
     name = "nexus"
+    filters_events = False
 
     def validate(self, spec: ReceiverSpec) -> None:
         common.require_secret(spec, "token")
@@ -41,9 +43,8 @@ class Nexus:
             raise SignatureInvalid(f"{HEADER}: signature does not match")
 
     def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
-        require_json(request)
-        doc = common.load_object(request.body)
-        event = common.req_str(doc, "action")
+        doc, payload = common.load_struct(request.body)
+        event = common.opt_str(doc, "action") or ""
         component = common.opt_str(doc, "component.name")
         asset = common.opt_str(doc, "asset.name")
         block: dict[str, Any] | None = None
@@ -51,4 +52,6 @@ class Nexus:
             block = artifact(component, tag=common.opt_str(doc, "component.version"))
         elif asset:
             block = artifact(asset)
-        return Parsed(event, (Item(common.body_digest(request.body), {"artifact": block}),), doc)
+        return Parsed(
+            event, (Item(common.body_digest(request.body), {"artifact": block}),), payload
+        )

@@ -1,13 +1,14 @@
 """Mapping CDEvents to CloudEvents 1.0 and back (CDEvents CloudEvents binding).
 
-Owns the attribute mapping (``id`` = ``context.id``, ``source`` = ``context.source``,
-``type`` = ``context.type``, ``subject`` = ``subject.id``, ``time`` = ``context.timestamp``,
+Owns the attribute mapping (``id`` = ``context.id``, ``source`` = ``context.source``, ``type`` =
+``context.type``, ``subject`` = ``subject.id``, ``time`` = ``context.timestamp``,
 ``datacontenttype`` ``application/json``, data = the whole CDEvent, plus extensions such as
 ``traceparent``) and HTTP encoding/decoding. Encoding goes through the ``cloudevents`` 2.2 SDK;
-decoding checks the raw headers/body first because the SDK silently invents a missing ``id``
-and ``time`` (which would defeat de-duplication) and treats any ``ce-`` header as binary mode.
-A body that is a bare CDEvent (no CloudEvents envelope, as cdviz sends) is accepted too.
-Decoding does not validate the CDEvent itself: call ``validating.validate`` on the result.
+decoding checks the raw headers/body first because the SDK silently invents a missing ``id`` and
+``time`` (which would defeat de-duplication) and treats any ``ce-`` header as binary mode (here
+only ``ce-specversion`` marks it). A body that is a bare CDEvent (no CloudEvents envelope, as
+cdviz sends) is accepted too. Decoding does not validate the CDEvent itself: call
+``validating.validate`` on the result.
 
 A caller that has already decoded the body (the receiver, which decodes every body once with
 its own limits on nesting and text) hands it over as ``document``, and may pass ``loads``, its
@@ -40,6 +41,10 @@ CE_SPECVERSION = "1.0"
 JSON_CONTENT_TYPE = "application/json"
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 CE_HEADER_PREFIX = "ce-"
+BINARY_MARKER = "ce-specversion"
+"""The header that makes a request binary mode: the HTTP binding identifies binary mode by
+it. Other ``ce-`` headers without it (Flux's examples send ``Ce-Type`` alone, next to a bare
+CDEvent) leave the body to be read as a bare CDEvent."""
 REQUIRED_ATTRIBUTES = ("specversion", "id", "source", "type")
 _CORE_ATTRIBUTES = frozenset(
     {*REQUIRED_ATTRIBUTES, "subject", "time", "datacontenttype", "dataschema", "data"}
@@ -268,8 +273,10 @@ def decode_http(
 ) -> DecodedCDEvent:
     """Decode an HTTP request carrying a CDEvent: binary mode, structured mode or a bare CDEvent.
 
-    Header names are matched case-insensitively. Raises ``CloudEventDecodeError`` when the
-    body is not JSON or a CloudEvent lacks a required attribute (never invented here).
+    Binary mode is a request with ``ce-specversion``; from there every required attribute
+    must be sent. Header names are matched case-insensitively. Raises
+    ``CloudEventDecodeError`` when the body is not JSON or a CloudEvent lacks a required
+    attribute (never invented here).
     ``document`` is the body already decoded (then ``body`` is not decoded again; the
     CDEvent returned may be that very object, or a member of it), ``loads`` the decoder of
     the body (when no ``document`` is given) and of JSON nested in ``data``/``data_base64``.
@@ -278,7 +285,7 @@ def decode_http(
     content_type = lowered.get("content-type", "").strip()
     if content_type.lower().startswith("application/cloudevents"):
         return _decode_structured(content_type, body, document, loads)
-    if any(name.startswith(CE_HEADER_PREFIX) for name in lowered):
+    if BINARY_MARKER in lowered:
         return _decode_binary(lowered, body, document, loads)
     if document is None:
         return DecodedCDEvent(_json_object(body, "body", loads), {}, "bare")

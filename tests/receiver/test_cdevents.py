@@ -157,7 +157,7 @@ def test_version_suffix_is_split_off(given: str, expected: str | None) -> None:
     assert unversioned(given) == expected
 
 
-@pytest.mark.parametrize("missing", ["ce-id", "ce-type", "ce-source", "ce-specversion"])
+@pytest.mark.parametrize("missing", ["ce-id", "ce-type", "ce-source"])
 async def test_a_missing_raw_attribute_is_refused_not_invented(
     ingress: Ingress, missing: str
 ) -> None:

@@ -1,5 +1,6 @@
 """The ``fluxrelay-receiver`` process as an operator runs it: hook-path known answers,
-invalid config refused at start naming document and field, serving from a file with the
+a file that is no Receiver list refused at start, Receivers that cannot be served reported
+(by name and reason) while the others are served, serving from a file with the
 ``send`` helper, reload on file change and SIGHUP, metrics, JSON logs without secrets,
 graceful SIGTERM."""
 
@@ -63,54 +64,22 @@ def test_hook_path_prints_the_flux_path(token: str, name: str, namespace: str, p
 
 
 @pytest.mark.parametrize(
-    ("docs", "message"),
+    ("text", "message"),
     [
         pytest.param(
-            [
-                {
-                    "apiVersion": "notification.toolkit.fluxcd.io/v1",
-                    "kind": "Receiver",
-                    "metadata": {"name": "r"},
-                    "spec": {"type": "github"},
-                }
-            ],
-            "document 1 (Receiver default/r): spec.secretRef.name: required",
-            id="no-secret-ref",
-        ),
-        pytest.param(
-            receiver_docs("r", "githib"),
-            "spec.type: unknown provider 'githib'",
-            id="bad-type",
-        ),
-        pytest.param(
-            receiver_docs("r", "github")[1:],
-            "Secret default/r-token not found",
-            id="missing-secret",
-        ),
-        pytest.param(
-            [
-                {
-                    "apiVersion": "v1",
-                    "kind": "Secret",
-                    "metadata": {"name": "s"},
-                    "data": {"token": "%%%"},
-                }
-            ],
-            "document 1 (Secret default/s): data.token: not valid base64",
-            id="bad-base64",
-        ),
-        pytest.param(
-            [{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}}],
+            dump_yaml([{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}}]),
             "document 1: kind 'Deployment'",
             id="foreign-kind",
         ),
+        pytest.param("kind: [unclosed", "invalid YAML", id="not-yaml"),
+        pytest.param("--- just a string\n", "document 1: not a manifest", id="not-a-map"),
     ],
 )
-def test_invalid_config_fails_at_start_naming_document_and_field(
-    tmp_path: Path, docs: list[dict[str, object]], message: str
+def test_a_file_that_is_no_receiver_list_fails_at_start(
+    tmp_path: Path, text: str, message: str
 ) -> None:
     config = tmp_path / "receivers.yaml"
-    config.write_text(dump_yaml(docs))
+    config.write_text(text)
     out = run_cli(
         "--config",
         str(config),
@@ -125,40 +94,84 @@ def test_invalid_config_fails_at_start_naming_document_and_field(
     assert message in out.stderr
 
 
-def test_colliding_paths_are_refused_at_load(tmp_path: Path) -> None:
-    docs = [
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "s1", "namespace": "default"},
-            "stringData": {"token": "0123456789abcdef" + "ab"},
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "s2", "namespace": "default"},
-            "stringData": {"token": "0123456789abcdef" + "a"},
-        },
-        {
-            "apiVersion": "notification.toolkit.fluxcd.io/v1",
-            "kind": "Receiver",
-            "metadata": {"name": "c", "namespace": "default"},
-            "spec": {"type": "github", "secretRef": {"name": "s1"}},
-        },
-        {
-            "apiVersion": "notification.toolkit.fluxcd.io/v1",
-            "kind": "Receiver",
-            "metadata": {"name": "bc", "namespace": "default"},
-            "spec": {"type": "github", "secretRef": {"name": "s2"}},
-        },
-    ]
+UNSERVABLE = [
+    {
+        "apiVersion": "notification.toolkit.fluxcd.io/v1",
+        "kind": "Receiver",
+        "metadata": {"name": "no-ref", "namespace": "default"},
+        "spec": {"type": "github"},
+    },
+    *receiver_docs("bad-type", "githib", TOKEN),
+    receiver_docs("no-secret", "github", TOKEN)[1],
+    *receiver_docs("weak", "quay", "weak-tok-1234"),
+    {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "b64-token", "namespace": "default"},
+        "data": {"token": "%%%"},
+    },
+    receiver_docs("b64", "github", TOKEN)[1],
+    {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "s1", "namespace": "default"},
+        "stringData": {"token": "0123456789abcdef" + "ab"},
+    },
+    {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "s2", "namespace": "default"},
+        "stringData": {"token": "0123456789abcdef" + "a"},
+    },
+    {
+        "apiVersion": "notification.toolkit.fluxcd.io/v1",
+        "kind": "Receiver",
+        "metadata": {"name": "c", "namespace": "default"},
+        "spec": {"type": "github", "secretRef": {"name": "s1"}},
+    },
+    {
+        "apiVersion": "notification.toolkit.fluxcd.io/v1",
+        "kind": "Receiver",
+        "metadata": {"name": "bc", "namespace": "default"},
+        "spec": {"type": "github", "secretRef": {"name": "s2"}},
+    },
+]
+"""Receivers a file may hold that cannot be served (an API server would accept each: Flux's
+CRD checks neither Secrets nor token lengths), next to one that can."""
+
+
+def test_receivers_that_cannot_be_served_are_reported_and_the_others_served(
+    tmp_path: Path, nats_session: NatsServer
+) -> None:
     config = tmp_path / "receivers.yaml"
-    config.write_text(dump_yaml(docs))
-    out = run_cli("--config", str(config), "--nats-url", "nats://127.0.0.1:1")
-    assert out.returncode == 2
-    assert "hash to the same hook path" in out.stderr
-    assert "default/c" in out.stderr
-    assert "default/bc" in out.stderr
+    config.write_text(dump_yaml(receiver_docs("gh", "github", TOKEN) + UNSERVABLE))
+    p = Process(config, nats_session, tmp_path / "receiver.log")
+    try:
+        wait_for(lambda: http_get(f"http://127.0.0.1:{p.metrics}/readyz")[0] == 200, what="ready")
+        sent = p.send(path_of("gh", TOKEN))
+        assert sent.stdout.startswith("202 "), sent.stdout + sent.stderr
+        assert p.send(path_of("weak", "weak-tok-1234"), "weak-tok-1234").stdout.startswith("404")
+        _, metrics = http_get(f"http://127.0.0.1:{p.metrics}/metrics")
+        for reason, count in {
+            "invalid": 3,  # no secretRef, unknown type, Secret data not base64
+            "secret_missing": 1,
+            "weak_token": 1,
+            "collision": 2,
+        }.items():
+            assert (
+                f'fluxrelay_receiver_receivers_unserved{{reason="{reason}"}} {count}.0' in metrics
+            )
+        assert "fluxrelay_receiver_receivers 1.0" in metrics
+    finally:
+        p.proc.send_signal(signal.SIGTERM)
+        p.proc.wait(30)
+        p._log_file.close()
+    log = p.log.read_text()
+    for name in ("no-ref", "bad-type", "no-secret", "weak", "b64", "c", "bc"):
+        assert f"not serving Receiver default/{name} " in log, name
+    assert "weak-tok-1234" not in log
+    for name, token in (("weak", "weak-tok-1234"), ("c", "0123456789abcdefab")):
+        assert path_of(name, token).removeprefix("/hook/") not in log
 
 
 def http_get(url: str) -> tuple[int, str]:

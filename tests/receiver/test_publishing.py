@@ -122,14 +122,16 @@ async def test_a_subject_captured_by_another_stream_is_refused(nats_server: Nats
 
 
 async def test_no_ack_within_the_timeout_is_not_stored(nats_server: NatsServer) -> None:
-    """A subject nobody answers (a plain subscriber swallows the request): NotStored after
-    the publish timeout, and the waiting reply is forgotten."""
+    """A subject nobody answers (a plain subscriber swallows the request): NotStored, and the
+    waiting reply is forgotten. nats-server 2.15 now and then answers "no responders" for it
+    at once (about one run in ten here) instead of staying silent until the timeout; either
+    way nothing is claimed stored. The pure timeout path is the next test's."""
     publisher = await ready_publisher(nats_server.url, "PUBSLOW", ack_wait=0.3)
     nc = await nats.connect(nats_server.url)
     try:
-        await nc.subscribe("silent.>")
+        await nc.subscribe("silent.x")
         await nc.flush()
-        with pytest.raises(NotStored, match="TimeoutError"):
+        with pytest.raises(NotStored, match=r"TimeoutError|no stream for the subject"):
             await publisher._store("PUBSLOW", "silent.x", b"{}", {})
         assert publisher._acks.waiting == 0
     finally:

@@ -135,12 +135,22 @@ def test_header_names_are_case_insensitive() -> None:
     assert decoded.attributes["id"] == "delivery-1"
 
 
-@pytest.mark.parametrize("missing", ["ce-id", "ce-source", "ce-type", "ce-specversion"])
+@pytest.mark.parametrize("missing", ["ce-id", "ce-source", "ce-type"])
 def test_binary_mode_missing_required_attribute_is_refused(missing: str) -> None:
     message = to_http_binary(_event("0.5.1"))
     headers = {k: v for k, v in message.headers.items() if k != missing}
     with pytest.raises(CloudEventDecodeError, match=missing.removeprefix("ce-")):
         decode_http(headers, message.body)
+
+
+def test_ce_headers_without_specversion_are_not_binary_mode() -> None:
+    """``ce-specversion`` marks binary mode; ``Ce-Type`` alone (Flux's examples) next to a
+    CDEvent body leaves it a bare CDEvent, read as notification-controller reads it."""
+    message = to_http_binary(_event("0.5.1"))
+    headers = {k: v for k, v in message.headers.items() if k != "ce-specversion"}
+    decoded = decode_http(headers, message.body)
+    assert decoded.mode == "bare"
+    assert decoded.cdevent == _event("0.5.1")
 
 
 def test_binary_mode_missing_time_is_not_invented() -> None:

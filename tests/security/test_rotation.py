@@ -167,6 +167,7 @@ def test_both_keys_are_tried_when_the_current_one_matches() -> None:
 
     class Recording:
         name = "github"
+        filters_events = True
 
         def validate(self, s: Any) -> None:
             github_provider.validate(s)

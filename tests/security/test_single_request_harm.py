@@ -27,6 +27,8 @@ import subprocess
 import sys
 import time
 import tracemalloc
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -379,20 +381,71 @@ def test_hex_signatures_are_read_strictly(given: Any) -> None:
     assert not common.hmac_hex_matches(GITHUB_TOKEN.encode(), body, "sha256", given(digest))
 
 
-def test_the_receiver_process_refuses_to_start_on_a_weak_token(
+def test_the_receiver_process_serves_the_others_and_reports_a_weak_token(
     tmp_path: Path, nats_session: NatsServer
 ) -> None:
+    """A short token is not served (reason ``weak_token``), but no longer stops the process:
+    Flux's CRD accepts that Receiver, and its neighbours must keep working."""
     weak = "weak-tok-1234"  # 13 bytes
+    strong = "strong-token-0123456789"
     config = tmp_path / "receivers.yaml"
-    config.write_text(dump_yaml(receiver_docs("weak", "quay", weak)))
-    started = subprocess.run(
-        [sys.executable, "-m", "receiver", "--config", str(config), "--nats-url", nats_session.url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=dict(os.environ, FLUXRELAY_STREAM_STORAGE="memory"),
+    config.write_text(
+        dump_yaml(receiver_docs("weak", "quay", weak) + receiver_docs("ok", "quay", strong))
     )
-    assert started.returncode != 0
-    assert f"shorter than {MIN_TOKEN_BYTES} bytes" in started.stderr
-    assert weak not in started.stderr + started.stdout
+    port, metrics = free_port(), free_port()
+    log_path = tmp_path / "receiver.log"
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "receiver",
+                "--config",
+                str(config),
+                "--nats-url",
+                nats_session.url,
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--metrics-listen",
+                f"127.0.0.1:{metrics}",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, FLUXRELAY_STREAM_STORAGE="memory"),
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/readyz", timeout=2):
+                        break
+                except OSError:
+                    assert time.monotonic() < deadline, "never ready"
+                    assert proc.poll() is None, log_path.read_text()
+                    time.sleep(0.1)
+
+            def post(path: str) -> int:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}{path}",
+                    data=b'{"docker_url": "quay.io/a/b", "updated_tags": ["v1"]}',
+                    headers={"Content-Type": "application/json"},
+                )
+                try:
+                    with urllib.request.urlopen(request, timeout=5) as resp:
+                        return int(resp.status)
+                except urllib.error.HTTPError as e:
+                    return int(e.code)
+
+            assert post(path_of("ok", strong)) == 202
+            assert post(path_of("weak", weak)) == 404
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5) as r:
+                exported = r.read().decode()
+            assert 'fluxrelay_receiver_receivers_unserved{reason="weak_token"} 1.0' in exported
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    log = log_path.read_text()
+    assert "not serving Receiver default/weak (weak_token)" in log
+    assert f"shorter than {MIN_TOKEN_BYTES} bytes" in log
+    assert weak not in log
+    assert path_of("weak", weak).removeprefix("/hook/") not in log
