@@ -44,6 +44,7 @@ from receiver.providers import PROVIDERS
 from receiver.providers.base import Parsed, Request
 from receiver.receivers import ReceiverSpec
 from receiver.state import STATE, IngressState
+from schemas import logs
 from schemas.excerpts import clipped, excerpt
 
 log = logging.getLogger(__name__)
@@ -316,10 +317,10 @@ async def handle_hook(
             duplicate = duplicate and stored.duplicate
         outcome = "duplicate" if duplicate else "accepted"
         if log.isEnabledFor(logging.INFO):
-            log.info(
-                "stored %d event(s)",
-                len(msgs),
-                extra={
+            logs.info(
+                log,
+                f"stored {len(msgs)} event(s)",
+                {
                     "receiver": spec.key,
                     "provider": spec.type,
                     "delivery_id": delivery,

@@ -101,3 +101,54 @@ def test_setup_again_replaces_the_writer(clean_root: io.StringIO) -> None:
     first, second = clean_root.getvalue().splitlines()
     assert first.endswith("INFO a: first")
     assert second.startswith("{") and '"msg": "second"' in second
+
+
+CONTEXT = {
+    "receiver": "ns/r",
+    "provider": "github",
+    "delivery_id": "d-1",
+    "event": "push",
+    "event_id": "0123abcd",
+    "status": None,
+}
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_the_fast_info_line_is_the_line_a_record_would_make(
+    clean_root: io.StringIO, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``logs.info`` (the receiver's per-delivery line) skips the ``LogRecord``; what it writes
+    must still be what the formatter writes for a record with the same message, fields and
+    time, timestamp included."""
+    now = 1_780_000_000.25
+    monkeypatch.setattr("schemas.logs.time.time", lambda: now)
+    logs.setup(fmt, "INFO", clean_root)
+    log = logging.getLogger("receiver.ingress")
+    logs.info(log, "stored 1 event(s)", CONTEXT)
+    log.warning("a record between two fast lines keeps its place")
+    logs.info(log, "stored 2 event(s)", {**CONTEXT, "event": "tag push"})
+    logs.shutdown()
+    got = clean_root.getvalue().splitlines()
+
+    record = logging.LogRecord("receiver.ingress", logging.INFO, __file__, 1, "%s", None, None)
+    record.created, record.msecs = now, 250.0
+    formatter = logs.formatter(fmt)
+    want = []
+    for message, event in (("stored 1 event(s)", "push"), ("stored 2 event(s)", "tag push")):
+        record.args = (message,)
+        record.__dict__.update({**CONTEXT, "event": event})
+        want.append(formatter.format(record))
+    assert [got[0], got[2]] == want
+    assert "a record between two fast lines" in got[1]
+
+
+def test_without_the_writer_the_fast_line_is_an_ordinary_record(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Tests that capture records (and the secret scan) still see the line."""
+    logs.shutdown()
+    with caplog.at_level(logging.INFO):
+        logs.info(logging.getLogger("receiver.ingress"), "stored 1 event(s)", CONTEXT)
+    [record] = caplog.records
+    assert record.getMessage() == "stored 1 event(s)"
+    assert record.__dict__["delivery_id"] == "d-1"
