@@ -28,6 +28,7 @@ from celpy import celtypes
 from celpy.adapter import json_to_cel
 
 from reconciler.errors import PermanentError
+from schemas.cel import FUNCTIONS
 
 _INT64 = range(-(2**63), 2**63)
 _new_int = int.__new__
@@ -64,31 +65,6 @@ def to_cel(value: Any) -> Any:
     if value is None:
         return None
     return json_to_cel(value)
-
-
-def _split(value: Any, sep: Any, limit: Any = None) -> celtypes.ListType:
-    text, separator = str(value), str(sep)
-    if limit is None or int(limit) < 0:
-        parts = text.split(separator)
-    elif int(limit) == 0:
-        parts = []
-    else:
-        parts = text.split(separator, int(limit) - 1)
-    return celtypes.ListType([celtypes.StringType(p) for p in parts])
-
-
-def _join(values: Any, sep: Any = "") -> celtypes.StringType:
-    return celtypes.StringType(str(sep).join(str(v) for v in values))
-
-
-FUNCTIONS: dict[str, Any] = {
-    "split": _split,
-    "lowerAscii": lambda v: celtypes.StringType(str(v).lower()),
-    "upperAscii": lambda v: celtypes.StringType(str(v).upper()),
-    "trim": lambda v: celtypes.StringType(str(v).strip()),
-    "replace": lambda v, old, new: celtypes.StringType(str(v).replace(str(old), str(new))),
-    "join": _join,
-}
 
 
 class Filters:
