@@ -27,7 +27,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -45,6 +44,8 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from kubernetes_asyncio import client as k8s_client
+
+from tests.support import natsd
 
 logger = logging.getLogger(__name__)
 
@@ -145,11 +146,9 @@ def find_etcd() -> Path:
 
 
 def free_port() -> int:
-    """A loopback TCP port that was free a moment ago (callers retry if it is taken)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A loopback TCP port that was free a moment ago (callers retry if it is taken), never
+    one this process handed out before (shared with the NATS harness)."""
+    return natsd.free_port()
 
 
 def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:

@@ -83,11 +83,20 @@ def nats_version() -> tuple[int, int, int]:
     return server_version(NATS_SERVER)
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A loopback TCP port that was free a moment ago and was not handed out before by this
+    process. A cluster's nodes get several ports each before any of them binds one, and the
+    kernel may give back a port it just gave (a node then failed to bind its monitor port)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_port(port: int, timeout: float = 15.0) -> None:
