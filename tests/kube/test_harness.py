@@ -21,7 +21,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from reconciler.kinds import KINDS
 from tests.support.faultproxy import FaultProxy, FaultProxyThread
-from tests.support.fluxobjects import flux_spec
+from tests.support.fluxobjects import API_VERSIONS, flux_spec
 from tests.support.fluxstandin import (
     ARTIFACT_GENERATOR,
     EXTERNAL_ARTIFACT,
@@ -95,19 +95,7 @@ def test_apiserver_is_ready_and_is_v1_20(kube: KubeAPI) -> None:
 
 
 SERVED = {
-    "GitRepository": "source.toolkit.fluxcd.io/v1",
-    "OCIRepository": "source.toolkit.fluxcd.io/v1",
-    "HelmRepository": "source.toolkit.fluxcd.io/v1",
-    "HelmChart": "source.toolkit.fluxcd.io/v1",
-    "Bucket": "source.toolkit.fluxcd.io/v1",
-    "ExternalArtifact": "source.toolkit.fluxcd.io/v1",
-    "ArtifactGenerator": "source.extensions.fluxcd.io/v1beta1",
-    "Kustomization": "kustomize.toolkit.fluxcd.io/v1",
-    "HelmRelease": "helm.toolkit.fluxcd.io/v2",
-    "ImageRepository": "image.toolkit.fluxcd.io/v1",
-    "ImagePolicy": "image.toolkit.fluxcd.io/v1",
-    "ImageUpdateAutomation": "image.toolkit.fluxcd.io/v1",
-    "Receiver": "notification.toolkit.fluxcd.io/v1",
+    **API_VERSIONS,
     "Alert": "notification.toolkit.fluxcd.io/v1beta3",
     "Provider": "notification.toolkit.fluxcd.io/v1beta3",
 }
