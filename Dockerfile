@@ -10,6 +10,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY runtime ./runtime
 COPY schemas ./schemas
 COPY receiver ./receiver
 COPY reconciler ./reconciler

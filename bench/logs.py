@@ -7,7 +7,7 @@ message and context fields as ``receiver/ingress.py`` logs) in both formats this
 * ``format``: the formatter alone (what the writer thread spends per line);
 * ``direct``: ``logger.info`` through a ``StreamHandler`` writing to a file, the handler
   fluxrelay used before (all of it on the event loop);
-* ``deferred``: ``logger.info`` through ``schemas.logs.setup`` (record made and queued on
+* ``deferred``: ``logger.info`` through ``runtime.logs.setup`` (record made and queued on
   the caller's thread; timing stops when the call returns), then the wall time until the
   writer thread has written everything (``drain``, per record).
 
@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from schemas import logs
+from runtime import logs
 
 CONTEXT = {
     "receiver": "flux-system/github-receiver",

@@ -19,8 +19,8 @@ from typing import Any
 from receiver.errors import ConfigError
 from receiver.hooks import hook_path
 from receiver.settings import Rate, ReceiverSettings, StreamSettings, parse_networks
-from schemas import logs
-from schemas.natsauth import NATS_AUTH_OPTIONS, NatsAuth
+from runtime import logs
+from runtime.natsauth import NATS_AUTH_OPTIONS, NatsAuth
 
 
 @dataclass(frozen=True)

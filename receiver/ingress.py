@@ -44,7 +44,7 @@ from receiver.providers import PROVIDERS
 from receiver.providers.base import Parsed, Request
 from receiver.receivers import ReceiverSpec
 from receiver.state import STATE, IngressState
-from schemas import logs
+from runtime import logs
 from schemas.excerpts import clipped, excerpt
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 The message id is derived from receiver + provider delivery id, so a provider's redelivery
 maps to the same ``Nats-Msg-Id`` (stored once) and the same envelope ``id`` (the 202 body is
 identical too). Each message is a CloudEvent in NATS binary mode, its headers encoded here
-as NATS header lines (:mod:`schemas.natsheaders`): the Receiver's constant ones once, the
+as NATS header lines (:mod:`runtime.natsheaders`): the Receiver's constant ones once, the
 per-event ones from values that cannot break a line (hex ids, an ISO timestamp, a validated
 or generated traceparent, a percent-encoded delivery id).
 """
@@ -24,7 +24,8 @@ import orjson
 from receiver.errors import DeliveryTooLarge, PayloadInvalid
 from receiver.providers.base import Item, Parsed
 from receiver.receivers import ReceiverSpec
-from schemas import envelope, natsbinding, natsheaders, subjects
+from runtime import natsheaders
+from schemas import envelope, natsbinding, subjects
 
 _TRACEPARENT = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
 

@@ -5,7 +5,7 @@ disk in the stream". ``Nats-Msg-Id`` lets the stream drop a provider's redeliver
 duplicate window. While NATS is unreachable publishing fails fast (no buffering that could
 later store what was already answered 503; a retried delivery is deduplicated anyway).
 
-PubAcks are awaited with :class:`schemas.pubacks.AckedPublisher` (one reply subscription,
+PubAcks are awaited with :class:`runtime.pubacks.AckedPublisher` (one reply subscription,
 counter tokens, orjson), which costs about half of nats-py's ``JetStreamContext.publish``.
 """
 
@@ -25,8 +25,9 @@ from nats.js.errors import NotFoundError
 
 from receiver.errors import DeliveryTooLarge, NotStored
 from receiver.settings import StreamSettings
-from schemas.natsauth import NatsAuth
-from schemas.pubacks import AckedPublisher, NotAcknowledged, Stored
+from runtime import backoff, natsconn
+from runtime.natsauth import NatsAuth
+from runtime.pubacks import AckedPublisher, NotAcknowledged, Stored
 from schemas.subjects import RECEIVER_INBOX_PREFIX
 
 __all__ = ["Publisher", "Stored", "ensure_streams", "stream_configs"]
@@ -84,7 +85,7 @@ class Publisher:
         timeout: float,
         auth: NatsAuth | None = None,
     ) -> None:
-        self._servers = [s.strip() for s in servers.split(",") if s.strip()]
+        self._servers = natsconn.servers(servers)
         self._auth = auth or NatsAuth()
         self._settings = settings
         self._timeout = timeout
@@ -112,27 +113,14 @@ class Publisher:
         await asyncio.sleep(0)
 
     async def _connect_and_ensure(self) -> None:
-        delay = 0.2
-        while self._nc is None:
-            try:
-                self._nc = await nats.connect(
-                    servers=self._servers,
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
-                    connect_timeout=2,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                    error_cb=self._on_error,
-                    # Replies under the receiver's own prefix: NATS permissions let it
-                    # subscribe there only (schemas.subjects, deploy/nats/single/auth.conf).
-                    inbox_prefix=RECEIVER_INBOX_PREFIX,
-                    **self._connect_options,
-                )
-            except (NatsError, OSError, TimeoutError) as e:
-                log.warning("cannot connect to NATS yet: %s", e)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        self._nc = await natsconn.connect(
+            self._servers,
+            # Replies under the receiver's own prefix: NATS permissions let it subscribe
+            # there only (schemas.subjects, deploy/nats/single/auth.conf).
+            {**self._connect_options, "inbox_prefix": RECEIVER_INBOX_PREFIX},
+            # A memory-backed stream is gone after a server restart: recreate it.
+            on_reconnected=self._schedule_ensure_async,
+        )
         await self._ensure_loop()
 
     def _schedule_ensure(self) -> None:
@@ -140,7 +128,7 @@ class Publisher:
             self._ensure_task = asyncio.create_task(self._ensure_loop(), name="ensure-streams")
 
     async def _ensure_loop(self) -> None:
-        delay = 0.2
+        delays = backoff.Backoff(0.2, 5.0)
         while True:
             nc = self._nc
             if nc is not None and nc.is_connected:
@@ -153,19 +141,10 @@ class Publisher:
                     return
                 except (NatsError, JetStreamError, TimeoutError) as e:
                     log.warning("cannot ensure streams yet: %s", e)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            await asyncio.sleep(delays.next())
 
-    async def _on_disconnected(self) -> None:
-        log.warning("disconnected from NATS")
-
-    async def _on_reconnected(self) -> None:
-        log.info("reconnected to NATS")
-        # A memory-backed stream is gone after a server restart: recreate it.
+    async def _schedule_ensure_async(self) -> None:
         self._schedule_ensure()
-
-    async def _on_error(self, e: Exception) -> None:
-        log.warning("NATS: %s", e)
 
     def publish(
         self, subject: str, payload: bytes, headers: Mapping[str, str] | bytes

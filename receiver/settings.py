@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from runtime.natsauth import NatsAuth
 from schemas import subjects
-from schemas.natsauth import NatsAuth
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

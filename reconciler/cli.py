@@ -23,8 +23,8 @@ from reconciler.settings import (
     PatchSettings,
     ReconcilerSettings,
 )
-from schemas import logs
-from schemas.natsauth import NATS_AUTH_OPTIONS, NatsAuth
+from runtime import logs
+from runtime.natsauth import NATS_AUTH_OPTIONS, NatsAuth
 from schemas.receivers import ConfigError
 
 Apply = Callable[[dict[str, dict[str, Any]], str], None]

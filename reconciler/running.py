@@ -17,7 +17,6 @@ import logging
 import signal
 from typing import Any
 
-import nats
 from aiohttp import web
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
@@ -41,6 +40,7 @@ from reconciler.settings import ReconcilerSettings
 from reconciler.sinks import build_sinks
 from reconciler.targeting import IndexFactory, SourceMatcher, Targeter
 from reconciler.throttling import ApiGate
+from runtime import natsconn
 from schemas import subjects
 from schemas.receivers import ConfigError
 
@@ -222,26 +222,9 @@ class Reconciler:
         }
 
     async def _connect(self) -> Client:
-        delay = 0.2
-        servers = [u.strip() for u in self.settings.nats_url.split(",") if u.strip()]
-        options = self._nats_options()
-        while True:
-            try:
-                return await nats.connect(
-                    servers=servers,
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
-                    connect_timeout=2,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                    error_cb=self._on_error,
-                    **options,
-                )
-            except (NatsError, OSError, TimeoutError) as e:
-                log.warning("cannot connect to NATS yet: %s", e)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        return await natsconn.connect(
+            natsconn.servers(self.settings.nats_url), self._nats_options()
+        )
 
     async def _consume(self) -> None:
         assert self.targeter is not None and self.coalescer is not None
@@ -268,15 +251,6 @@ class Reconciler:
             lag.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await lag
-
-    async def _on_disconnected(self) -> None:
-        log.warning("disconnected from NATS")
-
-    async def _on_reconnected(self) -> None:
-        log.info("reconnected to NATS")
-
-    async def _on_error(self, e: Exception) -> None:
-        log.warning("NATS: %s", e)
 
     async def stop(self) -> None:
         """Stop fetching, drain messages in flight, close every connection."""

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from runtime.natsauth import NatsAuth
 from schemas import subjects
-from schemas.natsauth import NatsAuth
 
 DURABLE_BASE = "fluxrelay-reconciler"
 
@@ -152,7 +152,7 @@ class ReconcilerSettings:
 
     nats_url: str = "nats://127.0.0.1:4222"
     nats_auth: NatsAuth = field(default_factory=NatsAuth)
-    """TLS and credentials for NATS (shared with the receiver: ``schemas.natsauth``)."""
+    """TLS and credentials for NATS (shared with the receiver: ``runtime.natsauth``)."""
     """NATS server URL(s), comma-separated for a cluster."""
     kubeconfig: Path | None = None
     """Kubeconfig file; the in-cluster service account when absent."""

@@ -53,7 +53,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-import nats
 import orjson
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
@@ -63,9 +62,10 @@ from nats.js.errors import NotFoundError
 
 from reconciler.outcome_metrics import OutcomeMetrics
 from reconciler.settings import CDEventsSettings, HttpSinkSettings
+from runtime import natsconn
+from runtime.pubacks import AckedPublisher, NotAcknowledged
 from schemas import natsbinding, subjects
 from schemas.cdevents import Event, SpecRelease, cloudevent_attributes, release_of, to_http_binary
-from schemas.pubacks import AckedPublisher, NotAcknowledged
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +334,7 @@ class NatsSink(OutboxSink):
             send_window=settings.send_window,
             send_timeout=2 * settings.request_timeout,
         )
-        self._servers = [s.strip() for s in servers.split(",") if s.strip()]
+        self._servers = natsconn.servers(servers)
         self._settings = settings
         self._nc: Client | None = None
         self._acks = AckedPublisher()
@@ -349,14 +349,8 @@ class NatsSink(OutboxSink):
     async def _connect(self) -> Client:
         if self._nc is None or self._nc.is_closed:
             try:
-                self._nc = await nats.connect(
-                    servers=self._servers,
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
-                    connect_timeout=2,
-                    error_cb=self._on_error,
-                    **self._connect_options,
+                self._nc = await natsconn.connect(
+                    self._servers, self._connect_options, on_error=self._on_error, retry=False
                 )
             except (NatsError, OSError, TimeoutError) as e:
                 raise Retry(f"cannot connect to NATS: {e}") from e

@@ -1,6 +1,6 @@
 """No log line is lost when the receiver process is stopped under load.
 
-Log records are formatted and written by a writer thread (``schemas/logs.py``), so at any
+Log records are formatted and written by a writer thread (``runtime/logs.py``), so at any
 moment lines the event loop has produced may still be queued. Here the real receiver process
 serves a few hundred concurrent deliveries on a real nats-server, gets SIGTERM while they are
 in flight, and exits: every delivery it answered 202 must have its ``stored`` line in the log

@@ -12,8 +12,8 @@ from nats.aio.msg import Msg
 from receiver.errors import NotStored
 from receiver.publishing import Publisher
 from receiver.settings import StreamSettings
-from schemas import natsheaders
-from schemas.pubacks import SWEEP_SECONDS, AckedPublisher, NotAcknowledged
+from runtime import natsheaders
+from runtime.pubacks import SWEEP_SECONDS, AckedPublisher, NotAcknowledged
 from tests.support.natsd import NatsServer
 
 

@@ -1,4 +1,4 @@
-"""The NATS connection options of both processes (``schemas.natsauth``), each against a real
+"""The NATS connection options of both processes (``runtime.natsauth``), each against a real
 nats-server configured for it: mutual TLS with a CA made here, token (value and file), NKey
 seed, and a user credentials file (operator mode, JWTs made offline). For each, the
 receiver's Publisher stores an event with a PubAck, and connecting without the credential,
@@ -23,7 +23,7 @@ from receiver.cli import serve_parser, settings_from
 from receiver.errors import ConfigError
 from receiver.publishing import Publisher
 from receiver.settings import StreamSettings
-from schemas.natsauth import NatsAuth, TokenFile
+from runtime.natsauth import NatsAuth, TokenFile
 from tests.support.certs import issue, make_ca
 from tests.support.natsd import NatsServer
 from tests.support.natsjwt import Operator, keypair
@@ -279,7 +279,7 @@ async def test_missing_files_fail_the_publisher_start(auth: NatsAuth) -> None:
 async def test_the_reconciler_connects_with_the_same_options(
     token_server: NatsServer, tmp_path: Path
 ) -> None:
-    """The reconciler reads the same flags (schemas.natsauth) and its connection (and its
+    """The reconciler reads the same flags (runtime.natsauth) and its connection (and its
     CDEvents sink's) carries them: with the token file it is connected, JetStream answers."""
     from reconciler.cli import parser as reconciler_parser
     from reconciler.cli import settings_from as reconciler_settings

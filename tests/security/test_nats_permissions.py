@@ -60,9 +60,9 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from receiver.hooks import hook_path
 from receiver.publishing import Publisher
 from receiver.settings import StreamSettings
+from runtime.natsauth import NatsAuth
 from schemas import envelope as envelopes
 from schemas import natsbinding, subjects
-from schemas.natsauth import NatsAuth
 from scripts.natsusers import SEED_SECRETS, NatsUsers, ensure_users
 from tests.deploy.rendering import JSON, by_kind, named, render
 from tests.support.kubeapi import KubeAPI

@@ -1,8 +1,8 @@
 """Structured logging shared by both processes: text or one JSON object per line.
 
-It lives in ``schemas`` because log field names are part of the operational contract: an
-operator follows one ``delivery_id`` from the receiver's lines to the reconciler's under the
-same keys. Bodies and secrets are never passed to a logger.
+Both processes log through it so that field names agree: an operator follows one
+``delivery_id`` from the receiver's lines to the reconciler's under the same keys. Bodies
+and secrets are never passed to a logger.
 
 Formatting and writing happen on a writer thread, not where the record is made: at the
 default level the receiver logs one line per delivery, and formatting that line and writing

@@ -1,6 +1,6 @@
 """Logging through the writer thread writes exactly what a direct handler writes.
 
-``schemas.logs.setup`` moves formatting and writing off the caller's thread; operators'
+``runtime.logs.setup`` moves formatting and writing off the caller's thread; operators'
 parsers and the documented line formats must not notice. The same calls (arguments, context
 fields, an exception, a mapping argument, a mutable argument changed right after the call)
 are logged once through :func:`setup` and once through a plain ``StreamHandler`` with the
@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from schemas import logs
+from runtime import logs
 
 
 @pytest.fixture
@@ -121,7 +121,7 @@ def test_the_fast_info_line_is_the_line_a_record_would_make(
     must still be what the formatter writes for a record with the same message, fields and
     time, timestamp included."""
     now = 1_780_000_000.25
-    monkeypatch.setattr("schemas.logs.time.time", lambda: now)
+    monkeypatch.setattr("runtime.logs.time.time", lambda: now)
     logs.setup(fmt, "INFO", clean_root)
     log = logging.getLogger("receiver.ingress")
     logs.info(log, "stored 1 event(s)", CONTEXT)

@@ -14,7 +14,7 @@ with ``future=`` set to a :class:`_Replies` object, which nats-py resolves in it
 for every message (``set_result``), and which completes the waiting publish directly.
 
 It also writes the ``HPUB`` command itself, from header lines encoded once
-(:mod:`schemas.natsheaders`), and hands it to the connection's pending buffer the way
+(:mod:`runtime.natsheaders`), and hands it to the connection's pending buffer the way
 ``Client.publish`` does (without its two coroutines per message). That uses private members
 of nats-py's client (the ``_pending`` buffer and its size and limit, ``_flush_pending`` and
 ``_flush_queue``), checked when attaching: if a
@@ -22,8 +22,8 @@ nats-py release drops them, publishing falls back to ``Client.publish`` with a h
 (slower, same bytes on the wire). ``pyproject.toml`` bounds nats-py to the tested major
 version, and the tests run both paths against a real server.
 
-It lives in ``schemas`` because the PubAck is part of the contract with the bus, read the
-same way on both sides (like :mod:`schemas.natsauth`).
+Both processes store messages this way (the receiver its events and dead letters, the
+reconciler's NATS sink its CDEvents), so it is written once here.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from nats.aio.msg import Msg
 from nats.errors import BadSubjectError
 from nats.errors import Error as NatsError
 
-from schemas import natsheaders
+from runtime import natsheaders
 
 EXPECTED_STREAM = "Nats-Expected-Stream"
 """The stream must be this one, or the server refuses the message (a subject captured by
@@ -203,8 +203,8 @@ class AckedPublisher:
         """Store one message on ``stream`` or raise :class:`NotAcknowledged`.
 
         ``headers`` is a mapping, or header lines already encoded with
-        :mod:`schemas.natsheaders` (the hot path: constant lines are encoded once).
-        Invalid headers or subject raise :class:`~schemas.natsheaders.HeaderError` /
+        :mod:`runtime.natsheaders` (the hot path: constant lines are encoded once).
+        Invalid headers or subject raise :class:`~runtime.natsheaders.HeaderError` /
         ``BadSubjectError`` before anything is sent.
         """
         try:

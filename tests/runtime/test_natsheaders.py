@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas import natsheaders
-from schemas.natsheaders import HeaderError
+from runtime import natsheaders
+from runtime.natsheaders import HeaderError
 
 TOKEN_CHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 keys = st.text(alphabet=TOKEN_CHARS, min_size=1, max_size=20)

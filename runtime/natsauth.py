@@ -1,8 +1,8 @@
 """How both processes authenticate to NATS: TLS (CA, client certificate), a user credentials
 file (JWT + NKey seed), a bare NKey seed, or a token, turned into ``nats.connect`` arguments.
 
-It lives in ``schemas`` because the receiver and the reconciler connect to the same servers
-with the same options and must spell them the same way (flags, variables, errors). Files are
+The receiver and the reconciler connect to the same servers with the same options and must
+spell them the same way (flags, variables, errors), so both use this one. Files are
 read when :meth:`NatsAuth.connect_options` is called (at start: a missing file fails then,
 not at the first reconnect), and a token file again at every reconnect, so rotating it needs
 no restart. Values are never
