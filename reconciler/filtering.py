@@ -28,7 +28,7 @@ from celpy import celtypes
 from celpy.adapter import json_to_cel
 
 from reconciler.errors import PermanentError
-from schemas.cel import FUNCTIONS
+from runtime.cel import FUNCTIONS
 
 _INT64 = range(-(2**63), 2**63)
 _new_int = int.__new__

@@ -59,7 +59,7 @@ from receiver.providers import common, jwks
 from receiver.providers.base import Item, Parsed, Request
 from receiver.providers.generic import optional_json
 from receiver.receivers import ReceiverSpec
-from schemas import cel
+from runtime import cel
 from schemas.receivers import OIDCProvider
 
 KeysFor = Callable[[str, str | None], jwks.KeySource]

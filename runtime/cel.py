@@ -1,4 +1,4 @@
-"""CEL as Flux's Receivers use it, for the side that cannot import the other's.
+"""CEL as Flux's Receivers use it, written once for both services.
 
 Both services evaluate CEL from Receiver manifests: the reconciler its ``resourceFilter`` and
 ``filter`` expressions (``reconciler.filtering``), the receiver a ``generic-oidc`` provider's
