@@ -6,11 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from receiver import ingress
 from receiver.protocol import IngressServer
 from receiver.state import STATE, IngressState
+from runtime.metrics import exposition
 
 HEAD_LIMITS = {"max_field_size": 8190, "max_line_size": 8190, "max_headers": 128}
 """Bytes per header line and request line, header count: more is refused with 400 (aiohttp's
@@ -54,10 +54,7 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     state.metrics.nats_connected.set(1 if state.publisher.connected else 0)
     state.metrics.receivers.set(len(state.table))
-    return web.Response(
-        body=generate_latest(state.metrics.registry),
-        headers={"Content-Type": CONTENT_TYPE_LATEST},
-    )
+    return exposition(state.metrics.registry)
 
 
 def create_metrics_app(state: IngressState) -> web.Application:

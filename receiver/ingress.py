@@ -41,7 +41,7 @@ from receiver.errors import (
 )
 from receiver.limiting import retry_after
 from receiver.providers import PROVIDERS
-from receiver.providers.base import Parsed, Request
+from receiver.providers.base import Parsed, Request, media_type
 from receiver.receivers import ReceiverSpec
 from receiver.state import STATE, IngressState
 from runtime import logs
@@ -226,7 +226,7 @@ def note_previous_token(state: IngressState, spec: ReceiverSpec) -> None:
     """Count a delivery that needed the previous token; warn once per Receiver and path."""
     state.metrics.previous_token_used.labels(spec.key).inc()
     rotation = spec.rotation
-    old = rotation.previous.digest if rotation is not None else ""
+    old = rotation.digest if rotation is not None else ""
     if (spec.key, old) in state.previous_token_warned:
         return
     state.previous_token_warned.add((spec.key, old))
@@ -281,8 +281,8 @@ async def handle_hook(
         remote = addressing.text(source) if source is not None else request.remote
         content_type = media_type(request.headers.get("Content-Type"))
         req = Request(request.headers, body, content_type, remote)
-        used_previous = rotating.verify(provider, spec, req, state.table.now()) or route.previous
-        if used_previous:
+        now = state.table.now()
+        if rotating.verify(provider, spec, spec.rotation, req, now) or route.previous:
             note_previous_token(state, spec)
         try:
             parsed = provider.parse(spec, req)
@@ -298,15 +298,19 @@ async def handle_hook(
         if not parsed.items:
             outcome = "ignored"
             return reply(200, status="ignored", reason="nothing to store in this delivery")
-        delivery = normalising.delivery_key(parsed.items[0].delivery_id)
-        msgs = normalising.messages(
-            spec,
-            parsed,
-            normalising.timestamp(time.time()),
-            normalising.traceparent(request.headers.get("traceparent")),
-            state.settings.stream.subject_prefix,
-            state.settings.max_delivery_bytes,
-        )
+        try:
+            msgs = normalising.messages(
+                spec,
+                parsed,
+                normalising.timestamp(time.time()),
+                normalising.traceparent(request.headers.get("traceparent")),
+                state.settings.stream.subject_prefix,
+                state.settings.max_delivery_bytes,
+            )
+        except Rejected:  # no message to take it from: the refusal is logged with it
+            delivery = normalising.delivery_key(parsed.items[0].delivery_id)
+            raise
+        delivery = msgs[0].delivery
         duplicate = True
         for msg in msgs:
             t0 = time.perf_counter()
@@ -353,18 +357,6 @@ async def handle_hook(
         raise
     finally:
         state.metrics.delivery(spec.key, spec.type, event, outcome).inc()
-
-
-def media_type(header: str | None) -> str:
-    """The media type as sent, lower-cased, without parameters; "" when there is no header.
-
-    aiohttp's ``content_type`` reports a missing header as ``application/octet-stream``
-    (RFC 9110's default for a recipient guessing), so providers that accept a body without
-    one, as Flux does for most of them, would refuse it as octet-stream.
-    """
-    if header is None:
-        return ""
-    return header.split(";", 1)[0].strip().lower()
 
 
 def allowed_items(spec: ReceiverSpec, parsed: Parsed) -> Parsed:

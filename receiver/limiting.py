@@ -1,10 +1,10 @@
 """Rate limits of the hook endpoint: a token bucket per Receiver and per source address.
 
-Buckets live in a bounded least-recently-used map, so a flood from many addresses costs
-bounded memory (the address seen least recently is forgotten first: forgetting a bucket only
-ever lets a client start again with a full one). A refused request is told, in whole seconds
-and at least 1, when its bucket will have a token again; it is refused before its body is
-read.
+Buckets (``runtime.tokenbucket``, the one the reconciler paces its API calls with) live in a
+bounded least-recently-used map, so a flood from many addresses costs bounded memory (the
+address seen least recently is forgotten first: forgetting a bucket only ever lets a client
+start again with a full one). A refused request is told, in whole seconds and at least 1,
+when its bucket will have a token again; it is refused before its body is read.
 """
 
 from __future__ import annotations
@@ -12,18 +12,9 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from receiver.settings import Rate
-
-Clock = Callable[[], float]
-
-
-@dataclass(slots=True)
-class Bucket:
-    tokens: float
-    stamp: float
+from runtime.tokenbucket import Clock, TokenBucket
 
 
 class Limiter:
@@ -33,29 +24,22 @@ class Limiter:
         self.rate = rate
         self.max_keys = max_keys
         self._clock = clock
-        self._buckets: OrderedDict[object, Bucket] = OrderedDict()
+        self._buckets: OrderedDict[object, TokenBucket] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._buckets)
 
     def take(self, key: object) -> float:
         """Take one token for ``key``: 0.0 when allowed, else seconds until one is there."""
-        now = self._clock()
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = Bucket(self.rate.burst, now)
+            bucket = TokenBucket(self.rate.per_second, self.rate.burst, clock=self._clock)
             self._buckets[key] = bucket
             if len(self._buckets) > self.max_keys:
                 self._buckets.popitem(last=False)
         else:
             self._buckets.move_to_end(key)
-            elapsed = max(0.0, now - bucket.stamp)
-            bucket.tokens = min(self.rate.burst, bucket.tokens + elapsed * self.rate.per_second)
-            bucket.stamp = now
-        if bucket.tokens >= 1.0:
-            bucket.tokens -= 1.0
-            return 0.0
-        return (1.0 - bucket.tokens) / self.rate.per_second
+        return bucket.take()
 
 
 def retry_after(wait: float) -> str:

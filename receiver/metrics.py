@@ -21,15 +21,15 @@ import bisect
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from receiver.labelling import EVENT_LABELS, NO_EVENTS, OTHER
+from runtime.metrics import MetricSet
 
 log = logging.getLogger(__name__)
 
@@ -149,92 +149,81 @@ class Family(Collector):
         yield histogram
 
 
-@dataclass
-class IngressMetrics:
+class IngressMetrics(MetricSet):
     """Deliveries by receiver/provider/event/outcome, publish latency, body sizes, config state."""
 
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
-
-    def __post_init__(self) -> None:
-        r = self.registry
-        self.deliveries = Family(
-            "fluxrelay_receiver_deliveries",
-            "Webhook deliveries by receiver, provider, event and outcome.",
-            ["receiver", "provider", "event", "outcome"],
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry)
+        self.deliveries = self.register(
+            Family(
+                "fluxrelay_receiver_deliveries",
+                "Webhook deliveries by receiver, provider, event and outcome.",
+                ["receiver", "provider", "event", "outcome"],
+            )
         )
-        self.publish_latency = Family(
-            "fluxrelay_receiver_publish_seconds",
-            "Time from publish to JetStream PubAck.",
-            buckets=LATENCY_BUCKETS,
+        self.publish_latency = self.register(
+            Family(
+                "fluxrelay_receiver_publish_seconds",
+                "Time from publish to JetStream PubAck.",
+                buckets=LATENCY_BUCKETS,
+            )
         )
-        self.request_seconds = Family(
-            "fluxrelay_receiver_request_seconds",
-            "Time to answer a hook request, by status code class.",
-            ["code"],
-            buckets=LATENCY_BUCKETS,
+        self.request_seconds = self.register(
+            Family(
+                "fluxrelay_receiver_request_seconds",
+                "Time to answer a hook request, by status code class.",
+                ["code"],
+                buckets=LATENCY_BUCKETS,
+            )
         )
-        self.body_sizes = Family(
-            "fluxrelay_receiver_body_bytes",
-            "Sizes of request bodies read.",
-            buckets=BODY_BUCKETS,
+        self.body_sizes = self.register(
+            Family(
+                "fluxrelay_receiver_body_bytes",
+                "Sizes of request bodies read.",
+                buckets=BODY_BUCKETS,
+            )
         )
-        for family in (
-            self.deliveries,
-            self.publish_latency,
-            self.request_seconds,
-            self.body_sizes,
-        ):
-            r.register(family)
         self.publish_seconds = self.publish_latency.child()
         self.body_bytes = self.body_sizes.child()
-        self.receivers = Gauge(
-            "fluxrelay_receiver_receivers", "Receivers currently served.", registry=r
-        )
-        self.receivers_unserved = Gauge(
+        self.receivers = self.gauge("fluxrelay_receiver_receivers", "Receivers currently served.")
+        self.receivers_unserved = self.gauge(
             "fluxrelay_receiver_receivers_unserved",
             "Receivers known but not served, by reason (secret_missing, secret_unreadable, "
             "invalid, weak_token, collision).",
             ["reason"],
-            registry=r,
         )
-        self.reloads = Counter(
+        self.reloads = self.counter(
             "fluxrelay_receiver_config_reloads",
             "Receiver table reloads by result.",
             ["result"],
-            registry=r,
         )
-        self.duplicates = Counter(
+        self.duplicates = self.counter(
             "fluxrelay_receiver_duplicates",
             "Deliveries JetStream had already stored (provider redeliveries).",
-            registry=r,
         )
-        self.rate_limited = Counter(
+        self.rate_limited = self.counter(
             "fluxrelay_receiver_rate_limited",
             "Requests refused with 429, by limit (receiver or source).",
             ["scope"],
-            registry=r,
         )
-        self.rate_limit_sources = Gauge(
+        self.rate_limit_sources = self.gauge(
             "fluxrelay_receiver_rate_limit_sources",
             "Source addresses currently tracked by the per-source rate limit.",
-            registry=r,
         )
-        self.previous_token_used = Counter(
+        self.previous_token_used = self.counter(
             "fluxrelay_receiver_previous_token_used",
             "Deliveries accepted thanks to a Receiver's previous token (path or key): senders "
             "still to be updated before the rotation deadline.",
             ["receiver"],
-            registry=r,
         )
-        self.tls_reloads = Counter(
+        self.tls_reloads = self.counter(
             "fluxrelay_receiver_tls_reloads",
             "Reloads of the hook listener's certificate and key, by result.",
             ["result"],
-            registry=r,
         )
         self._request_times = {c: self.request_seconds.child(f"{c}xx") for c in range(1, 6)}
-        self.nats_connected = Gauge(
-            "fluxrelay_receiver_nats_connected", "1 while connected to NATS.", registry=r
+        self.nats_connected = self.gauge(
+            "fluxrelay_receiver_nats_connected", "1 while connected to NATS."
         )
 
     def delivery(self, receiver: str, provider: str, event: str, outcome: str) -> Count:

@@ -39,6 +39,8 @@ class Message:
     subject: str
     payload: bytes
     headers: bytes
+    delivery: str
+    """The item's :func:`delivery_key`, worked out once: the ingress logs it too."""
 
 
 MAX_DELIVERY_ID = 256
@@ -122,7 +124,7 @@ def messages(
                 f"ce-time: {received}\r\nce-traceparent: {trace}\r\nNats-Msg-Id: {ident}\r\n"
             ).encode()
         )
-        out.append(Message(ident, subject, payload, headers))
+        out.append(Message(ident, subject, payload, headers, delivery))
         if budget is not None:
             budget -= len(payload) + len(headers)
             if budget < 0:
@@ -179,12 +181,10 @@ def build(
     item: Item,
     received: str,
     trace: str,
-    delivery: str | None = None,
+    delivery: str,
 ) -> dict[str, Any]:
     """The envelope document (see ``schemas/envelope/v1.schema.json``); ``delivery`` is the
-    item's :func:`delivery_key` (worked out here when not given)."""
-    if delivery is None:
-        delivery = delivery_key(item.delivery_id)
+    item's :func:`delivery_key`."""
     doc: dict[str, Any] = {
         "specversion": envelope.ENVELOPE_SPECVERSION,
         "id": event_id(spec, delivery),

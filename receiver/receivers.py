@@ -22,6 +22,7 @@ from receiver.settings import Network
 from schemas.receivers import (
     ConfigError,
     Documents,
+    OIDCProvider,
     ReceiverDef,
     read_documents,
     split_documents,
@@ -100,29 +101,15 @@ class ReceiverSpec:
         object.__setattr__(self, "rotation", self._rotation(f"{where}: Secret {d.secret_name}"))
 
     def _rotation(self, where: str) -> rotating.Rotation | None:
-        previous = self.secret.get(rotating.PREVIOUS_TOKEN)
-        expires = self.secret.get(rotating.PREVIOUS_TOKEN_EXPIRES)
-        if previous is None and expires is None:
+        """The previous token's Receiver, when the Secret rotates (``receiver.rotating``);
+        the previous token must be as strong as the current one."""
+        previous = rotating.previous_token(self.secret, where)
+        if previous is None:
             return None
-        if not previous:
-            raise ConfigError(
-                f"{where}: {rotating.PREVIOUS_TOKEN_EXPIRES!r} given without "
-                f"{rotating.PREVIOUS_TOKEN!r}"
-            )
-        if expires is None:
-            raise ConfigError(
-                f"{where}: {rotating.PREVIOUS_TOKEN!r} needs {rotating.PREVIOUS_TOKEN_EXPIRES!r} "
-                "(an RFC 3339 deadline): a previous token is never honoured forever"
-            )
         check_token(previous, where, rotating.PREVIOUS_TOKEN)
-        deadline = rotating.parse_deadline(expires, where)
-        kept = {
-            k: v
-            for k, v in self.secret.items()
-            if k not in (rotating.PREVIOUS_TOKEN, rotating.PREVIOUS_TOKEN_EXPIRES)
-        }
-        previous_spec = ReceiverSpec(self.definition, {**kept, "token": previous})
-        return rotating.Rotation(previous_spec, deadline)
+        expires = rotating.deadline(self.secret, where)
+        before = ReceiverSpec(self.definition, rotating.previous_secret(self.secret, previous))
+        return rotating.Rotation(before, before.digest, expires)
 
     @property
     def secret_name(self) -> str | None:
@@ -131,6 +118,10 @@ class ReceiverSpec:
     @property
     def token(self) -> bytes:
         return self.secret.get("token", b"")
+
+    @property
+    def oidc_providers(self) -> tuple[OIDCProvider, ...]:
+        return self.definition.oidc_providers
 
     def allows(self, event: str) -> bool:
         return self.definition.allows(event)

@@ -50,9 +50,9 @@ class ReceiverTable:
         self._aliases: dict[str, ReceiverSpec] = {}
         for spec in self._by_digest.values():
             rotation = spec.rotation
-            if rotation is None or rotation.previous.digest == spec.digest:
+            if rotation is None or rotation.digest == spec.digest:
                 continue
-            old = rotation.previous.digest
+            old = rotation.digest
             other = self._by_digest.get(old) or self._aliases.get(old)
             if other is not None:
                 message = (

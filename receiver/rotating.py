@@ -11,27 +11,57 @@ Until that time the Receiver is also served at the previous token's path, and a 
 proven with the previous token (its HMAC key, or its value for providers that compare a
 token) is accepted, on either path. Both keys are always tried, each in constant time, so
 timing does not tell which one matched. After the deadline the old path is 404 and the old
-signature 400, without any reload. The keys are validated at load time.
+signature 400, without any reload.
+
+This module is rotation's one home. :func:`previous_token` and :func:`deadline` read and
+check the two keys when a Receiver is resolved (``receiver.receivers``), so a malformed pair
+fails at load; the :class:`Rotation` they make rides on the Receiver; :func:`verify` is what
+the ingress calls instead of the provider's ``verify``, before anything is parsed. Providers
+verify whichever credentials they are handed and know nothing of rotation. The routing table
+(``receiver.registry``) serves :attr:`Rotation.digest` as an alias path until the deadline.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from receiver.errors import ConfigError, Rejected, SignatureInvalid
-
-if TYPE_CHECKING:
-    from receiver.providers.base import Provider, Request
-    from receiver.receivers import ReceiverSpec
+from receiver.providers.base import Credentials, Provider, Request
 
 PREVIOUS_TOKEN = "previous-token"  # noqa: S105  (a Secret key name, not a value)
 PREVIOUS_TOKEN_EXPIRES = "previous-token-expires"  # noqa: S105
+KEYS = (PREVIOUS_TOKEN, PREVIOUS_TOKEN_EXPIRES)
 
 
-def parse_deadline(raw: bytes, where: str) -> float:
-    """Seconds since the epoch of an RFC 3339 time (offset or ``Z`` required)."""
+def previous_token(secret: Mapping[str, bytes], where: str) -> bytes | None:
+    """The Secret's ``previous-token``, None when it rotates nothing; ConfigError when only
+    one of the two keys is given (a previous token is never honoured forever)."""
+    previous = secret.get(PREVIOUS_TOKEN)
+    expires = secret.get(PREVIOUS_TOKEN_EXPIRES)
+    if previous is None and expires is None:
+        return None
+    if not previous:
+        raise ConfigError(f"{where}: {PREVIOUS_TOKEN_EXPIRES!r} given without {PREVIOUS_TOKEN!r}")
+    if expires is None:
+        raise ConfigError(
+            f"{where}: {PREVIOUS_TOKEN!r} needs {PREVIOUS_TOKEN_EXPIRES!r} "
+            "(an RFC 3339 deadline): a previous token is never honoured forever"
+        )
+    return previous
+
+
+def previous_secret(secret: Mapping[str, bytes], previous: bytes) -> dict[str, bytes]:
+    """The Secret as it was before the rotation: ``previous`` as its token, the rest kept."""
+    kept = {k: v for k, v in secret.items() if k not in KEYS}
+    return {**kept, "token": previous}
+
+
+def deadline(secret: Mapping[str, bytes], where: str) -> float:
+    """Seconds since the epoch of ``previous-token-expires``, an RFC 3339 time (offset or
+    ``Z`` required); call after :func:`previous_token` found one."""
+    raw = secret[PREVIOUS_TOKEN_EXPIRES]
     try:
         text = raw.decode("ascii").strip()
         when = datetime.fromisoformat(text)
@@ -49,22 +79,29 @@ def parse_deadline(raw: bytes, where: str) -> float:
 class Rotation:
     """A previous token still honoured until ``expires`` (epoch seconds)."""
 
-    previous: ReceiverSpec
-    """The same Receiver as it was with the previous token (its ``digest`` is the old path)."""
+    previous: Credentials
+    """The same Receiver as it was with the previous token, as providers verify it."""
+    digest: str
+    """The previous token's hook path (``/hook/<digest>``), still served until ``expires``."""
     expires: float
 
     def active(self, now: float) -> bool:
         return now < self.expires
 
 
-def verify(provider: Provider, spec: ReceiverSpec, request: Request, now: float) -> bool:
-    """Verify with the current token and, while a rotation is active, the previous one.
+def verify(
+    provider: Provider,
+    spec: Credentials,
+    rotation: Rotation | None,
+    request: Request,
+    now: float,
+) -> bool:
+    """Verify with the current token and, while ``rotation`` is active, the previous one.
 
     Returns True when only the previous token proved the request. Raises the current
     token's refusal when neither does. A refusal other than a signature mismatch (e.g. a
     malformed header) does not depend on the key and is raised as is.
     """
-    rotation = spec.rotation
     if rotation is None or not rotation.active(now):
         provider.verify(spec, request)
         return False

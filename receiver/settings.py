@@ -1,7 +1,7 @@
 """Receiver settings: one frozen tree, built once from flags and ``FLUXRELAY_*`` variables.
 
-Every field documents itself; ``receiver.cli`` turns the same table into ``--help`` and the
-README's configuration reference, so the three cannot drift.
+Every field documents itself; ``receiver.cli``'s option table fills it and also renders
+``--help`` and ``docs/configuration.md``, so the three cannot drift.
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ hide the mistake.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from receiver.errors import ConfigError
 from receiver.metrics import IngressMetrics
 from receiver.receivers import ReceiverSpec, resolve, unserved_reason
 from receiver.registry import ReceiverTable, Unserved
+from runtime.reloading import FileReloader
 from schemas.receivers import Documents, read_documents
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,9 @@ class FileSource:
         self.path = path
         self.interval = interval
         self._on_reload = on_reload
-        self._stamp: tuple[int, int] | None = None
+        self._reloader = FileReloader(
+            path, interval, what="receivers", errors=(ConfigError,), logger=log
+        )
         self.report = UnservedReport(metrics)
 
     def _build(self) -> ReceiverTable:
@@ -126,36 +128,16 @@ class FileSource:
         self.report(table, unserved)
         return table
 
-    def _current_stamp(self) -> tuple[int, int] | None:
-        try:
-            st = self.path.stat()
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size)
-
     async def load(self) -> ReceiverTable:
-        self._stamp = self._current_stamp()
+        self._reloader.mark()
         return self._build()
 
     async def close(self) -> None:
         """Nothing to release: the file is read and closed on each load."""
 
     async def run(self, apply: Apply, reload: asyncio.Event) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(reload.wait(), timeout=self.interval)
-            forced = reload.is_set()
-            reload.clear()
-            stamp = self._current_stamp()
-            if not forced and stamp == self._stamp:
-                continue
-            self._stamp = stamp
-            try:
-                table = self._build()
-            except ConfigError as e:
-                log.error("reload failed, keeping the previous receivers: %s", e)
-                self._on_reload("error")
-                continue
+        def rebuild() -> None:
+            table = self._build()
             apply(table)
             log.info(
                 "reloaded %d receiver(s) from %s, %d not served",
@@ -163,4 +145,5 @@ class FileSource:
                 self.path,
                 len(self.report.current),
             )
-            self._on_reload("ok")
+
+        await self._reloader.run(rebuild, wake=reload, on_result=self._on_reload)

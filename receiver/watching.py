@@ -8,25 +8,21 @@ without one). Every change rebuilds the whole table leniently (one broken Receiv
 takes the others down) after a short debounce, and hands it to ``apply``; the swap is a single
 assignment, so requests in flight keep the Receiver they looked up.
 
-Why a hand-written watch loop rather than ``kubernetes_asyncio.watch.Watch``: the loop must
-relist on ``410 Gone``, resume from the last ``resourceVersion`` after a disconnect or an API
-server restart, back off on errors, and read Secret events larger than aiohttp's line limit;
-owning those ~100 lines is clearer than working around the helper. The source only reads:
-it never writes a Receiver's status (that is notification-controller's).
+Both collections are :mod:`runtime.informer` informers (relist on ``410 Gone``, resume from the
+last ``resourceVersion`` after a disconnect or an API server restart, back off on errors, read
+Secret events larger than aiohttp's line limit); SIGHUP makes both list again. The source only
+reads: it never writes a Receiver's status (that is notification-controller's).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.config.config_exception import ConfigException
@@ -37,6 +33,17 @@ from receiver.receivers import ReceiverSpec, resolve, unserved_reason
 from receiver.registry import ReceiverTable, Unserved
 from receiver.settings import ReceiverSettings
 from receiver.sources import Apply, UnservedReport
+from runtime.informer import (
+    JSON,
+    TRANSIENT,
+    ApiError,
+    Informer,
+    InformerSettings,
+    ListCall,
+    custom_objects,
+    gathered,
+    read_json,
+)
 from schemas.receivers import RECEIVER_GROUP, ReceiverDef, parse_receiver, secret_data
 
 log = logging.getLogger(__name__)
@@ -47,8 +54,6 @@ RECEIVER_PLURAL = "receivers"
 
 Key = tuple[str, str]
 """(namespace, name) of an object."""
-
-JSON = dict[str, Any]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,190 +74,22 @@ class WatchTiming:
     max_event_bytes: int = 16 * 1024 * 1024
     """Largest single watch event accepted (a Secret may hold up to 1 MiB of data)."""
 
-
-class _Gone(Exception):
-    """The resourceVersion is too old to resume from (410): list again."""
-
-
-class _ApiError(Exception):
-    """The API server answered a list, watch or get with an unexpected status."""
-
-    def __init__(self, status: int, body: str) -> None:
-        super().__init__(f"HTTP {status}: {body[:300]}")
-        self.status = status
-
-
-_TRANSIENT = (aiohttp.ClientError, TimeoutError, OSError, _ApiError, k8s.ApiException, ValueError)
-"""What a list or watch may fail with and be retried after a backoff."""
+    def informer(self) -> InformerSettings:
+        """The same timings in the informer's terms (one unpaged list: each replaces the set)."""
+        return InformerSettings(
+            watch_timeout_s=self.watch_timeout,
+            read_timeout_s=self.watch_timeout + self.read_grace,
+            connect_timeout_s=self.request_timeout,
+            list_timeout_s=self.request_timeout,
+            backoff_initial_s=self.backoff_min,
+            backoff_max_s=self.backoff_max,
+            max_event_bytes=self.max_event_bytes,
+        )
 
 
 def _key(obj: Mapping[str, Any]) -> Key:
     meta = obj.get("metadata") or {}
     return (str(meta.get("namespace") or "default"), str(meta.get("name") or ""))
-
-
-async def _read_json(resp: aiohttp.ClientResponse) -> JSON:
-    """Body of a non-streaming response as JSON; a non-2xx status raises."""
-    try:
-        raw = await resp.read()
-    finally:
-        resp.release()
-    if resp.status == 410:
-        raise _Gone()
-    if not 200 <= resp.status < 300:
-        raise _ApiError(resp.status, raw.decode(errors="replace"))
-    doc = json.loads(raw)
-    if not isinstance(doc, dict):
-        raise ValueError("API answer is not a JSON object")
-    return doc
-
-
-class ListWatch:
-    """One list+watch loop over a collection of objects.
-
-    ``on_list(items)`` replaces everything known after a (re)list; ``on_event(type, obj)``
-    applies one ADDED/MODIFIED/DELETED event. Resumes from the last resourceVersion after a
-    disconnect; relists after 410 Gone or a ``resync()``.
-    """
-
-    def __init__(
-        self,
-        kind: str,
-        call: Callable[..., Awaitable[Any]],
-        timing: WatchTiming,
-        on_list: Callable[[list[JSON]], None],
-        on_event: Callable[[str, JSON], None],
-    ) -> None:
-        self.kind = kind
-        self._call = call
-        self._timing = timing
-        self._on_list = on_list
-        self._on_event = on_event
-        self.resource_version: str | None = None
-        self.lists = 0
-        """Complete lists done (the first, then one per 410 Gone or resync)."""
-        self.watches = 0
-        """Watch requests the server accepted (each resumes from ``resource_version``)."""
-        self._current: asyncio.Task[None] | None = None
-        self._resync = False
-
-    async def list(self) -> None:
-        """List everything and remember the collection's resourceVersion."""
-        resp = await self._call(
-            _preload_content=False, _request_timeout=self._timing.request_timeout
-        )
-        doc = await _read_json(resp)
-        items = doc.get("items") or []
-        self._on_list([i for i in items if isinstance(i, dict)])
-        self.lists += 1
-        self.resource_version = str((doc.get("metadata") or {}).get("resourceVersion") or "")
-        log.debug(
-            "listed %d %s at resourceVersion %s", len(items), self.kind, self.resource_version
-        )
-
-    def resync(self) -> None:
-        """Relist as soon as possible (SIGHUP): ends the current watch request."""
-        self._resync = True
-        if self._current is not None:
-            self._current.cancel()
-
-    async def run(self) -> None:
-        """Watch until cancelled, relisting and reconnecting as needed."""
-        delay = self._timing.backoff_min
-        while True:
-            opened = self.watches
-            try:
-                if self._resync or not self.resource_version:
-                    self._resync = False
-                    await self.list()
-                await self._watch_in_task()
-                continue  # the server ended the watch (timeoutSeconds): resume at once
-            except _Gone:
-                log.info(
-                    "%s watch: resourceVersion %s expired, relisting",
-                    self.kind,
-                    self.resource_version,
-                )
-                self.resource_version = None
-            except _TRANSIENT as e:
-                if self._resync:
-                    continue
-                log.warning(
-                    "%s watch interrupted (%s: %s); retrying in about %.1fs",
-                    self.kind,
-                    type(e).__name__,
-                    e,
-                    delay,
-                )
-            except Exception:
-                log.exception("%s watch failed unexpectedly; relisting", self.kind)
-                self.resource_version = None
-            finally:
-                if self.watches != opened:
-                    delay = self._timing.backoff_min  # it worked for a while: start over
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311
-            delay = min(delay * 2, self._timing.backoff_max)
-
-    async def _watch_in_task(self) -> None:
-        """Run one watch in a child task, so ``resync()`` can end it without ending ``run``."""
-        if self._resync:
-            return  # asked for while listing: relist first
-        me = asyncio.current_task()
-        self._current = asyncio.create_task(self._watch_once(), name=f"watch-{self.kind}")
-        try:
-            await self._current
-        except asyncio.CancelledError:
-            if (me is not None and me.cancelling()) or not self._resync:
-                raise
-        finally:
-            self._current = None
-
-    async def _watch_once(self) -> None:
-        """One watch request from the current resourceVersion, until the server ends it."""
-        t = self._timing
-        resp: aiohttp.ClientResponse = await self._call(
-            watch=True,
-            resource_version=self.resource_version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=t.watch_timeout,
-            _preload_content=False,
-            _request_timeout=aiohttp.ClientTimeout(
-                connect=t.request_timeout,
-                sock_connect=t.request_timeout,
-                sock_read=t.watch_timeout + t.read_grace,
-            ),
-        )
-        try:
-            if resp.status != 200:
-                await _read_json(resp)  # raises _Gone or _ApiError
-                return
-            self.watches += 1
-            buffer = b""
-            async for chunk in resp.content.iter_any():
-                buffer += chunk
-                while (end := buffer.find(b"\n")) >= 0:
-                    line, buffer = buffer[:end], buffer[end + 1 :]
-                    if line.strip():
-                        self._handle(line)
-                if len(buffer) > t.max_event_bytes:
-                    raise ValueError(f"watch event larger than {t.max_event_bytes} bytes")
-        finally:
-            resp.release()
-            resp.close()
-
-    def _handle(self, line: bytes) -> None:
-        event = json.loads(line)
-        kind = event.get("type")
-        obj = event.get("object") or {}
-        if kind == "ERROR":
-            if obj.get("code") == 410:
-                raise _Gone()
-            raise _ApiError(int(obj.get("code") or 0), str(obj.get("message")))
-        version = (obj.get("metadata") or {}).get("resourceVersion")
-        if kind in ("ADDED", "MODIFIED", "DELETED"):
-            self._on_event(kind, obj)
-        if version:
-            self.resource_version = str(version)
 
 
 class KubernetesSource:
@@ -268,8 +105,8 @@ class KubernetesSource:
         self.metrics = metrics
         self.timing = timing or WatchTiming()
         self._api: k8s.ApiClient | None = None
-        self.receiver_watch: ListWatch | None = None
-        self.secret_watch: ListWatch | None = None
+        self.receiver_watch: Informer | None = None
+        self.secret_watch: Informer | None = None
         self._defs: dict[Key, ReceiverDef] = {}
         self._invalid: dict[Key, str] = {}
         """Receivers that cannot be parsed, with the reason."""
@@ -294,21 +131,34 @@ class KubernetesSource:
         """
         self._api = await self._connect()
         host = self._host()
-        self.receiver_watch = ListWatch(
-            "Receiver",
-            self._receiver_call(),
-            self.timing,
-            self._list_receivers,
-            self._receiver_event,
+        settings = self.timing.informer()
+
+        def informer(
+            kind: str,
+            call: ListCall,
+            on_list: Callable[[list[JSON]], None],
+            on_event: Callable[[str, JSON], None],
+        ) -> Informer:
+            return Informer(
+                kind,
+                call,
+                on_list=gathered(on_list),
+                on_event=on_event,
+                settings=settings,
+                logger=log,
+            )
+
+        self.receiver_watch = informer(
+            "Receiver", self._receiver_call(), self._list_receivers, self._receiver_event
         )
-        self.secret_watch = ListWatch(
-            "Secret", self._secret_call(), self.timing, self._list_secrets, self._secret_event
+        self.secret_watch = informer(
+            "Secret", self._secret_call(), self._list_secrets, self._secret_event
         )
         try:
             for collection in (self.receiver_watch, self.secret_watch):
                 await collection.list()
             table = await self._rebuild()
-        except _ApiError as e:
+        except ApiError as e:
             await self.close()
             hint = (
                 " (RBAC: list and watch receivers, get/list/watch secrets)"
@@ -316,7 +166,7 @@ class KubernetesSource:
                 else ""
             )
             raise ConfigError(f"Kubernetes API {host}: listing failed: {e}{hint}") from e
-        except (*_TRANSIENT, _Gone) as e:
+        except TRANSIENT as e:
             await self.close()
             raise ConfigError(f"Kubernetes API {host} unreachable: {type(e).__name__}: {e}") from e
         self._dirty.clear()
@@ -362,25 +212,18 @@ class KubernetesSource:
     def _host(self) -> str:
         return str(self._api.configuration.host) if self._api is not None else "?"
 
-    def _receiver_call(self) -> Callable[..., Awaitable[Any]]:
-        custom = k8s.CustomObjectsApi(self._api)
-        selector: dict[str, Any] = {}
-        if self.settings.label_selector:
-            selector["label_selector"] = self.settings.label_selector
-        ns = self.settings.namespace
+    def _receiver_call(self) -> ListCall:
+        assert self._api is not None
+        return custom_objects(
+            self._api,
+            RECEIVER_GROUP,
+            RECEIVER_VERSION,
+            RECEIVER_PLURAL,
+            namespace=self.settings.namespace,
+            label_selector=self.settings.label_selector,
+        )
 
-        async def call(**kwargs: Any) -> Any:
-            if ns:
-                return await custom.list_namespaced_custom_object(
-                    RECEIVER_GROUP, RECEIVER_VERSION, ns, RECEIVER_PLURAL, **selector, **kwargs
-                )
-            return await custom.list_cluster_custom_object(
-                RECEIVER_GROUP, RECEIVER_VERSION, RECEIVER_PLURAL, **selector, **kwargs
-            )
-
-        return call
-
-    def _secret_call(self) -> Callable[..., Awaitable[Any]]:
+    def _secret_call(self) -> ListCall:
         core = k8s.CoreV1Api(self._api)
         ns = self.settings.namespace
 
@@ -482,12 +325,12 @@ class KubernetesSource:
                 key[1], key[0], _preload_content=False, _request_timeout=self.timing.request_timeout
             )
             try:
-                doc: JSON | None = await _read_json(resp)
-            except _ApiError as e:
+                doc: JSON | None = await read_json(resp)
+            except ApiError as e:
                 if e.status != 404:
                     raise
                 doc = None
-        except (*_TRANSIENT, _Gone) as e:
+        except TRANSIENT as e:
             if not self._fetching.pop(key, True):
                 self._unreadable[key] = f"{type(e).__name__}: {e}"
             return

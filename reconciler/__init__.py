@@ -8,7 +8,8 @@ Operational contract (details in ``settings.py``; every value is a flag and a va
 - Consumer: a durable pull consumer per shard, ``fluxrelay-reconciler`` or
   ``fluxrelay-reconciler-<shard>``; explicit ack, deliver all, filter ``<prefix>.>``,
   ``ack_wait`` 30 s (kept alive with in-progress acks while work is slow), ``max_deliver`` 10,
-  ``max_ack_pending`` 4096. Replicas of a shard share it.
+  ``max_ack_pending`` 16384 (shared by the replicas of a shard, each working on at most
+  ``--max-in-flight`` 4096 at once).
 - Outcomes: ack after every target's patch; temporary failures ``nak`` with the longer of the
   error's own delay (``Retry-After``) and the backoff list (1, 2, 5, 10, 30, 60 s by delivery);
   permanent failures and the last allowed delivery go to ``fluxrelay.dead.reconciler.<reason>``

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reconciler.metrics import ReconcilerMetrics
+from runtime.metrics import exposition
 
 
 @dataclass(frozen=True)
@@ -31,10 +31,7 @@ PROBES = web.AppKey("probes", Probes)
 async def _metrics(request: web.Request) -> web.StreamResponse:
     probes = request.app[PROBES]
     probes.checks()  # refreshes gauges such as nats_connected
-    return web.Response(
-        body=generate_latest(probes.metrics.registry),
-        headers={"Content-Type": CONTENT_TYPE_LATEST},
-    )
+    return exposition(probes.metrics.registry)
 
 
 async def _healthz(request: web.Request) -> web.StreamResponse:

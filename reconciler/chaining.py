@@ -47,23 +47,28 @@ from ``requestedAt``.
 Trace context: the envelope's W3C ``traceparent`` (continued from the webhook or started by
 the receiver) is carried unchanged as the CloudEvents ``traceparent`` extension of every
 event in the chain.
+
+Feeding: :class:`ChainReporter` is told by the consumer, in line with its own work, of each
+delivery it received and each patch that covered one; outcomes come back as callbacks of the
+outcome watcher's futures. Nothing here is called from inside the patcher or the coalescer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NotRequired, Protocol, TypedDict
 
 from reconciler.kinds import KINDS, ObjectRef
 from reconciler.outcome_metrics import OutcomeMetrics
-from reconciler.outcomes import Outcome, OutcomeWatcher
-from reconciler.patching import OnPatched
+from reconciler.outcomes import Outcome
+from reconciler.patching import Patched
 from schemas.cdevents import (
     Event,
     SpecRelease,
@@ -99,7 +104,25 @@ def event_id(envelope_id: str, stage: str, key: str = "") -> str:
     return str(uuid.uuid5(ID_NAMESPACE, f"{envelope_id}\x00{stage}\x00{key}"))
 
 
-def _incoming(env: Envelope) -> Mapping[str, Any] | None:
+class Followed(TypedDict):
+    """What ``finished`` and MTTP read of a delivery while its request is followed.
+
+    A request is followed until Flux settles it (up to ``outcome_timeout``, 600 s by
+    default), and when Flux lags, hundreds of them are; holding whole envelopes (repo,
+    commits, headers...) for that long showed in the soak at 500/s, the followed count
+    climbing by ~2/s with RSS following it. An :class:`Envelope` is a ``Followed`` too, so
+    the event builders take either.
+    """
+
+    id: str
+    delivery_id: str
+    received_at: str
+    traceparent: NotRequired[str]
+    cdevent: NotRequired[dict[str, Any] | None]
+    """Of an incoming CDEvent, the slim form keeps ``context.id`` and ``context.chainId``."""
+
+
+def _incoming(env: Followed) -> Mapping[str, Any] | None:
     """The incoming CDEvent's context, for deliveries of the ``cdevents`` provider."""
     cdevent = env.get("cdevent")
     if isinstance(cdevent, Mapping):
@@ -109,7 +132,7 @@ def _incoming(env: Envelope) -> Mapping[str, Any] | None:
     return None
 
 
-def chain_id(env: Envelope) -> str:
+def chain_id(env: Followed) -> str:
     """The delivery's ``chainId``: the incoming CDEvent's, else uuid5 of the envelope id."""
     context = _incoming(env)
     if context is not None and isinstance(context.get("chainId"), str) and context["chainId"]:
@@ -117,7 +140,7 @@ def chain_id(env: Envelope) -> str:
     return event_id(env["id"], "chain")
 
 
-def ingest_id(env: Envelope) -> str:
+def ingest_id(env: Followed) -> str:
     """The id of the chain's first event (the incoming CDEvent's own id for CDEvents)."""
     context = _incoming(env)
     if context is not None:
@@ -149,7 +172,7 @@ class Planned:
         return {"traceparent": self.traceparent} if self.traceparent else {}
 
 
-def _options(env: Envelope, source: str, id_: str, links: list[dict[str, Any]]) -> dict[str, Any]:
+def _options(env: Followed, source: str, id_: str, links: list[dict[str, Any]]) -> dict[str, Any]:
     return {"source": source, "id": id_, "chain_id": chain_id(env), "links": links or None}
 
 
@@ -235,7 +258,7 @@ def _timestamp_of(requested_at: str) -> str:
     return f"{head}.{(digits + '000')[:3]}{zone}"
 
 
-def queued(env: Envelope, ref: ObjectRef, requested_at: str, *, source: str = SOURCE) -> Planned:
+def queued(env: Followed, ref: ObjectRef, requested_at: str, *, source: str = SOURCE) -> Planned:
     """``pipelinerun.queued``: a reconcile of ``ref`` was requested for this delivery."""
     id_ = event_id(env["id"], "queued", ref.key)
     opts = _options(env, source, id_, [path_link(ingest_id(env))])
@@ -254,7 +277,7 @@ def _moment(seconds: float | None) -> datetime:
     return datetime.fromtimestamp(seconds if seconds is not None else time.time(), UTC)
 
 
-def finished(env: Envelope, outcome: Outcome, *, source: str = SOURCE) -> list[Planned]:
+def finished(env: Followed, outcome: Outcome, *, source: str = SOURCE) -> list[Planned]:
     """``pipelinerun.finished`` and, after a success, what the deployment changed."""
     ref = outcome.ref
     id_ = event_id(env["id"], "finished", ref.key)
@@ -290,7 +313,7 @@ def finished(env: Envelope, outcome: Outcome, *, source: str = SOURCE) -> list[P
     return out
 
 
-def _deployed(env: Envelope, outcome: Outcome, previous: str, source: str) -> Planned | None:
+def _deployed(env: Followed, outcome: Outcome, previous: str, source: str) -> Planned | None:
     status, ref = outcome.status, outcome.ref
     if outcome.result != "success" or status is None:
         return None
@@ -349,22 +372,19 @@ def _epoch(text: str | None) -> float | None:
         return None
 
 
-def _followed(env: Envelope) -> Envelope:
-    """What ``finished`` and MTTP need of an envelope while its request is followed.
-
-    A request is followed until Flux settles it (up to ``outcome_timeout``, 600 s), and when
-    Flux lags, hundreds of them are; each held its whole coalesced batch of envelopes (repo,
-    commits, headers...). The soak at 500/s saw the followed count climb by ~2/s with RSS
-    following it. Only ids, trace context, the incoming CDEvent's ids and ``received_at`` are
-    read afterwards.
-    """
-    slim: dict[str, Any] = {
-        key: env[key] for key in ("id", "delivery_id", "traceparent", "received_at") if key in env
+def _slim(env: Envelope) -> Followed:
+    """The :class:`Followed` form of a delivery."""
+    slim: Followed = {
+        "id": env["id"],
+        "delivery_id": env["delivery_id"],
+        "received_at": env["received_at"],
     }
+    if "traceparent" in env:
+        slim["traceparent"] = env["traceparent"]
     context = _incoming(env)
     if context is not None:
         slim["cdevent"] = {"context": {k: context[k] for k in ("id", "chainId") if k in context}}
-    return slim  # type: ignore[return-value]
+    return slim
 
 
 def _reports_handling(ref: ObjectRef) -> bool:
@@ -377,32 +397,41 @@ def _reports_handling(ref: ObjectRef) -> bool:
     return known is None or known.reports_handling
 
 
+class Follow(Protocol):
+    """Follows a reconcile request to its outcome (``reconciler.outcomes.OutcomeWatcher``):
+    following the same request again returns the same future."""
+
+    def follow(
+        self, ref: ObjectRef, requested_at: str, patched_at: float
+    ) -> asyncio.Future[Outcome]: ...
+
+
 class ChainReporter:
     """Follows each delivery: ingest event, ``queued`` per patch, outcome → ``finished``.
 
-    ``on_received`` is the consumer's hook (every decoded envelope); calling the instance is
-    the patcher's ``OnPatched`` hook. Also records MTTP and the stage latencies.
+    The consumer tells it, in line, each delivery it received (:meth:`received`) and each
+    patch that covered one (:meth:`patched`, once per delivery the patch carried). Also
+    records MTTP and the stage latencies. Never blocks: events go to ``emit``, outcomes
+    arrive as callbacks of the watcher's futures.
     """
 
     def __init__(
         self,
         emit: Emit | None,
-        watcher: OutcomeWatcher | None,
+        watcher: Follow | None,
         metrics: OutcomeMetrics,
         *,
         source: str = SOURCE,
         clock: Callable[[], float] = time.time,
-        also: OnPatched | None = None,
     ) -> None:
         self._emit = emit
-        self._also = also
         self._watcher = watcher
         self._metrics = metrics
         self._source = source
         self._clock = clock
         self._stored: OrderedDict[str, float] = OrderedDict()
 
-    def on_received(self, env: Envelope, stored_at: datetime | None) -> None:
+    def received(self, env: Envelope, stored_at: datetime | None) -> None:
         """An envelope was taken from the stream: emit its ingest event, note its stored time."""
         if stored_at is not None:
             stored = stored_at.timestamp()
@@ -418,41 +447,43 @@ class ChainReporter:
             if planned is not None:
                 self._emit(planned)
 
-    async def __call__(
-        self, ref: ObjectRef, requested_at: str, envelopes: Sequence[Envelope]
-    ) -> None:
-        patched_at = self._clock()
-        for env in envelopes:
-            stored = self._stored.get(env["id"])  # kept: one delivery may patch many objects
-            if stored is not None:
-                self._metrics.stage.labels("stored_patched").observe(max(patched_at - stored, 0))
-            if self._emit is not None:
-                self._emit(queued(env, ref, requested_at, source=self._source))
-        if self._watcher is not None and _reports_handling(ref):
-            batch = [_followed(env) for env in envelopes]
-            future = self._watcher.follow(ref, requested_at, patched_at)
-            future.add_done_callback(
-                lambda f: None if f.cancelled() else self._on_outcome(f.result(), batch)
-            )
-        if self._also is not None:
-            await self._also(ref, requested_at, envelopes)
+    def patched(self, patched: Patched, env: Envelope) -> None:
+        """``patched`` covered ``env``: its ``queued`` event, then its outcome followed.
 
-    def _on_outcome(self, outcome: Outcome, envelopes: Sequence[Envelope]) -> None:
+        The request is followed once per delivery it carried (the watcher hands each the same
+        future); the delivery that opened the batch also records the request's own stage
+        latencies, so a coalesced patch counts once there, as it is one request.
+        """
+        ref, requested_at = patched.ref, patched.requested_at
+        patched_at = self._clock()
+        stored = self._stored.get(env["id"])  # kept: one delivery may patch many objects
+        if stored is not None:
+            self._metrics.stage.labels("stored_patched").observe(max(patched_at - stored, 0))
+        if self._emit is not None:
+            self._emit(queued(env, ref, requested_at, source=self._source))
+        if self._watcher is None or not _reports_handling(ref):
+            return
+        future = self._watcher.follow(ref, requested_at, patched_at)
+        if patched.envelope_ids[:1] == (env["id"],):
+            future.add_done_callback(
+                lambda f: None if f.cancelled() else self._on_request_outcome(f.result())
+            )
+        slim = _slim(env)
+        future.add_done_callback(
+            lambda f: None if f.cancelled() else self._on_outcome(f.result(), slim)
+        )
+
+    def _on_request_outcome(self, outcome: Outcome) -> None:
         stage = self._metrics.stage
         if outcome.handled_at is not None:
             stage.labels("patched_handled").observe(max(outcome.handled_at - outcome.patched_at, 0))
             if outcome.ready_at is not None:
                 stage.labels("handled_ready").observe(max(outcome.ready_at - outcome.handled_at, 0))
-        for env in envelopes:
-            received = _epoch(env["received_at"])
-            if (
-                outcome.result == "success"
-                and outcome.ready_at is not None
-                and received is not None
-            ):
-                self._metrics.mttp.labels(outcome.ref.kind).observe(
-                    max(outcome.ready_at - received, 0)
-                )
-            if self._emit is not None:
-                for planned in finished(env, outcome, source=self._source):
-                    self._emit(planned)
+
+    def _on_outcome(self, outcome: Outcome, env: Followed) -> None:
+        received = _epoch(env["received_at"])
+        if outcome.result == "success" and outcome.ready_at is not None and received is not None:
+            self._metrics.mttp.labels(outcome.ref.kind).observe(max(outcome.ready_at - received, 0))
+        if self._emit is not None:
+            for planned in finished(env, outcome, source=self._source):
+                self._emit(planned)

@@ -14,6 +14,11 @@ most once per window, and the last patch always carries the newest deliveries.
 Every delivery waits for the patch that covered it and gets its outcome (success with the
 ``requestedAt`` value, or the error), so a message is acked only when its own patch is done;
 the patch carries all envelope ids it covered for the outcome stage.
+
+With an ``admit`` (``ApiGate.admit``) a batch also keeps gathering while it waits for the
+API rate limit: the admission ticket it gets is handed to the patch, which spends it instead
+of waiting for a token again, so under a saturated budget an object's pending patch carries
+every delivery that arrived before it could be sent.
 """
 
 from __future__ import annotations
@@ -24,15 +29,27 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from reconciler.kinds import ObjectRef
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.patching import Patched
+from reconciler.throttling import Ticket
 from schemas.envelope import Envelope
 
 log = logging.getLogger(__name__)
 
-PatchFn = Callable[[ObjectRef, Sequence[Envelope]], Awaitable[Patched]]
+
+class Patch(Protocol):
+    """Sends one batch's patch (``Patcher.patch``), spending ``ticket`` when it has one."""
+
+    async def __call__(
+        self, ref: ObjectRef, envelopes: Sequence[Envelope], *, ticket: Ticket | None = None
+    ) -> Patched: ...
+
+
+Admit = Callable[[], Awaitable[Ticket]]
+"""Waits for the API rate limit and returns the admission (``ApiGate.admit``)."""
 
 
 @dataclass
@@ -48,17 +65,16 @@ class Coalescer:
 
     def __init__(
         self,
-        patch: PatchFn,
+        patch: Patch,
         window: float,
         metrics: ReconcilerMetrics,
         *,
-        admit: Callable[[], Awaitable[None]] | None = None,
+        admit: Admit | None = None,
     ) -> None:
         self._patch = patch
         self._admit = admit
-        """Waits for the API rate limit; the batch keeps gathering until it returns, so
-        under a saturated budget an object's pending patch carries every delivery that
-        arrived before it could be sent (``patch`` must then not wait for it again)."""
+        """The batch keeps gathering until it returns (see the module docstring); without
+        it the patch waits for the rate limit itself, with the batch already closed."""
         self.window = window
         self._metrics = metrics
         self._open: dict[str, _Batch] = {}
@@ -106,8 +122,7 @@ class Coalescer:
             left = self._wait_left(key)
             if left > 0:
                 await asyncio.sleep(left)
-            if self._admit is not None:
-                await self._admit()
+            ticket = await self._admit() if self._admit is not None else None
             batch.closed = True
             if len(self._last_start) > 4096:
                 self._prune()
@@ -115,7 +130,7 @@ class Coalescer:
             if self._open.get(key) is batch:
                 del self._open[key]
             try:
-                result = await self._patch(batch.ref, list(batch.envelopes.values()))
+                result = await self._patch(batch.ref, list(batch.envelopes.values()), ticket=ticket)
             except asyncio.CancelledError:
                 for waiter in batch.waiters:
                     waiter.cancel()

@@ -1,4 +1,10 @@
-"""The pull-consumer loop: fetch, decode, target, patch (coalesced), then settle each message.
+"""The pull-consumer loop: fetch, decode, target, patch (coalesced), report, settle.
+
+Each delivery runs top to bottom in :meth:`Consumer.process`: received (decoded, told to the
+reporter) -> targeted -> patched (through the coalescer) -> reported (each patch that covered
+it handed to the reporter as soon as it is done). The reporter (``reconciler.chaining``: the
+CDEvents chain, outcome following, MTTP) never decides a message's fate: a failure in it is
+logged and the message goes on.
 
 This module alone decides what happens to a message, in :meth:`Consumer.settle`:
 
@@ -42,6 +48,7 @@ from reconciler.coalescing import Coalescer
 from reconciler.errors import PermanentError, ReconcilerError, TemporaryError
 from reconciler.kinds import ObjectRef
 from reconciler.metrics import ReconcilerMetrics
+from reconciler.patching import Patched
 from reconciler.settings import ConsumerSettings
 from reconciler.targeting import Targeter
 from schemas import envelope as envelopes
@@ -60,11 +67,29 @@ DELIVERIES_HEADER = "Fluxrelay-Deliveries"
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 
 
-class OnReceived(Protocol):
-    """Called with every envelope decoded from a message (each delivery of it), before
-    targeting, with the time JetStream stored it; must not block (outcome reporting)."""
+class Reporter(Protocol):
+    """Where the consumer reports each delivery's progress (``chaining.ChainReporter``).
 
-    def __call__(self, env: Envelope, stored_at: datetime | None) -> None: ...
+    Called in line with the message's own work, so neither method may block.
+    """
+
+    def received(self, env: Envelope, stored_at: datetime | None) -> None:
+        """Every envelope decoded from a message (each delivery of it), before targeting,
+        with the time JetStream stored it."""
+
+    def patched(self, patched: Patched, env: Envelope) -> None:
+        """A patch that covered ``env`` was accepted (a coalesced patch: once per delivery)."""
+
+
+class Unreported:
+    """The reporter when neither outcomes are followed nor CDEvents emitted: the stage
+    latencies are part of that reporting and are not recorded either."""
+
+    def received(self, env: Envelope, stored_at: datetime | None) -> None:
+        pass
+
+    def patched(self, patched: Patched, env: Envelope) -> None:
+        pass
 
 
 def decode(headers: Mapping[str, str] | None, data: bytes) -> Envelope:
@@ -118,14 +143,15 @@ class Consumer:
         targeter: Targeter,
         coalescer: Coalescer,
         metrics: ReconcilerMetrics,
-        on_received: OnReceived | None = None,
+        *,
+        reporter: Reporter,
     ) -> None:
         self.js = js
-        self.on_received = on_received
         self.settings = settings
         self.durable = durable
         self.targeter = targeter
         self.coalescer = coalescer
+        self.reporter = reporter
         self.metrics = metrics
         self._sub: JetStreamContext.PullSubscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -224,12 +250,7 @@ class Consumer:
         env: Envelope | None = None
         try:
             env = decode(msg.headers, msg.data)
-            if self.on_received is not None:
-                try:
-                    self.on_received(env, msg.metadata.timestamp)
-                except Exception:
-                    log.exception("on_received hook failed", extra={"event_id": env["id"]})
-            await self.process(env)
+            await self.process(env, msg.metadata.timestamp)
         except ReconcilerError as e:
             error = e
         except asyncio.CancelledError:
@@ -245,8 +266,13 @@ class Consumer:
             keepalive.cancel()
         await self.settle(msg, env, error)
 
-    async def process(self, env: Envelope) -> None:
-        """Target and patch; raise the error that decides the message's fate."""
+    async def process(self, env: Envelope, stored_at: datetime | None) -> None:
+        """Received -> targeted -> patched -> reported; raise the error that decides the
+        message's fate (``stored_at``: when JetStream stored the message)."""
+        try:
+            self.reporter.received(env, stored_at)
+        except Exception:
+            log.exception("reporting a received delivery failed", extra={"event_id": env["id"]})
         targets = await self.targeter.targets(env)
         # The webhook body was needed for CEL filters only. Drop it before the (possibly long)
         # wait for the patch: thousands of in-flight messages then hold routing fields, not
@@ -255,8 +281,19 @@ class Consumer:
         env["payload"] = None
         done = self._done.get(env["id"], set())
         todo = [ref for ref in targets.refs if ref.key not in done]
+
+        async def patch_and_report(ref: ObjectRef) -> Patched:
+            # Reported as soon as this target is patched, not after the message's slowest
+            # target: the stage latencies and the outcome's patch time are this patch's.
+            patched = await self.coalescer.submit(ref, env)
+            try:
+                self.reporter.patched(patched, env)
+            except Exception:
+                log.exception("reporting a patch failed", extra={"object": ref.key})
+            return patched
+
         results = await asyncio.gather(
-            *(self.coalescer.submit(ref, env) for ref in todo), return_exceptions=True
+            *(patch_and_report(ref) for ref in todo), return_exceptions=True
         )
         temporary: list[TemporaryError] = []
         permanent: list[PermanentError] = list(targets.failures)

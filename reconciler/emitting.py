@@ -7,6 +7,11 @@ bug: counted, logged, and that event skipped, never a crash of reconciliation. H
 to a sink only puts it in the sink's bounded outbox (``Sink.offer``), so emitting never waits
 for the network.
 
+Encoding is left to the sinks: the bytes depend on the transport, not only on the release
+(JetStream gets compact UTF-8 JSON and NATS headers, HTTP the SDK's ``json.dumps`` spacing,
+its header spelling and the sink's own auth), so a build shared here would still be encoded
+per sink. Each sink encodes it once, when it queues it (``reconciler.sinks.outbox``).
+
 Ids this process emitted recently are remembered, so a redelivered message that re-plans the
 same chain does not re-post it to HTTP sinks (the JetStream sink would drop it by
 ``Nats-Msg-Id`` anyway).
@@ -17,31 +22,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from typing import Protocol
+from collections.abc import Sequence
 
 from reconciler.chaining import Planned
 from reconciler.outcome_metrics import OutcomeMetrics
+from reconciler.sinks.base import Sink
 from schemas.cdevents import Event, SpecRelease
 
 log = logging.getLogger(__name__)
 
 RECENT_MEMORY = 20_000
-
-
-class Sink(Protocol):
-    """A destination for CDEvents with a bounded outbox (see ``reconciler.sinks``)."""
-
-    name: str
-    release: SpecRelease
-
-    def offer(self, event: Event, extensions: Mapping[str, str]) -> bool:
-        """Queue ``event``; False (counted and logged by the sink) when the outbox is full."""
-        ...
-
-    async def start(self) -> None: ...
-
-    async def close(self, grace: float) -> None: ...
 
 
 class Emitter:

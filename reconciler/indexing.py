@@ -6,10 +6,11 @@ sources filed under it, each with its ``spec.ref`` compiled once (:mod:`reconcil
 lookup is a handful of dictionary reads (one per URL form in the event) plus a ref test on the
 sources under that key, so its cost does not grow with the number of indexed sources.
 
-``SourceIndex`` feeds a ``SourceTable`` from the API server: one list (paged) then one watch per
-kind, resumed from the last resourceVersion after a dropped connection, relisted after
-410 Gone, reconnected with capped, jittered backoff. A kind whose CRD is not served (404, e.g.
-Flux installed without image automation) counts as listed-empty and is retried slowly.
+``SourceIndex`` feeds a ``SourceTable`` from the API server: one informer per kind
+(:mod:`runtime.informer`: a paged list, then a watch resumed from the last resourceVersion,
+relisted after 410 Gone, reconnected with capped, jittered backoff). A kind whose CRD is not
+served (404, e.g. Flux installed without image automation) counts as listed-empty and is
+retried slowly.
 
 What is filed, and why:
 
@@ -42,17 +43,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import random
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
-import aiohttp
 from kubernetes_asyncio import client as k8s_client
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from reconciler.kinds import KINDS, SHARD_LABEL, ObjectRef
 from reconciler.refs import (
@@ -66,6 +63,7 @@ from reconciler.refs import (
     oci_follow,
 )
 from reconciler.urls import normalise_git_url, normalise_image, parse_image
+from runtime.informer import Informer, InformerSettings, custom_objects
 
 logger = logging.getLogger(__name__)
 
@@ -458,32 +456,13 @@ def _paths_allow(globs: re.Pattern[str] | None, changed: list[str] | None) -> bo
 # ----------------------------------------------------------------------------------- index
 
 
-@dataclass(frozen=True, slots=True)
-class IndexSettings:
-    """How the index talks to the API server."""
+@dataclass(frozen=True, kw_only=True)
+class IndexSettings(InformerSettings):
+    """How the index talks to the API server: an informer's settings, paged, and with kinds
+    whose CRD is not installed looked for again every minute."""
 
-    page_size: int = 500
-    """Objects per list page (``limit``/``continue``), bounding one response's memory."""
-    watch_timeout_s: int = 300
-    """Server-side watch duration before a routine reconnect from the last resourceVersion."""
-    read_timeout_s: float = 360.0
-    """Client read timeout on a watch: a silently dead connection is dropped after this."""
-    backoff_initial_s: float = 0.5
-    """First reconnect delay after an error; doubled per failure, with jitter."""
-    backoff_max_s: float = 30.0
-    """Longest reconnect delay."""
-    not_served_retry_s: float = 60.0
-    """How often to look again for a kind whose CRD is not installed (404)."""
-
-
-_SHORT_WATCH_S = 1.0
-_TRANSIENT_NOT_FOUND = 8
-"""404s in a row, for a kind served before, taken for an API server still loading CRDs (about
-a minute and a half at the default backoff); past them the kind counts as not served."""
-
-
-class WatchGone(Exception):
-    """The resourceVersion is too old (410): the kind must be listed again."""
+    page_size: int | None = 500
+    not_served_retry_s: float | None = 60.0
 
 
 class SourceIndex:
@@ -497,7 +476,7 @@ class SourceIndex:
         shard: str | None = None,
         settings: IndexSettings | None = None,
     ) -> None:
-        self._custom = k8s_client.CustomObjectsApi(api)
+        self._api = api
         self._namespace = namespace
         self._selector = f"{SHARD_LABEL}={shard}" if shard else f"!{SHARD_LABEL}"
         self._settings = settings or IndexSettings()
@@ -546,61 +525,24 @@ class SourceIndex:
     # ------------------------------------------------------------------------- per kind
 
     async def _run(self, kind: str) -> None:
-        backoff = _Backoff(self._settings.backoff_initial_s, self._settings.backoff_max_s)
-        version: str | None = None
-        served = False
-        while True:
-            try:
-                if version is None:
-                    version = await self._list(kind)
-                    served = True
-                    self._mark_listed(kind)
-                began = asyncio.get_running_loop().time()
-                version = await self._watch(kind, version)
-                if asyncio.get_running_loop().time() - began < _SHORT_WATCH_S:
-                    # A stream that ends at once (a proxy closing it, say) must not spin.
-                    await asyncio.sleep(backoff.next())
-                else:
-                    backoff.reset()
-            except WatchGone:
-                logger.info("watch of %s expired (410); listing again", kind)
-                version = None
-            except ApiException as e:
-                if e.status == 410:  # the watch request itself answered Gone
-                    logger.info("watch of %s expired (HTTP 410); listing again", kind)
-                    version = None
-                    continue
-                if e.status == 404 and served:
-                    # Served before: an API server that restarts answers 404 for custom
-                    # resources until it has loaded their CRDs. Keep what is filed (dropping it
-                    # would leave every source of the kind untargeted for a minute) and retry
-                    # as for any other error; a CRD really deleted shows as a 404 that lasts.
-                    served = backoff.attempts < _TRANSIENT_NOT_FOUND
-                    delay = backoff.next()
-                    logger.warning(
-                        "%s answered 404 after being served; retrying in %.1fs", kind, delay
-                    )
-                    await asyncio.sleep(delay)
-                    version = None
-                    continue
-                if e.status == 404:
-                    logger.warning("%s is not served (CRD missing?); looking again later", kind)
-                    self.table.sync_kind(kind, ())
-                    self._mark_listed(kind)
-                    version = None
-                    await asyncio.sleep(self._settings.not_served_retry_s)
-                    continue
-                delay = backoff.next()
-                logger.warning(
-                    "listing/watching %s failed (HTTP %s); retrying in %.1fs", kind, e.status, delay
-                )
-                await asyncio.sleep(delay)
-            except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
-                delay = backoff.next()
-                logger.warning(
-                    "connection for %s lost (%s); resuming in %.1fs", kind, type(e).__name__, delay
-                )
-                await asyncio.sleep(delay)
+        known = KINDS[kind]
+        call = custom_objects(
+            self._api,
+            known.group,
+            known.version,
+            known.plural,
+            namespace=self._namespace,
+            label_selector=self._selector,
+        )
+        informer = Informer(
+            kind,
+            call,
+            on_list=lambda: _KindListing(self, kind),
+            on_event=self._apply,
+            settings=self._settings,
+            logger=logger,
+        )
+        await informer.run()
 
     def _mark_listed(self, kind: str) -> None:
         self._listed.add(kind)
@@ -608,133 +550,33 @@ class SourceIndex:
             logger.info("source index ready: %d sources filed", len(self.table))
             self._ready.set()
 
-    def _call(self, kind: str, **kwargs: Any) -> Any:
-        known = KINDS[kind]
-        if self._namespace is not None:
-            return self._custom.list_namespaced_custom_object(
-                known.group,
-                known.version,
-                self._namespace,
-                known.plural,
-                label_selector=self._selector,
-                **kwargs,
-            )
-        return self._custom.list_cluster_custom_object(
-            known.group, known.version, known.plural, label_selector=self._selector, **kwargs
-        )
-
-    async def _list(self, kind: str) -> str:
-        """List every object of ``kind`` page by page; returns the list's resourceVersion.
-
-        Each page is filed as it arrives (only its keys are kept), so a large list never holds
-        more than one page of objects; what the list no longer shows is pruned at the end.
-        """
-        listed: set[ObjKey] = set()
-        token: str | None = None
-        known = KINDS[kind]
-        while True:
-            extra: dict[str, Any] = {"limit": self._settings.page_size}
-            if token:
-                extra["_continue"] = token
-            try:
-                page = await self._call(kind, **extra)
-            except ApiException as e:
-                if e.status == 410 and token:  # continue token expired: start over
-                    listed, token = set(), None
-                    continue
-                raise
-            for item in page.get("items") or ():
-                # Items of a list may lack kind/apiVersion; watch events always carry them.
-                item.setdefault("kind", kind)
-                item.setdefault("apiVersion", known.api_version)
-                key = self.table.upsert(item)
-                if key is not None:
-                    listed.add(key)
-            meta = page.get("metadata") or {}
-            token = meta.get("continue") or None
-            if token is None:
-                self.table.prune_kind(kind, listed)
-                logger.debug("listed %d %s objects", len(listed), kind)
-                return str(meta.get("resourceVersion") or "")
-
-    async def _watch(self, kind: str, version: str) -> str:
-        """Apply one watch stream's events; returns the last resourceVersion seen."""
-        timeout = aiohttp.ClientTimeout(sock_connect=10, sock_read=self._settings.read_timeout_s)
-        response = await self._call(
-            kind,
-            watch=True,
-            resource_version=version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=self._settings.watch_timeout_s,
-            _preload_content=False,
-            _request_timeout=timeout,
-        )
-        try:
-            if not 200 <= response.status <= 299:
-                # Unread without _preload_content, an error answer would pass for an empty stream.
-                body = await response.read()
-                if response.status == 410:
-                    raise WatchGone(body[:200].decode("utf-8", "replace"))
-                raise ApiException(status=response.status, reason=response.reason)
-            async for event in _events(response.content):
-                version = self._apply(kind, event) or version
-        finally:
-            response.release()
-        return version
-
-    def _apply(self, kind: str, event: Mapping[str, Any]) -> str | None:
-        kind_of_event = event.get("type")
-        obj = event.get("object")
-        if not isinstance(obj, Mapping):
-            return None
-        if kind_of_event == "ERROR":
-            _raise_status(obj)
-        meta = obj.get("metadata") or {}
-        version = meta.get("resourceVersion")
-        if kind_of_event in ("ADDED", "MODIFIED"):
-            self.table.upsert(obj)
-        elif kind_of_event == "DELETED":
+    def _apply(self, event: str, obj: Mapping[str, Any]) -> None:
+        if event == "DELETED":
             self.table.remove(obj)
-        return str(version) if version else None
+        else:
+            self.table.upsert(obj)
 
 
-def _raise_status(status: Mapping[str, Any]) -> NoReturn:
-    code = status.get("code")
-    if code == 410:
-        raise WatchGone(status.get("message"))
-    raise ApiException(status=code, reason=str(status.get("message") or status.get("reason")))
+@dataclass(slots=True)
+class _KindListing:
+    """One list of one kind, filed page by page as it arrives (only the keys are kept, so a
+    large list never holds more than one page of objects); what it no longer shows is pruned
+    at the end."""
 
+    index: SourceIndex
+    kind: str
+    listed: set[ObjKey] = field(default_factory=set)
 
-async def _events(content: aiohttp.StreamReader) -> AsyncIterator[Mapping[str, Any]]:
-    """Watch events from a newline-delimited JSON stream, whatever the length of one line."""
-    buffer = b""
-    async for chunk in content.iter_any():
-        buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            if line.strip():
-                yield json.loads(line)
-    if buffer.strip():
-        yield json.loads(buffer)
+    def add(self, items: list[dict[str, Any]]) -> None:
+        known = KINDS[self.kind]
+        for item in items:
+            # Items of a list may lack kind/apiVersion; watch events always carry them.
+            item.setdefault("kind", self.kind)
+            item.setdefault("apiVersion", known.api_version)
+            key = self.index.table.upsert(item)
+            if key is not None:
+                self.listed.add(key)
 
-
-class _Backoff:
-    """Capped exponential backoff with full jitter."""
-
-    def __init__(self, initial: float, cap: float) -> None:
-        self._initial = initial
-        self._cap = cap
-        self._attempt = 0
-
-    def next(self) -> float:
-        ceiling = min(self._cap, self._initial * (2**self._attempt))
-        self._attempt += 1
-        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not a secret
-
-    @property
-    def attempts(self) -> int:
-        """Delays handed out since the last reset."""
-        return self._attempt
-
-    def reset(self) -> None:
-        self._attempt = 0
+    def done(self) -> None:
+        self.index.table.prune_kind(self.kind, self.listed)
+        self.index._mark_listed(self.kind)

@@ -8,95 +8,77 @@ much coalescing saved.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from prometheus_client import CollectorRegistry
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from runtime.metrics import MetricSet
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
-@dataclass
-class ReconcilerMetrics:
-    """Every reconciler metric, registered on :attr:`registry`."""
+class ReconcilerMetrics(MetricSet):
+    """Every metric of the consuming and patching half, registered on :attr:`registry`."""
 
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
-
-    def __post_init__(self) -> None:
-        r = self.registry
-        self.messages = Counter(
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry)
+        self.messages = self.counter(
             "fluxrelay_reconciler_messages",
             "Consumed messages by outcome (ack, nak, term).",
             ["outcome"],
-            registry=r,
         )
-        self.redeliveries = Counter(
+        self.redeliveries = self.counter(
             "fluxrelay_reconciler_redeliveries",
             "Messages received that had been delivered before (num_delivered > 1).",
-            registry=r,
         )
-        self.consumer_pending = Gauge(
+        self.consumer_pending = self.gauge(
             "fluxrelay_reconciler_consumer_pending",
             "Consumer lag: stored messages not yet delivered to this durable (num_pending).",
-            registry=r,
         )
-        self.consumer_ack_pending = Gauge(
+        self.consumer_ack_pending = self.gauge(
             "fluxrelay_reconciler_consumer_ack_pending",
             "Messages delivered to this durable and not yet acknowledged.",
-            registry=r,
         )
-        self.consumer_redelivered = Gauge(
+        self.consumer_redelivered = self.gauge(
             "fluxrelay_reconciler_consumer_redelivered",
             "Messages the server is redelivering to this durable (num_redelivered).",
-            registry=r,
         )
-        self.dead_letters = Counter(
+        self.dead_letters = self.counter(
             "fluxrelay_reconciler_dead_letters",
             "Messages terminated and published to the dead-letter stream, by reason.",
             ["reason"],
-            registry=r,
         )
-        self.targets = Counter(
+        self.targets = self.counter(
             "fluxrelay_reconciler_targets",
             "Objects a message targeted, by how (explicit, auto).",
             ["how"],
-            registry=r,
         )
-        self.patches = Counter(
+        self.patches = self.counter(
             "fluxrelay_reconciler_patches",
             "Reconcile requests (merge patches) by kind and result.",
             ["kind", "result"],
-            registry=r,
         )
-        self.patch_seconds = Histogram(
+        self.patch_seconds = self.histogram(
             "fluxrelay_reconciler_patch_seconds",
             "Time of one successful patch including waits for rate limits and retries.",
             buckets=LATENCY_BUCKETS,
-            registry=r,
         )
-        self.api_requests = Counter(
+        self.api_requests = self.counter(
             "fluxrelay_reconciler_api_requests",
             "Kubernetes API requests by verb and HTTP status (0: no answer).",
             ["verb", "code"],
-            registry=r,
         )
-        self.throttled = Counter(
+        self.throttled = self.counter(
             "fluxrelay_reconciler_api_throttled",
             "HTTP 429 answers from the Kubernetes API server.",
-            registry=r,
         )
-        self.concurrency = Gauge(
+        self.concurrency = self.gauge(
             "fluxrelay_reconciler_api_concurrency",
             "Current limit of concurrent Kubernetes API requests (AIMD).",
-            registry=r,
         )
-        self.coalesced = Counter(
+        self.coalesced = self.counter(
             "fluxrelay_reconciler_coalesced_deliveries",
             "Deliveries folded into a patch another delivery for the same object caused.",
-            registry=r,
         )
-        self.receivers = Gauge(
-            "fluxrelay_reconciler_receivers", "Receivers currently known.", registry=r
-        )
-        self.nats_connected = Gauge(
-            "fluxrelay_reconciler_nats_connected", "1 while connected to NATS.", registry=r
+        self.receivers = self.gauge("fluxrelay_reconciler_receivers", "Receivers currently known.")
+        self.nats_connected = self.gauge(
+            "fluxrelay_reconciler_nats_connected", "1 while connected to NATS."
         )

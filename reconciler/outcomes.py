@@ -12,8 +12,9 @@ reconciler is namespace-scoped), started when the first request for that kind is
 kept afterwards; it fills a small status cache (a few strings per object, never whole objects)
 and every change of an object with followers re-evaluates just those followers. A request
 whose object was already handled before the watch saw it is settled from the cache at once.
-Watches resume from the last resourceVersion after a dropped connection and list again after
-410 Gone; an object missing from a relist is treated as deleted.
+The watches are :mod:`runtime.informer` informers: they resume from the last resourceVersion
+after a dropped connection and list again after 410 Gone; an object missing from a relist is
+treated as deleted.
 
 Superseded requests: when a newer ``requestedAt`` (a later patch of ours, or ``flux reconcile``)
 replaces ours before Flux got to it, Flux handles only the newer value, which includes what ours
@@ -28,21 +29,17 @@ slots patches need) and do not pass through the patch rate limiter: a watch is o
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
-import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import aiohttp
 from kubernetes_asyncio import client as k8s
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from reconciler.kinds import REQUESTED_AT, ObjectRef
 from reconciler.outcome_metrics import OutcomeMetrics
+from runtime.informer import Informer, InformerSettings, custom_objects
 
 log = logging.getLogger(__name__)
 
@@ -194,19 +191,11 @@ class _Waiter:
     timer: asyncio.TimerHandle | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class WatchSettings:
-    """How outcome watches talk to the API server."""
+@dataclass(frozen=True, kw_only=True)
+class WatchSettings(InformerSettings):
+    """How outcome watches talk to the API server: an informer's settings, paged."""
 
-    page_size: int = 500
-    watch_timeout_s: int = 300
-    read_timeout_s: float = 360.0
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
-
-
-class _Gone(Exception):
-    """The watch's resourceVersion expired (410): list again."""
+    page_size: int | None = 500
 
 
 @dataclass
@@ -216,6 +205,33 @@ class _Scope:
     cache: dict[str, ObjectStatus] = field(default_factory=dict)
     synced: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+
+    def object_key(self, obj: Mapping[str, Any]) -> str:
+        """The key an object is cached and followed under (``ObjectRef.key``'s form)."""
+        meta = obj.get("metadata") or {}
+        return f"{self.kind}/{meta.get('namespace')}/{meta.get('name')}"
+
+
+@dataclass
+class _ScopeListing:
+    """One list of a scope: every object listed is observed; a cached one the list no longer
+    shows was deleted while the watch was away."""
+
+    watcher: OutcomeWatcher
+    scope: _Scope
+    seen: set[str] = field(default_factory=set)
+
+    def add(self, items: list[dict[str, Any]]) -> None:
+        for item in items:
+            self.seen.add(self.scope.object_key(item))
+            self.watcher._observe(self.scope, item)
+
+    def done(self) -> None:
+        cache = self.scope.cache
+        for key in [k for k in cache if k not in self.seen]:
+            del cache[key]
+            self.watcher._gone(key)
+        self.scope.synced.set()
 
 
 Clock = Callable[[], float]
@@ -235,7 +251,7 @@ class OutcomeWatcher:
         settings: WatchSettings | None = None,
         clock: Clock = time.time,
     ) -> None:
-        self._custom = k8s.CustomObjectsApi(api)
+        self._custom_api = api
         self._metrics = metrics
         self.timeout = timeout
         self._selector = label_selector
@@ -413,9 +429,8 @@ class OutcomeWatcher:
         scope = self._scopes.get(self.scope_of(ref))
         return scope.cache.get(ref.key) if scope is not None else None
 
-    def _observe(self, kind: str, obj: Mapping[str, Any], scope: _Scope) -> None:
-        meta = obj.get("metadata") or {}
-        key = f"{kind}/{meta.get('namespace')}/{meta.get('name')}"
+    def _observe(self, scope: _Scope, obj: Mapping[str, Any]) -> None:
+        key = scope.object_key(obj)
         status = status_of(obj)
         scope.cache[key] = status
         for waiter in list(self._waiters.get(key, {}).values()):
@@ -432,130 +447,32 @@ class OutcomeWatcher:
             self._scopes[key] = scope
         return scope
 
-    def _call(self, scope: _Scope, **kwargs: Any) -> Any:
-        group, version, plural, namespace = scope.key
-        if self._selector:
-            kwargs["label_selector"] = self._selector
-        if namespace is not None:
-            return self._custom.list_namespaced_custom_object(
-                group, version, namespace, plural, **kwargs
-            )
-        return self._custom.list_cluster_custom_object(group, version, plural, **kwargs)
-
     async def _run(self, scope: _Scope) -> None:
-        s = self._settings
-        failures = 0
-        version: str | None = None
-        while True:
-            try:
-                if version is None:
-                    version = await self._list(scope)
-                    scope.synced.set()
-                began = time.monotonic()
-                version = await self._watch(scope, version)
-                if time.monotonic() - began < 1.0:  # a stream that ends at once must not spin
-                    failures += 1
-                    await asyncio.sleep(_jitter(s.backoff_initial_s, s.backoff_max_s, failures))
-                else:
-                    failures = 0
-            except _Gone:
-                self._metrics.watch_restarts.labels(scope.kind, "gone").inc()
-                log.info("outcome watch of %s expired (410); listing again", scope.kind)
-                version = None
-            except (ApiException, TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
-                failures += 1
-                self._metrics.watch_restarts.labels(scope.kind, "error").inc()
-                delay = _jitter(s.backoff_initial_s, s.backoff_max_s, failures)
-                log.warning(
-                    "outcome watch of %s failed (%s: %s); retrying in %.1fs",
-                    scope.kind,
-                    type(e).__name__,
-                    getattr(e, "status", "") or e,
-                    delay,
-                )
-                if isinstance(e, ApiException) and e.status == 410:
-                    version = None
-                await asyncio.sleep(delay)
-
-    async def _list(self, scope: _Scope) -> str:
-        seen: set[str] = set()
-        token: str | None = None
-        while True:
-            extra: dict[str, Any] = {"limit": self._settings.page_size}
-            if token:
-                extra["_continue"] = token
-            try:
-                page = await self._call(scope, **extra)
-            except ApiException as e:
-                if e.status == 410 and token:
-                    seen, token = set(), None
-                    continue
-                raise
-            for item in page.get("items") or ():
-                meta = item.get("metadata") or {}
-                seen.add(f"{scope.kind}/{meta.get('namespace')}/{meta.get('name')}")
-                self._observe(scope.kind, item, scope)
-            meta = page.get("metadata") or {}
-            token = meta.get("continue") or None
-            if token is None:
-                for key in [k for k in scope.cache if k not in seen]:
-                    del scope.cache[key]
-                    self._gone(key)
-                return str(meta.get("resourceVersion") or "")
-
-    async def _watch(self, scope: _Scope, version: str) -> str:
-        s = self._settings
-        response = await self._call(
-            scope,
-            watch=True,
-            resource_version=version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=s.watch_timeout_s,
-            _preload_content=False,
-            _request_timeout=aiohttp.ClientTimeout(sock_connect=10, sock_read=s.read_timeout_s),
+        group, version, plural, namespace = scope.key
+        call = custom_objects(
+            self._custom_api,
+            group,
+            version,
+            plural,
+            namespace=namespace,
+            label_selector=self._selector,
         )
-        try:
-            # With _preload_content=False the client does not raise for an error answer.
-            if not 200 <= response.status <= 299:
-                if response.status == 410:
-                    raise _Gone("watch answered 410 Gone")
-                raise ApiException(status=response.status, reason=response.reason)
-            async for event in _events(response.content):
-                obj = event.get("object")
-                if not isinstance(obj, Mapping):
-                    continue
-                kind_of_event = event.get("type")
-                if kind_of_event == "ERROR":
-                    if obj.get("code") == 410:
-                        raise _Gone(str(obj.get("message")))
-                    raise ApiException(status=obj.get("code"), reason=str(obj.get("message")))
-                meta = obj.get("metadata") or {}
-                version = str(meta.get("resourceVersion") or version)
-                if kind_of_event in ("ADDED", "MODIFIED"):
-                    self._observe(scope.kind, obj, scope)
-                elif kind_of_event == "DELETED":
-                    key = f"{scope.kind}/{meta.get('namespace')}/{meta.get('name')}"
-                    scope.cache.pop(key, None)
-                    self._gone(key)
-        finally:
-            with contextlib.suppress(Exception):
-                response.release()
-        return version
+        restarts = self._metrics.watch_restarts
+        informer = Informer(
+            scope.kind,
+            call,
+            on_list=lambda: _ScopeListing(self, scope),
+            on_event=lambda event, obj: self._changed(scope, event, obj),
+            settings=self._settings,
+            logger=log,
+            on_restart=lambda why: restarts.labels(scope.kind, why).inc(),
+        )
+        await informer.run()
 
-
-async def _events(content: aiohttp.StreamReader) -> AsyncIterator[Mapping[str, Any]]:
-    """Watch events from newline-delimited JSON, whatever the length of one line."""
-    buffer = b""
-    async for chunk in content.iter_any():
-        buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            if line.strip():
-                yield json.loads(line)
-    if buffer.strip():
-        yield json.loads(buffer)
-
-
-def _jitter(initial: float, cap: float, failures: int) -> float:
-    ceiling = min(cap, initial * 2 ** max(failures - 1, 0))
-    return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not a secret
+    def _changed(self, scope: _Scope, event: str, obj: Mapping[str, Any]) -> None:
+        if event == "DELETED":
+            key = scope.object_key(obj)
+            scope.cache.pop(key, None)
+            self._gone(key)
+        else:
+            self._observe(scope, obj)

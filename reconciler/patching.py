@@ -7,8 +7,8 @@ clock. The patch is a JSON merge patch (``application/merge-patch+json``): kuber
 would otherwise send a json-patch content type the API server refuses for a dict body. A
 second annotation records the envelope id that caused the request.
 
-After a successful patch the optional :class:`OnPatched` hook is awaited (outcome watching
-plugs in there); its failures are logged and never undo or fail the patch.
+The :class:`Patched` result goes back to the caller (through the coalescer to each delivery
+it covered); the consumer hands it to the reporter, so nothing here knows who reports.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from kubernetes_asyncio import client as k8s
 
 from reconciler.kinds import DELIVERY_ANNOTATION, REQUESTED_AT, ObjectRef
 from reconciler.metrics import ReconcilerMetrics
-from reconciler.throttling import ApiGate
+from reconciler.throttling import ApiGate, Ticket
 from schemas.envelope import Envelope
 
 log = logging.getLogger(__name__)
@@ -33,14 +33,6 @@ CONTENT_TYPE: dict[str, Any] = {"_content_type": MERGE_PATCH}
 """Passed as keywords: the generated client's stubs do not declare ``_content_type``."""
 
 
-class OnPatched(Protocol):
-    """Called once per successful patch with every envelope it coalesced."""
-
-    async def __call__(
-        self, ref: ObjectRef, requested_at: str, envelopes: Sequence[Envelope]
-    ) -> None: ...
-
-
 @dataclass(frozen=True, slots=True)
 class Patched:
     """One reconcile request the API server accepted."""
@@ -48,6 +40,7 @@ class Patched:
     ref: ObjectRef
     requested_at: str
     envelope_ids: tuple[str, ...]
+    """Every delivery the patch carried (coalesced), in the order they joined it."""
 
 
 def rfc3339_nano(ns: int) -> str:
@@ -76,24 +69,18 @@ def patch_body(requested_at: str, envelope_id: str) -> dict[str, Any]:
 class Patcher:
     """Sends reconcile requests through the shared :class:`ApiGate`."""
 
-    def __init__(
-        self,
-        api: k8s.ApiClient,
-        gate: ApiGate,
-        metrics: ReconcilerMetrics,
-        on_patched: OnPatched | None = None,
-    ) -> None:
+    def __init__(self, api: k8s.ApiClient, gate: ApiGate, metrics: ReconcilerMetrics) -> None:
         self._custom = k8s.CustomObjectsApi(api)
         self._gate = gate
         self._metrics = metrics
         self._clock = RequestClock()
-        self.on_patched = on_patched
 
     async def patch(
-        self, ref: ObjectRef, envelopes: Sequence[Envelope], *, admitted: bool = False
+        self, ref: ObjectRef, envelopes: Sequence[Envelope], *, ticket: Ticket | None = None
     ) -> Patched:
         """Request a reconcile of ``ref`` for ``envelopes`` (the last one is recorded).
 
+        ``ticket``: admission the caller already obtained from the gate (``ApiGate.admit``).
         Raises TemporaryError / PermanentError from the gate.
         """
         started = time.monotonic()
@@ -112,7 +99,7 @@ class Patcher:
             )
 
         try:
-            await self._gate.call("patch", ref.key, send, admitted=admitted)
+            await self._gate.call("patch", ref.key, send, ticket=ticket)
         except Exception as e:
             self._metrics.patches.labels(ref.kind, getattr(e, "reason", "error")).inc()
             raise
@@ -124,9 +111,4 @@ class Patcher:
             len(envelopes),
             extra={"object": ref.key, "kind": ref.kind, "event_id": envelopes[-1]["id"]},
         )
-        if self.on_patched is not None:
-            try:
-                await self.on_patched(ref, requested_at, envelopes)
-            except Exception:
-                log.exception("on_patched hook failed", extra={"object": ref.key})
         return Patched(ref, requested_at, tuple(env["id"] for env in envelopes))

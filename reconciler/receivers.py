@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes_asyncio import client as k8s
-from kubernetes_asyncio import watch as k8s_watch
-from kubernetes_asyncio.client.exceptions import ApiException
 
+from runtime.informer import Informer, InformerSettings, custom_objects, gathered
+from runtime.reloading import FileReloader
 from schemas.receivers import (
     RECEIVER_GROUP,
     ConfigError,
@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 RECEIVER_VERSION = "v1"
 RECEIVER_PLURAL = "receivers"
+WATCH_READ_GRACE_S = 60
+"""Seconds of silence beyond the watch's own timeout after which its connection is presumed
+dead (the server ends a watch at ``watch_timeout``, so longer silence means a lost peer)."""
 
 
 class ReceiverBook:
@@ -73,35 +76,23 @@ class FileReceivers:
         self.path = path
         self.interval = interval
         self.book = book
-        self._stamp: tuple[int, int] | None = None
-
-    def _current_stamp(self) -> tuple[int, int] | None:
-        try:
-            st = self.path.stat()
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size)
+        self._reloader = FileReloader(
+            path, interval, what="receivers", errors=(ConfigError,), logger=log
+        )
 
     async def load(self) -> None:
         """First read; raises ConfigError so the process refuses to start on a bad file."""
-        self._stamp = self._current_stamp()
+        self._reloader.mark()
         self.book.replace(load_file(self.path))
         log.info("loaded %d receiver(s) from %s", len(self.book), self.path)
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            stamp = self._current_stamp()
-            if stamp == self._stamp:
-                continue
-            self._stamp = stamp
-            try:
-                defs = load_file(self.path)
-            except ConfigError as e:
-                log.error("reload failed, keeping the previous receivers: %s", e)
-                continue
-            self.book.replace(defs)
-            log.info("reloaded %d receiver(s) from %s", len(self.book), self.path)
+        """Re-read the file whenever it changes, until cancelled."""
+        await self._reloader.run(self._reload)
+
+    def _reload(self) -> None:
+        self.book.replace(load_file(self.path))
+        log.info("reloaded %d receiver(s) from %s", len(self.book), self.path)
 
 
 def _parse(obj: Mapping[str, Any]) -> ReceiverDef | None:
@@ -128,82 +119,51 @@ class KubeReceivers:
         label_selector: str | None,
         watch_timeout: int,
     ) -> None:
-        self._custom = k8s.CustomObjectsApi(api)
         self.book = book
         self.namespace = namespace
         self.label_selector = label_selector
         self.watch_timeout = watch_timeout
-
-    def _list_call(self) -> Any:
-        if self.namespace:
-            return self._custom.list_namespaced_custom_object
-        return self._custom.list_cluster_custom_object
-
-    def _args(self) -> tuple[str, ...]:
-        base = (RECEIVER_GROUP, RECEIVER_VERSION)
-        if self.namespace:
-            return (*base, self.namespace, RECEIVER_PLURAL)
-        return (*base, RECEIVER_PLURAL)
-
-    def _selector(self) -> dict[str, str]:
-        return {"label_selector": self.label_selector} if self.label_selector else {}
-
-    async def relist(self) -> str:
-        """List every Receiver, replace the book, return the list's resourceVersion."""
-        listing = await self._list_call()(*self._args(), **self._selector())
-        defs = [d for d in (_parse(item) for item in listing.get("items", [])) if d]
-        self.book.replace(defs)
-        version: str = listing.get("metadata", {}).get("resourceVersion", "")
-        log.info("listed %d receiver(s)", len(defs))
-        return version
+        call = custom_objects(
+            api,
+            RECEIVER_GROUP,
+            RECEIVER_VERSION,
+            RECEIVER_PLURAL,
+            namespace=namespace,
+            label_selector=label_selector,
+        )
+        self.informer = Informer(
+            "Receiver",
+            call,
+            on_list=gathered(self._replace),
+            on_event=self._apply,
+            settings=InformerSettings(
+                watch_timeout_s=watch_timeout,
+                read_timeout_s=watch_timeout + WATCH_READ_GRACE_S,
+                backoff_initial_s=0.5,
+                backoff_max_s=10.0,
+            ),
+            logger=log,
+        )
 
     async def run(self) -> None:
-        delay = 0.5
-        while True:
-            try:
-                version = await self.relist()
-                delay = 0.5
-                while True:
-                    version = await self._watch(version)
-            except (ApiException, OSError, TimeoutError, ValueError) as e:
-                log.warning("receiver watch failed (%s), listing again", type(e).__name__)
-            except Exception as e:  # aiohttp errors from a dropped stream
-                log.warning("receiver watch ended (%s), listing again", type(e).__name__)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+        """List, then watch until cancelled (``book.loaded`` is set by the first list)."""
+        await self.informer.run()
 
-    async def _watch(self, version: str) -> str:
-        """One watch request from ``version``; returns the version to continue from."""
-        async with k8s_watch.Watch().stream(
-            self._list_call(),
-            *self._args(),
-            resource_version=version,
-            timeout_seconds=self.watch_timeout,
-            allow_watch_bookmarks=True,
-            **self._selector(),
-        ) as events:
-            async for event in events:
-                version = self._apply(event) or version
-        return version
+    def _replace(self, items: list[dict[str, Any]]) -> None:
+        defs = [d for d in (_parse(item) for item in items) if d]
+        self.book.replace(defs)
+        log.info("listed %d receiver(s)", len(defs))
 
-    def _apply(self, event: Mapping[str, Any]) -> str | None:
-        kind = event.get("type")
-        obj = event.get("object") or {}
-        if kind == "ERROR":
-            raise ValueError(f"watch error: {obj.get('message', obj)}")
+    def _apply(self, kind: str, obj: Mapping[str, Any]) -> None:
         meta = obj.get("metadata") or {}
-        version = meta.get("resourceVersion")
-        if kind == "BOOKMARK":
-            return str(version) if version else None
         namespace, name = meta.get("namespace") or "default", meta.get("name")
         if not name:
-            return None
+            return
         if kind == "DELETED":
             self.book.remove(namespace, name)
+            return
+        definition = _parse(obj)
+        if definition is None:
+            self.book.remove(namespace, name)
         else:
-            definition = _parse(obj)
-            if definition is None:
-                self.book.remove(namespace, name)
-            else:
-                self.book.put(definition)
-        return str(version) if version else None
+            self.book.put(definition)

@@ -2,19 +2,24 @@
 
 :class:`Reconciler` wires the pieces once (no module-level state) so the CLI and in-process
 tests run the same thing. Start order: Kubernetes client (kubeconfig or the in-cluster
-service account), Receivers (a bad file refuses to start), metrics site, then NATS in the
-background (reconnecting forever) and the consumer loop. SIGTERM stops fetching, lets the
-messages in flight finish for ``drain_timeout`` (naks the rest so another replica takes them
-at once) and closes.
+service account), Receivers (a bad file refuses to start), reporting (outcome watching and
+the CDEvents sinks), the patch pipeline, metrics site, then NATS in the background
+(reconnecting forever) and the consumer loop. SIGTERM stops fetching, lets the messages in
+flight finish for ``drain_timeout`` (naks the rest so another replica takes them at once)
+and closes.
+
+The pipeline is wired in the order a delivery goes through it: the consumer hands each
+delivery to the targeter, each target to the coalescer (which admits a batch at the API gate
+and has the patcher spend the ticket), and each result to the reporter.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import signal
+from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -28,13 +33,13 @@ from nats.errors import Error as NatsError
 from reconciler.app import Probes, create_metrics_app
 from reconciler.chaining import ChainReporter
 from reconciler.coalescing import Coalescer
-from reconciler.consuming import Consumer
+from reconciler.consuming import Consumer, Reporter, Unreported
 from reconciler.emitting import Emitter
 from reconciler.kinds import SHARD_LABEL
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.outcome_metrics import OutcomeMetrics
 from reconciler.outcomes import OutcomeWatcher
-from reconciler.patching import OnPatched, Patcher
+from reconciler.patching import Patcher
 from reconciler.receivers import FileReceivers, KubeReceivers, ReceiverBook
 from reconciler.settings import ReconcilerSettings
 from reconciler.sinks import build_sinks
@@ -80,13 +85,15 @@ class Reconciler:
         self,
         settings: ReconcilerSettings,
         *,
-        on_patched: OnPatched | None = None,
+        reporter: Reporter | None = None,
         index_factory: IndexFactory | None = None,
     ) -> None:
+        """``reporter``: where deliveries are reported instead of the CDEvents chain with
+        outcome following that the settings describe (a test's recorder)."""
         self.settings = settings
         self.metrics = ReconcilerMetrics()
         self.book = ReceiverBook()
-        self.on_patched = on_patched
+        self.reporter = reporter
         self._index_factory = index_factory
         self.api: k8s.ApiClient | None = None
         self.nc: Client | None = None
@@ -101,7 +108,6 @@ class Reconciler:
         self.outcome_metrics = OutcomeMetrics(self.metrics.registry)
         self.watcher: OutcomeWatcher | None = None
         self.emitter: Emitter | None = None
-        self.reporter: ChainReporter | None = None
         self._watch_api: k8s.ApiClient | None = None
 
     # ------------------------------------------------------------------------------ probes
@@ -150,13 +156,10 @@ class Reconciler:
             files = FileReceivers(s.config, s.reload_interval, self.book)
             await files.load()
             self._spawn(files.run(), "receivers")
-        patcher = Patcher(self.api, gate, self.metrics, await self._start_reporting())
-        self.coalescer = Coalescer(
-            functools.partial(patcher.patch, admitted=True),
-            s.coalesce_window,
-            self.metrics,
-            admit=gate.admit,
-        )
+        if self.reporter is None:
+            self.reporter = await self._start_reporting()
+        patcher = Patcher(self.api, gate, self.metrics)
+        self.coalescer = Coalescer(patcher.patch, s.coalesce_window, self.metrics, admit=gate.admit)
         self.targeter = Targeter(
             self.api,
             gate,
@@ -182,8 +185,8 @@ class Reconciler:
             self.metrics_port,
         )
 
-    async def _start_reporting(self) -> OnPatched | None:
-        """Outcome watching and CDEvents out (``reconciler.chaining``): the patch hook."""
+    async def _start_reporting(self) -> Reporter:
+        """Outcome watching and CDEvents out (``reconciler.chaining``), as configured."""
         s = self.settings
         if s.outcome_timeout > 0:
             self._watch_api = await kube_client(s)  # watches never take the patches' pool slots
@@ -199,18 +202,16 @@ class Reconciler:
             self.emitter = Emitter(sinks, self.outcome_metrics)
             await self.emitter.start()
         if self.watcher is None and self.emitter is None:
-            return self.on_patched
-        self.reporter = ChainReporter(
+            return Unreported()
+        return ChainReporter(
             self.emitter.emit if self.emitter is not None else None,
             self.watcher,
             self.outcome_metrics,
             source=s.cdevents.source,
-            also=self.on_patched,
         )
-        return self.reporter
 
-    def _spawn(self, coro: object, name: str) -> None:
-        self._tasks.append(asyncio.create_task(coro, name=name))  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self._tasks.append(asyncio.create_task(coro, name=name))
 
     def _nats_options(self) -> dict[str, Any]:
         """Credentials and TLS for every NATS connection of this process (the consumer's and
@@ -228,6 +229,7 @@ class Reconciler:
 
     async def _consume(self) -> None:
         assert self.targeter is not None and self.coalescer is not None
+        assert self.reporter is not None
         self.nc = await self._connect()
         consumer = Consumer(
             self.nc.jetstream(timeout=5.0),
@@ -236,7 +238,7 @@ class Reconciler:
             self.targeter,
             self.coalescer,
             self.metrics,
-            on_received=self.reporter.on_received if self.reporter is not None else None,
+            reporter=self.reporter,
         )
         self.consumer = consumer
 

@@ -1,8 +1,9 @@
 """Reconciler settings: one frozen tree, built once from flags and ``FLUXRELAY_*`` variables.
 
-Every field documents itself; ``reconciler.cli`` renders the same table as ``--help``. The
-stream names default to the ones the receiver creates (``schemas.subjects``): the reconciler
-never creates or changes streams, only its own durable consumer on them.
+Every field documents itself; ``reconciler.cli``'s option table fills it and also renders
+``--help`` and ``docs/configuration.md``. The stream names default to the ones the receiver
+creates (``schemas.subjects``): the reconciler never creates or changes streams, only its own
+durable consumer on them.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class ConsumerSettings:
     fetch_timeout: float = 1.0
     """Seconds one pull request waits for messages."""
     max_in_flight: int = 4096
-    """Messages being worked on at once by this replica (also the consumer's max_ack_pending)."""
+    """Messages being worked on at once by this replica (the server bounds all replicas
+    together with ``max_ack_pending``)."""
     max_ack_pending: int = 16384
     """Unacknowledged messages the server allows across all replicas of the durable."""
     lag_interval: float = 5.0
@@ -151,9 +153,9 @@ class ReconcilerSettings:
     """Everything ``fluxrelay-reconciler`` needs to run."""
 
     nats_url: str = "nats://127.0.0.1:4222"
+    """NATS server URL(s), comma-separated for a cluster."""
     nats_auth: NatsAuth = field(default_factory=NatsAuth)
     """TLS and credentials for NATS (shared with the receiver: ``runtime.natsauth``)."""
-    """NATS server URL(s), comma-separated for a cluster."""
     kubeconfig: Path | None = None
     """Kubeconfig file; the in-cluster service account when absent."""
     config: Path | None = None

@@ -2,13 +2,19 @@
 
 Every request the reconciler makes (target lookups and patches) goes through one
 :class:`ApiGate`, so the whole process stays inside one budget, as a client-go controller
-does with its QPS/burst. On top of the fixed rate the gate adapts its concurrency to the
-server: each 429 halves the number of requests allowed in flight (once per "round", so a
-burst of 429s for requests sent together counts once) and stops everyone until the server's
-``Retry-After`` has passed; every success grows the limit back by ``1/limit`` (additive
-increase, one slot per round of successes). 409 and 5xx are retried with jittered backoff;
-what the answers mean for the message (404 permanent, the rest temporary) is decided here
-and nowhere else.
+does with its QPS/burst (one ``runtime.tokenbucket.TokenBucket``). On top of the fixed rate
+the gate adapts its concurrency to the server: each 429 halves the number of requests
+allowed in flight (once per "round", so a burst of 429s for requests sent together counts
+once) and stops everyone until the server's ``Retry-After`` has passed; every success grows
+the limit back by ``1/limit`` (additive increase, one slot per round of successes). 409, 429,
+500/502/503/504, timeouts and connection failures are retried with jittered backoff
+(``runtime.backoff``). What the answers mean for the message is decided here and nowhere
+else: those, and 401/403 (RBAC or a token being rolled out), are temporary; 404 and every
+other answer permanent.
+
+A caller that must know it may send before it commits to what it sends (the coalescer keeps
+a batch open while it waits) asks :meth:`ApiGate.admit` for a :class:`Ticket`: the rate-limit
+token, taken. The call that carries the ticket spends it instead of taking another.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ import asyncio
 import json
 import logging
 import math
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -28,55 +33,17 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from reconciler.errors import PermanentError, TemporaryError
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.settings import PatchSettings
+from runtime import backoff
+from runtime.tokenbucket import Clock, TokenBucket
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
 
 RETRIED_STATUS = frozenset({409, 500, 502, 503, 504})
 """Answers worth another try of the same request (conflict, server trouble)."""
 UNAUTHORISED_STATUS = frozenset({401, 403})
 """Temporary on purpose: RBAC or a token being rolled out should not dead-letter traffic."""
-
-
-class TokenBucket:
-    """Client-side rate limit: ``rate`` per second, ``burst`` at once (reservation style).
-
-    A caller reserves its token immediately and then sleeps until the token is due, so
-    waiters are served in arrival order without a lock.
-    """
-
-    def __init__(
-        self,
-        rate: float,
-        burst: int,
-        *,
-        clock: Clock = time.monotonic,
-        sleep: Sleep = asyncio.sleep,
-    ) -> None:
-        if rate <= 0 or burst < 1:
-            raise ValueError("rate must be positive and burst at least 1")
-        self.rate = rate
-        self.burst = burst
-        self._clock = clock
-        self._sleep = sleep
-        self._tokens = float(burst)
-        self._stamp = clock()
-
-    def reserve(self) -> float:
-        """Take a token now; return the seconds to wait before using it."""
-        now = self._clock()
-        self._tokens = min(float(self.burst), self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-        self._tokens -= 1.0
-        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
-
-    async def acquire(self) -> None:
-        wait = self.reserve()
-        if wait > 0:
-            await self._sleep(wait)
 
 
 class AimdLimiter:
@@ -187,6 +154,26 @@ def retry_after(error: ApiException) -> float | None:
     return None
 
 
+class Ticket:
+    """Admission to send one request: a rate-limit token the gate has already taken.
+
+    Issued by :meth:`ApiGate.admit`, spent by the :meth:`ApiGate.call` that carries it (its
+    first attempt; retries take tokens of their own). Single use: a ticket spent twice would
+    let two requests through on one token.
+    """
+
+    __slots__ = ("_spent",)
+
+    def __init__(self) -> None:
+        self._spent = False
+
+    def spend(self) -> None:
+        """Mark the ticket used; RuntimeError if it already was (a bug in the caller)."""
+        if self._spent:
+            raise RuntimeError("admission ticket already spent")
+        self._spent = True
+
+
 class ApiGate:
     """Runs Kubernetes API calls inside the rate limit, the AIMD limit and the retry policy."""
 
@@ -208,14 +195,13 @@ class ApiGate:
         )
 
     def backoff(self, attempt: int) -> float:
-        """Full-jitter exponential backoff for try number ``attempt`` (1-based)."""
-        ceiling = min(self.settings.retry_max, self.settings.retry_base * 2 ** (attempt - 1))
-        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not security
+        """Equal-jitter exponential backoff for try number ``attempt`` (1-based)."""
+        return backoff.delay(attempt, self.settings.retry_base, self.settings.retry_max)
 
-    async def admit(self) -> None:
-        """Wait for a rate-limit token ahead of a call made with ``admitted=True``: the
-        coalescer holds a batch open until its request may really be sent."""
+    async def admit(self) -> Ticket:
+        """Wait for a rate-limit token and hand it over as a ticket for one later call."""
         await self.bucket.acquire()
+        return Ticket()
 
     async def call(
         self,
@@ -223,17 +209,19 @@ class ApiGate:
         what: str,
         request: Callable[[], Awaitable[T]],
         *,
-        admitted: bool = False,
+        ticket: Ticket | None = None,
     ) -> T:
         """Run ``request`` with retries; raise TemporaryError/PermanentError when it fails.
 
-        ``admitted``: the caller already holds the first attempt's token (see :meth:`admit`).
+        ``ticket`` (from :meth:`admit`) pays the first attempt's token.
         """
+        if ticket is not None:
+            ticket.spend()
         attempts = max(1, self.settings.attempts)
         for attempt in range(1, attempts + 1):
             epoch = await self.limiter.acquire()
             try:
-                if not (admitted and attempt == 1):
+                if ticket is None or attempt > 1:
                     await self.bucket.acquire()
                 result = await asyncio.wait_for(request(), self.settings.request_timeout)
             except ApiException as e:

@@ -10,7 +10,14 @@ cluster), the receiver with ``deploy/examples/quickstart/receivers.yaml`` and th
 On the local API server no Flux controller runs, so the tests' Flux stand-in answers
 reconcile requests the way Flux would (``lastHandledReconcileAt``, ``Ready``). It prints the
 hook URL and a ready-to-paste signed push, then every reconcile request it sees on the Flux
-objects and every CDEvent emitted. Ctrl-C stops everything it started.
+objects and every CDEvent emitted.
+
+SIGINT or SIGTERM stops everything it started, whether it reaches the whole process group (a
+terminal's Ctrl-C) or this process alone (``kill -INT <pid>``, a supervisor), at any point,
+startup included, and whatever disposition it inherited (a background job of a
+non-interactive shell starts with SIGINT ignored). The first signal starts the stop; later ones
+are ignored so the stop runs to its end. Last, any process still below this one (one whose
+start a signal cut short) is stopped too.
 
 Lines meant for people and for the quick start's own test start with ``fluxrelay>``.
 """
@@ -27,20 +34,17 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-from receiver.hooks import hook_path  # noqa: E402
-from schemas.receivers import read_documents  # noqa: E402
-from scripts.natsusers import NatsUsers, ensure_users  # noqa: E402
-from tests.support.natsd import NATS_SERVER, free_port, nats_version  # noqa: E402
-from tests.support.shippednats import ShippedNats, shipped_files  # noqa: E402
+# The project's modules are imported in main(), after the stop signals' handlers are set: a
+# signal that arrives while they load is then acted on, not lost to an inherited SIG_IGN.
 
 EXAMPLES = ROOT / "deploy" / "examples" / "quickstart"
 RECEIVERS = EXAMPLES / "receivers.yaml"
@@ -52,8 +56,119 @@ WATCHED = (
 )
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+LEFTOVER_GRACE_S = 10.0
+"""Seconds a process left below the quick start has between SIGTERM and SIGKILL."""
+
+
 def say(text: str) -> None:
     print(f"fluxrelay> {text}", flush=True)
+
+
+class Interrupted(BaseException):
+    """A stop signal arrived while the quick start was still starting: unwinds the startup
+    through its ``finally`` blocks, which stop what was already running. A BaseException, as
+    KeyboardInterrupt is, so no ``except Exception`` on the way swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class Stopping:
+    """What SIGINT and SIGTERM do, installed before anything is started.
+
+    The handlers are Python-level ones set with ``signal.signal``, not the event loop's: the
+    loop's are removed (SIGTERM back to its default, which kills without cleanup) when
+    ``asyncio.run`` closes it, while the receiver, the reconciler and the servers are still
+    being stopped. While starting, the first signal raises ``Interrupted``; once running, it
+    calls the waker the running phase registered. Any later signal is ignored.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._waker: Callable[[], object] | None = None
+        self._settled = False
+
+    def install(self) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.signum is not None:
+            return
+        self.signum = signum
+        if self._waker is not None:
+            self._waker()
+        elif not self._settled:
+            raise Interrupted(signum)
+
+    def settle(self) -> None:
+        """The stop is under way (a signal, or an error unwinding): from now on a signal
+        only is noted, so it cannot cut the cleanup short."""
+        self._settled = True
+
+    @contextlib.contextmanager
+    def waking(self, waker: Callable[[], object]) -> Iterator[None]:
+        """While inside, a stop signal calls ``waker`` instead of raising."""
+        self._waker = waker
+        try:
+            yield
+        finally:
+            self._waker = None
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (zombies too), parents before children, from the kernel's
+    ``/proc/<pid>/task/<tid>/children`` lists (all threads: etcd and kube-apiserver are
+    forked from a helper thread)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = (task / "children").read_text().split()
+            except OSError:
+                continue
+            for child in map(int, children):
+                if child not in found:
+                    found.append(child)
+                    todo.append(child)
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not exited (a zombie has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def stop_leftovers() -> None:
+    """SIGTERM, then SIGKILL after a grace period, whatever still runs below this process.
+
+    The orderly stops come first; this is for a process whose start a signal cut short,
+    after the fork but before the code that would stop it knew its PID."""
+    left = [pid for pid in descendants(os.getpid()) if running(pid)]
+    if not left:
+        return
+    say(f"stopping processes left behind: {' '.join(map(str, left))}")
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + LEFTOVER_GRACE_S
+        while time.monotonic() < deadline:
+            for pid in left:  # reap the direct children; the others are not ours to reap
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+            left = [pid for pid in left if running(pid)]
+            if not left:
+                return
+            time.sleep(0.1)
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
@@ -72,12 +187,13 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -
 
 
 @contextlib.contextmanager
-def process(cmd: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def process(cmd: list[str], log: Path, stopping: Stopping) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=out, cwd=ROOT)
     try:
         yield proc
     finally:
+        stopping.settle()
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -150,19 +266,20 @@ async def stand_in(kube: Any, stop: asyncio.Event) -> None:
         await api_client.close()
 
 
-async def follow(nats_url: str, admin_seed: Path, kubeconfig: Path, kube: Any) -> None:
+async def follow(
+    nats_url: str, admin_seed: Path, kubeconfig: Path, kube: Any, stopping: Stopping
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    tasks = [
-        asyncio.create_task(follow_objects(kubeconfig, stop)),
-        asyncio.create_task(follow_cdevents(nats_url, admin_seed, stop)),
-    ]
-    if kube is not None:
-        tasks.append(asyncio.create_task(stand_in(kube, stop)))
-    say("READY (Ctrl-C stops everything)")
-    await stop.wait()
+    with stopping.waking(lambda: loop.call_soon_threadsafe(stop.set)):
+        tasks = [
+            asyncio.create_task(follow_objects(kubeconfig, stop)),
+            asyncio.create_task(follow_cdevents(nats_url, admin_seed, stop)),
+        ]
+        if kube is not None:
+            tasks.append(asyncio.create_task(stand_in(kube, stop)))
+        say("READY (Ctrl-C stops everything)")
+        await stop.wait()
     for task in tasks:
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(task, 10)
@@ -170,6 +287,9 @@ async def follow(nats_url: str, admin_seed: Path, kubeconfig: Path, kube: Any) -
 
 def hook_lines(port: int) -> list[tuple[str, str]]:
     """(hook URL, token) for every example Receiver."""
+    from receiver.hooks import hook_path
+    from schemas.receivers import read_documents
+
     found = read_documents(RECEIVERS)
     out: list[tuple[str, str]] = []
     for _, definition in found.receivers:
@@ -189,23 +309,42 @@ def main() -> int:
     parser.add_argument("--reconciler-metrics-port", type=int, default=9091)
     parser.add_argument("--nats-port", type=int, default=0, help="0 picks a free port")
     args = parser.parse_args()
+    stopping = Stopping()
+    stopping.install()
+    try:
+        run(args, stopping)
+    except Interrupted as e:
+        # Stopped before it was ready: the shell's status for a process a signal ended.
+        return 128 + e.signum
+    finally:
+        stopping.settle()
+        stop_leftovers()
+        say("stopped")
+    return 0
+
+
+def run(args: argparse.Namespace, stopping: Stopping) -> None:
+    """Start everything, follow it until a stop signal, stop it all again."""
+    from scripts.natsusers import ensure_users
+    from tests.support.natsd import NATS_SERVER, free_port, nats_version
+    from tests.support.shippednats import ShippedNats, shipped_files
+
     state: Path = args.state_dir
     state.mkdir(parents=True, exist_ok=True)
-
-    users: NatsUsers = ensure_users(state / "nats-users")
+    users = ensure_users(state / "nats-users")
     nats = ShippedNats(state / "nats", shipped_files(), users, port=args.nats_port or free_port())
-    nats.start()
-    version = ".".join(map(str, nats_version()))
-    say(
-        f"nats-server with JetStream at {nats.url} (v{version}, {NATS_SERVER}; "
-        f"store {state / 'nats' / 'js'})"
-    )
-    say(
-        f"NATS users and permissions as deploy/ ships them; as the admin user: "
-        f"nats --server {nats.url} --nkey {users.seed('admin')} stream ls"
-    )
     kube = None
     try:
+        nats.start()
+        version = ".".join(map(str, nats_version()))
+        say(
+            f"nats-server with JetStream at {nats.url} (v{version}, {NATS_SERVER}; "
+            f"store {state / 'nats' / 'js'})"
+        )
+        say(
+            f"NATS users and permissions as deploy/ ships them; as the admin user: "
+            f"nats --server {nats.url} --nkey {users.seed('admin')} stream ls"
+        )
         if os.environ.get("KUBECONFIG"):
             kubeconfig = Path(os.environ["KUBECONFIG"])
             say(f"using the cluster of $KUBECONFIG ({kubeconfig})")
@@ -213,7 +352,8 @@ def main() -> int:
             from tests.support.kubeapi import KubeAPI, load_crds
 
             crds = load_crds()  # before starting anything: a missing folder fails at once
-            kube = KubeAPI().start()
+            kube = KubeAPI()  # named before it starts, so the finally below stops it
+            kube.start()
             kube.apply_manifests(crds)
             kube.create_namespace(NAMESPACE)
             kube.apply_manifests(list(yaml.safe_load_all(OBJECTS.read_text())), namespace=NAMESPACE)
@@ -249,8 +389,8 @@ def main() -> int:
             f"127.0.0.1:{args.reconciler_metrics_port}",
         ]
         with (
-            process(receiver_cmd, state / "receiver.log") as rproc,
-            process(reconciler_cmd, state / "reconciler.log") as cproc,
+            process(receiver_cmd, state / "receiver.log", stopping) as rproc,
+            process(reconciler_cmd, state / "reconciler.log", stopping) as cproc,
         ):
             wait_ready(f"http://127.0.0.1:{args.metrics_port}/readyz", rproc)
             wait_ready(f"http://127.0.0.1:{args.reconciler_metrics_port}/readyz", cproc)
@@ -278,13 +418,12 @@ def main() -> int:
             ]
             say("send a signed GitHub push with:")
             say(f"SEND {shlex.join(send)}")
-            asyncio.run(follow(nats.url, users.seed("admin"), kubeconfig, kube))
+            asyncio.run(follow(nats.url, users.seed("admin"), kubeconfig, kube, stopping))
     finally:
+        stopping.settle()
         if kube is not None:
             kube.stop()
         nats.stop()
-        say("stopped")
-    return 0
 
 
 if __name__ == "__main__":

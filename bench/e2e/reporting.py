@@ -75,9 +75,12 @@ NOTES = (
     "200 after `kubectl annotate` exited, which is why its response -> annotation is negative "
     "(the watch sees the write before webhook answers). *send -> annotation* is the end-to-end "
     "time a pusher sees for both.",
-    "- fluxrelay's coalescing window is trailing: every patch waits the window "
-    "(default 0.2 s) for more deliveries, so the default row carries it; the "
-    "`fluxrelay-window-0` row is the same path with `--coalesce-window 0`.",
+    "- fluxrelay's coalescing window (default 0.2 s) delays no lone delivery: an object not "
+    "patched within the window is patched at once, and only deliveries arriving within the "
+    "window of its last patch gather into the next one. In (a) every delivery is for another "
+    "object, so the default row pays no window; the `fluxrelay-window-0` row is the same "
+    "path with `--coalesce-window 0`. In (b) the window is what makes many deliveries to one "
+    "object few patches.",
     "- burst: the load generator keeps at most `max_in_flight` requests open (like wrk's "
     "connections), so webhook + kubectl, which holds each request for a kubectl run, is "
     "offered the same schedule but can only take what that cap lets through; deliveries "

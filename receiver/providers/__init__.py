@@ -1,6 +1,10 @@
 """The provider registry: one module per webhook source, one mapping from ``spec.type``.
 
 Adding a provider is adding a module and a line here; the ingress never branches on type.
+Providers never import each other: what several share lives in helper modules they all
+import (``base``: what a provider is; ``common``: checks and field access; ``artifacts``:
+the registries' reference grammar; ``hub``: GitHub's format, which others copy;
+``authenticating``: the path-only and optional-auth checks; ``jwks``: token keys).
 """
 
 from __future__ import annotations

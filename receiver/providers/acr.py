@@ -12,24 +12,18 @@ and checks no Content-Type; so does this: no ``id`` falls back to the body diges
 from __future__ import annotations
 
 from receiver.providers import common
-from receiver.providers.base import Item, Parsed, Request
-from receiver.providers.distribution import artifact
-from receiver.receivers import ReceiverSpec
+from receiver.providers.artifacts import artifact
+from receiver.providers.authenticating import PathOnly
+from receiver.providers.base import Credentials, Item, Parsed, Request
 
 
-class ACR:
+class ACR(PathOnly):
     """``acr``: unauthenticated beyond the secret path."""
 
     name = "acr"
     filters_events = False
 
-    def validate(self, spec: ReceiverSpec) -> None:
-        common.require_secret(spec, "token")
-
-    def verify(self, spec: ReceiverSpec, request: Request) -> None:
-        """Nothing to check: ACR offers no signature; the path is the secret."""
-
-    def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
+    def parse(self, spec: Credentials, request: Request) -> Parsed:
         doc, payload = common.load_struct(request.body)
         event = common.opt_str(doc, "action") or ""
         delivery = common.opt_str(doc, "id") or common.body_digest(request.body)

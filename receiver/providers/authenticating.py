@@ -1,5 +1,7 @@
-"""Optional authentication for the providers whose senders sign nothing by default
-(``generic``, ``cdevents``): a bearer token or an HMAC signature, chosen in the Secret.
+"""How the providers whose senders sign nothing prove a delivery: by the hook path alone
+(:class:`PathOnly`: ``dockerhub``, ``quay``, ``acr``), or by the path plus an optional bearer
+token or HMAC signature chosen in the Secret (:class:`OptionalAuth`: ``generic``,
+``cdevents``).
 
 Flux serves these providers with the hook path as the only secret. Some senders can add a
 header, and then the Receiver's Secret may ask for it with the key ``auth``:
@@ -24,8 +26,7 @@ from typing import Literal
 
 from receiver.errors import ConfigError, SignatureInvalid
 from receiver.providers import common
-from receiver.providers.base import Request
-from receiver.receivers import ReceiverSpec
+from receiver.providers.base import Credentials, Request
 
 AUTH_KEY = "auth"
 BEARER_KEY = "bearer-token"
@@ -36,11 +37,11 @@ HMAC_ALGORITHMS = ("sha256", "sha512")
 Mode = Literal["none", "bearer", "hmac"]
 
 
-def _where(spec: ReceiverSpec, key: str) -> str:
-    return f"Receiver {spec.key} ({spec.type}): Secret {spec.namespace}/{spec.secret_name}: {key!r}"
+def _where(spec: Credentials, key: str) -> str:
+    return f"{common.secret_where(spec)}: {key!r}"
 
 
-def auth_mode(spec: ReceiverSpec) -> Mode:
+def auth_mode(spec: Credentials) -> Mode:
     """The mode the Secret asks for; ConfigError for an unknown one."""
     raw = spec.secret.get(AUTH_KEY)
     if raw is None:
@@ -56,12 +57,12 @@ def auth_mode(spec: ReceiverSpec) -> Mode:
     raise ConfigError(f"{_where(spec, AUTH_KEY)} must be 'bearer' or 'hmac'")
 
 
-def _secret(spec: ReceiverSpec, preferred: str) -> bytes:
+def _secret(spec: Credentials, preferred: str) -> bytes:
     value = spec.secret.get(preferred)
     return value if value else spec.token
 
 
-def validate_auth(spec: ReceiverSpec) -> None:
+def validate_auth(spec: Credentials) -> None:
     """Load-time checks of the optional authentication settings."""
     mode = auth_mode(spec)
     if mode == "bearer":
@@ -78,7 +79,7 @@ def validate_auth(spec: ReceiverSpec) -> None:
         raise ConfigError(f"{_where(spec, HMAC_KEY)} or 'token' required with auth=hmac")
 
 
-def verify_auth(spec: ReceiverSpec, request: Request) -> None:
+def verify_auth(spec: Credentials, request: Request) -> None:
     """Raise SignatureInvalid unless the request satisfies the Secret's ``auth`` mode."""
     mode = auth_mode(spec)
     if mode == "bearer":
@@ -96,3 +97,29 @@ def verify_auth(spec: ReceiverSpec, request: Request) -> None:
             HMAC_ALGORITHMS,
             SIGNATURE_HEADER,
         )
+
+
+class PathOnly:
+    """A provider whose sender signs nothing and sends no secret: the hook path (sha256 of
+    token, name and namespace) is the only proof, so keep it out of logs and rotate the
+    token if it leaks."""
+
+    def validate(self, spec: Credentials) -> None:
+        common.require_secret(spec, "token")
+
+    def verify(self, spec: Credentials, request: Request) -> None:
+        """Nothing to check: the sender offers no signature; knowing the path is the proof."""
+
+
+class OptionalAuth:
+    """A provider checked as Flux checks it (by the hook path), plus whatever the Secret's
+    ``auth`` asks for."""
+
+    def validate(self, spec: Credentials) -> None:
+        common.require_secret(spec, "token")
+        validate_auth(spec)
+
+    def verify(self, spec: Credentials, request: Request) -> None:
+        """Without ``auth`` in the Secret nothing to check: knowing the path (sha256 of token,
+        name, namespace) is the proof; with it, the bearer token or HMAC it asks for."""
+        verify_auth(spec, request)

@@ -21,8 +21,7 @@ from typing import Any
 
 from receiver.errors import PayloadInvalid, SignatureInvalid
 from receiver.providers import common
-from receiver.providers.base import Item, Parsed, Request
-from receiver.receivers import ReceiverSpec
+from receiver.providers.base import Credentials, Item, Parsed, Request
 
 PUSH_EVENT = "git.push"
 
@@ -76,10 +75,10 @@ class AzureDevOps:
     name = "azuredevops"
     filters_events = True
 
-    def validate(self, spec: ReceiverSpec) -> None:
+    def validate(self, spec: Credentials) -> None:
         common.require_secret(spec, "token", "username", "password")
 
-    def verify(self, spec: ReceiverSpec, request: Request) -> None:
+    def verify(self, spec: Credentials, request: Request) -> None:
         expected_user = spec.secret.get("username")
         expected_password = spec.secret.get("password")
         if not expected_user or not expected_password:
@@ -90,7 +89,7 @@ class AzureDevOps:
         if not (user_ok and password_ok):
             raise SignatureInvalid("Authorization: credentials do not match")
 
-    def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
+    def parse(self, spec: Credentials, request: Request) -> Parsed:
         doc = common.load_object(request.body)
         raw = common.verbatim(request.body)
         event = common.req_str(doc, "eventType")

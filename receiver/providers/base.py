@@ -5,6 +5,11 @@ the ingress can call them on the raw body before anything is parsed. ``verify`` 
 authenticity (and nothing else); ``parse`` turns the verified body into one or more
 envelope fragments. Both raise :mod:`receiver.errors` types only.
 
+Providers see no Receiver either, only :class:`Credentials`: the keys of its Secret and the
+names a load-time refusal quotes. So the provider package imports nothing of
+``receiver.receivers``, and which keys to try is the ingress's choice, not the provider's
+(:mod:`receiver.rotating` also tries the previous token's during a rotation).
+
 The value types here are built on every delivery and never changed after; they are plain
 slotted dataclasses, not frozen ones, because a frozen dataclass's ``__init__`` goes through
 ``object.__setattr__`` per field (four times the cost, measured on the hot path).
@@ -18,7 +23,19 @@ from typing import Any, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from receiver.receivers import ReceiverSpec
+from schemas.receivers import OIDCProvider
+
+
+def media_type(header: str | None) -> str:
+    """The media type as sent, lower-cased, without parameters; "" when there is no header.
+
+    aiohttp's ``content_type`` reports a missing header as ``application/octet-stream``
+    (RFC 9110's default for a recipient guessing), so providers that accept a body without
+    one, as Flux does for most of them, would refuse it as octet-stream.
+    """
+    if header is None:
+        return ""
+    return header.split(";", 1)[0].strip().lower()
 
 
 @dataclass(slots=True)
@@ -35,8 +52,43 @@ class Request:
     def of(cls, headers: Mapping[str, str], body: bytes, remote: str | None = None) -> Request:
         """Build from plain values (tests, fuzzers, the ``send`` helper)."""
         proxy = CIMultiDictProxy(CIMultiDict(headers))
-        content_type = proxy.get("Content-Type", "").split(";", 1)[0].strip().lower()
-        return cls(proxy, body, content_type, remote)
+        return cls(proxy, body, media_type(proxy.get("Content-Type")), remote)
+
+
+class Credentials(Protocol):
+    """What a provider may read of the Receiver it serves (``receiver.receivers.ReceiverSpec``
+    is one): the keys of its Secret, and the names its load-time refusals quote.
+
+    Read-only properties, which a frozen dataclass's fields satisfy. During a rotation the
+    ingress also hands over the same Receiver with its previous token; a provider verifies
+    whichever it is given and cannot tell the two apart.
+    """
+
+    @property
+    def secret(self) -> Mapping[str, bytes]:
+        """Every key of the Receiver's Secret, raw bytes as stored."""
+
+    @property
+    def token(self) -> bytes:
+        """The Secret's ``token``: the HMAC key, or the value compared, of most providers."""
+
+    @property
+    def key(self) -> str:
+        """``namespace/name`` of the Receiver."""
+
+    @property
+    def type(self) -> str:
+        """The provider's name, as ``spec.type`` gives it."""
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def secret_name(self) -> str | None: ...
+
+    @property
+    def oidc_providers(self) -> tuple[OIDCProvider, ...]:
+        """``spec.oidcProviders`` (``generic-oidc`` in Flux's form); empty for the others."""
 
 
 @dataclass(slots=True)
@@ -84,12 +136,12 @@ class Provider(Protocol):
     applies it to github, gitlab, bitbucket and cdevents only and ignores it for the registries
     (harbor, quay, dockerhub, acr, nexus, gcr); fluxrelay's own providers apply it."""
 
-    def validate(self, spec: ReceiverSpec) -> None:
+    def validate(self, spec: Credentials) -> None:
         """Raise ConfigError if ``spec`` lacks what this provider needs (Secret keys...)."""
 
-    def verify(self, spec: ReceiverSpec, request: Request) -> None:
+    def verify(self, spec: Credentials, request: Request) -> None:
         """Raise SignatureInvalid unless the request is proven to come from the provider."""
 
-    def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
+    def parse(self, spec: Credentials, request: Request) -> Parsed:
         """Normalise a verified request; raise PayloadInvalid/UnsupportedMediaType, or
         DeadLetter for a body to keep on the dead-letter stream before it is refused."""

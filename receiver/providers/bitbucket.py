@@ -23,19 +23,25 @@ is answered 200 and never stored. Other events keep the repository only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from receiver.errors import PayloadInvalid
 from receiver.providers import common
-from receiver.providers.base import Item, Parsed, Request
-from receiver.providers.github import decode_hub_payload, verify_hub_signature
-from receiver.receivers import ReceiverSpec
+from receiver.providers.base import Credentials, Item, Parsed, Request
+from receiver.providers.hub import (
+    LEGACY_SIGNATURE_HEADER,
+    decode_hub_payload,
+    verify_hub_signature,
+)
 from schemas.excerpts import excerpt
 
 SERVER_PUSH_EVENTS = ("repo:refs_changed", "mirror:repo_synchronized")
 CLOUD_PUSH_EVENT = "repo:push"
 PING_EVENT = "diagnostics:ping"
 CLOUD_HOST = "bitbucket.org"
+ReadRepository = Callable[[dict[str, Any]], dict[str, Any] | None]
+ReadChange = Callable[[Any, str, dict[str, Any] | None], dict[str, Any]]
 REF_PREFIXES = {"branch": "refs/heads/", "named_branch": "refs/heads/", "tag": "refs/tags/"}
 """Cloud ref types (``named_branch`` is the Mercurial-era name still documented)."""
 
@@ -132,6 +138,13 @@ def cloud_change(change: Any, where: str, repo: dict[str, Any] | None) -> dict[s
     }
 
 
+PUSHES: dict[str, tuple[ReadRepository, ReadChange, str]] = {
+    **dict.fromkeys(SERVER_PUSH_EVENTS, (server_repository, server_change, "changes")),
+    CLOUD_PUSH_EVENT: (cloud_repository, cloud_change, "push.changes"),
+}
+"""How each flavour's push is read: its repository, one ref change, where the changes are."""
+
+
 class Bitbucket:
     """``bitbucket``: Server/Data Center and Cloud, one item per changed ref."""
 
@@ -141,65 +154,40 @@ class Bitbucket:
     event_header = "X-Event-Key"
     delivery_headers = ("X-Request-Id", "X-Request-UUID")
 
-    def validate(self, spec: ReceiverSpec) -> None:
+    def validate(self, spec: Credentials) -> None:
         common.require_secret(spec, "token")
 
-    def verify(self, spec: ReceiverSpec, request: Request) -> None:
+    def verify(self, spec: Credentials, request: Request) -> None:
         """Flux verifies Bitbucket with its GitHub library: ``X-Hub-Signature-256`` first,
         then ``X-Hub-Signature`` (what Bitbucket sends, ``sha256=``), sha1/sha512 too."""
-        verify_hub_signature(spec, request)
+        verify_hub_signature(spec, request, LEGACY_SIGNATURE_HEADER)
 
-    def delivery_id(self, request: Request) -> str:
-        for header in self.delivery_headers:
-            value = common.header_text(request, header)
-            if value:
-                return value
-        return common.body_digest(request.body)
-
-    def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
+    def parse(self, spec: Credentials, request: Request) -> Parsed:
         # No X-Event-Key is no event type (Flux reads it only for spec.events).
         event = common.header_text(request, self.event_header)
         if event == PING_EVENT:
             return Parsed(event, (), None, ping=True, named=True)
         payload = decode_hub_payload(request)
+        delivery = common.delivery_id(request, self.delivery_headers)
         if not isinstance(payload, dict):
             # Flux never reads the body: a verified one that is no object is stored as it
             # is, with no repository, so only the Receiver's own resources react.
-            item = Item(self.delivery_id(request), {"repository": None})
-            return Parsed(event, (item,), payload, named=True)
+            return Parsed(event, (Item(delivery, {"repository": None}),), payload, named=True)
         doc = payload
         raw = common.verbatim(request.body) if request.content_type == "application/json" else None
-        delivery = self.delivery_id(request)
-        if event in SERVER_PUSH_EVENTS:
-            repo = server_repository(doc)
+        push = PUSHES.get(event)
+        if push is not None:
+            read_repository, read_change, path = push
+            repo = read_repository(doc)
             changes = [
-                server_change(change, f"changes[{i}]", repo)
-                for i, change in enumerate(common.opt_items(doc, "changes"))
+                read_change(change, f"{path}[{i}]", repo)
+                for i, change in enumerate(common.opt_items(doc, path))
             ]
-            return Parsed(
-                event,
-                common.items_per_change(delivery, changes),
-                doc,
-                raw_payload=raw,
-                named=True,
-            )
-        if event == CLOUD_PUSH_EVENT:
-            repo = cloud_repository(doc)
-            changes = [
-                cloud_change(change, f"push.changes[{i}]", repo)
-                for i, change in enumerate(common.opt_items(doc, "push.changes"))
-            ]
-            return Parsed(
-                event,
-                common.items_per_change(delivery, changes),
-                doc,
-                raw_payload=raw,
-                named=True,
-            )
-        if common.opt_str(doc, "repository.full_name"):
-            repo = cloud_repository(doc)
+            items = common.items_per_change(delivery, changes)
         else:
-            repo = server_repository(doc)
-        return Parsed(
-            event, (Item(delivery, {"repository": repo}),), doc, raw_payload=raw, named=True
-        )
+            if common.opt_str(doc, "repository.full_name"):
+                repo = cloud_repository(doc)
+            else:
+                repo = server_repository(doc)
+            items = (Item(delivery, {"repository": repo}),)
+        return Parsed(event, items, doc, raw_payload=raw, named=True)

@@ -45,9 +45,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from receiver.errors import DeadLetter, PayloadInvalid
-from receiver.providers import authenticating, common
-from receiver.providers.base import Item, Parsed, Request
-from receiver.receivers import ReceiverSpec
+from receiver.providers import common
+from receiver.providers.authenticating import OptionalAuth
+from receiver.providers.base import Credentials, Item, Parsed, Request
 from schemas import cdevents
 from schemas.excerpts import clipped
 
@@ -112,21 +112,14 @@ def decode(request: Request) -> tuple[Any, cdevents.DecodedCDEvent]:
     return body, decoded
 
 
-class CDEvents:
-    """``cdevents``: CloudEvents-framed or bare CDEvents, schema-validated."""
+class CDEvents(OptionalAuth):
+    """``cdevents``: CloudEvents-framed or bare CDEvents, schema-validated; the Secret's
+    optional ``auth``, else the hook path is the proof (as Flux)."""
 
     name = "cdevents"
     filters_events = True
 
-    def validate(self, spec: ReceiverSpec) -> None:
-        common.require_secret(spec, "token")
-        authenticating.validate_auth(spec)
-
-    def verify(self, spec: ReceiverSpec, request: Request) -> None:
-        """The Secret's optional ``auth``; without it the hook path is the proof (as Flux)."""
-        authenticating.verify_auth(spec, request)
-
-    def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
+    def parse(self, spec: Credentials, request: Request) -> Parsed:
         body, decoded = decode(request)
         wrong = [name for name in decoded.mismatches if name in CHECKED_ATTRIBUTES]
         if wrong:

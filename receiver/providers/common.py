@@ -1,6 +1,6 @@
 """Checks every provider shares, written once: constant-time comparisons, HMAC signature
-headers, JSON decoding with bounded nesting, and typed field access that turns any shape
-mismatch into a 400 instead of a crash.
+headers, Secret keys, delivery ids, JSON decoding with bounded nesting, and typed field
+access that turns any shape mismatch into a 400 instead of a crash.
 """
 
 from __future__ import annotations
@@ -17,9 +17,14 @@ from typing import Any
 
 import orjson
 
-from receiver.errors import ConfigError, DeliveryTooLarge, PayloadInvalid, SignatureInvalid
-from receiver.providers.base import Item, Request
-from receiver.receivers import ReceiverSpec
+from receiver.errors import (
+    ConfigError,
+    DeliveryTooLarge,
+    PayloadInvalid,
+    SignatureInvalid,
+    UnsupportedMediaType,
+)
+from receiver.providers.base import Credentials, Item, Request
 
 MAX_JSON_DEPTH = 64
 """Deeper JSON is refused before parsing: no provider nests this deep, attackers do."""
@@ -66,20 +71,52 @@ def header_text(request: Request, name: str) -> str:
     return value.strip()
 
 
+def require_json(request: Request, allowed: tuple[str, ...] = ("application/json",)) -> None:
+    """415 unless the media type is one of ``allowed`` (an absent Content-Type is tolerated)."""
+    if request.content_type and request.content_type not in allowed:
+        raise UnsupportedMediaType(
+            f"content type {request.content_type!r} not supported; use {' or '.join(allowed)}"
+        )
+
+
 def is_zero_id(object_id: str | None) -> bool:
     """True for the all-zeros object id Git providers use for "no commit" (SHA-1 or SHA-256
     length alike): a ``before`` of zeros means the ref was created, an ``after`` deleted."""
     return object_id is not None and object_id != "" and object_id.strip("0") == ""
 
 
-def require_secret(spec: ReceiverSpec, *keys: str) -> None:
+def secret_where(spec: Credentials) -> str:
+    """How a load-time refusal names the Receiver's Secret (never a value of it)."""
+    return f"Receiver {spec.key} ({spec.type}): Secret {spec.namespace}/{spec.secret_name}"
+
+
+def require_secret(spec: Credentials, *keys: str) -> None:
     """Fail at load when the Receiver's Secret lacks a key the provider needs."""
     for key in keys:
         if not spec.secret.get(key):
-            raise ConfigError(
-                f"Receiver {spec.key} ({spec.type}): Secret {spec.namespace}/{spec.secret_name}: "
-                f"key {key!r} required"
-            )
+            raise ConfigError(f"{secret_where(spec)}: key {key!r} required")
+
+
+def secret_text(spec: Credentials, key: str) -> str | None:
+    """A Secret key holding text (a header name, an e-mail address, URLs), as stored;
+    None when absent, ConfigError when it is not UTF-8."""
+    raw = spec.secret.get(key)
+    if raw is None:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{secret_where(spec)}: key {key!r} is not UTF-8") from e
+
+
+def delivery_id(request: Request, headers: tuple[str, ...]) -> str:
+    """The first of ``headers`` the sender filled in, else the body digest (identical bodies
+    are then the same delivery, as a retry resends the same bytes)."""
+    for header in headers:
+        value = header_text(request, header)
+        if value:
+            return value
+    return body_digest(request.body)
 
 
 def hmac_hex_matches(key: bytes, body: bytes, algorithm: str, given_hex: str) -> bool:
@@ -252,10 +289,15 @@ def load_unread(body: bytes) -> tuple[dict[str, Any], Any]:
     read routing fields from (empty unless the body is an object) and the payload to store
     (None when empty). Bytes that are not JSON stay a 400: the stored envelope carries the
     payload as JSON for CEL filters."""
-    if not body.strip():
-        return {}, None
-    doc = load_json(body)
+    doc = optional_json(body)
     return (doc if isinstance(doc, dict) else {}), doc
+
+
+def optional_json(body: bytes) -> Any:
+    """None for an empty (or blank) body, else any JSON value; 400 for anything else."""
+    if not body.strip():
+        return None
+    return load_json(body)
 
 
 def field_path(doc: Any, path: str) -> Any:
@@ -438,9 +480,10 @@ _CHANGE_KEYS = ("added", "modified", "removed")
 
 
 def items_per_change(delivery: str, changes: list[dict[str, Any]]) -> tuple[Item, ...]:
-    """One item per ref change of a push (a source follows one ref, so each is its own
-    event); with several, ``#<index>`` suffixes keep their delivery ids, hence their dedup
-    keys, apart while staying stable across redeliveries."""
+    """One item per change a delivery reports: a ref change of a push (a source follows one
+    ref, so each is its own event), a registry's pushed resource or tag. With several,
+    ``#<index>`` suffixes keep their delivery ids, hence their dedup keys, apart while
+    staying stable across redeliveries."""
     if len(changes) == 1:
         return (Item(delivery, changes[0]),)
     return tuple(Item(f"{delivery}#{i}", fields) for i, fields in enumerate(changes))

@@ -1,4 +1,4 @@
-"""CNCF Distribution registry notifications, and the artifact helpers every registry shares.
+"""CNCF Distribution registry notifications.
 
 The registry (``registry``/``docker-registry``, Distribution v2 and v3) POSTs an *envelope*
 ``{"events": [...]}`` with media type ``application/vnd.docker.distribution.events.v1+json``
@@ -23,21 +23,17 @@ Event filtering: ``spec.events`` is matched against each event's ``action``; the
 allowed are left out, and an envelope with none allowed is answered 200 "ignored" (a 400
 would make the registry retry the envelope forever). The endpoint's ``ignore.actions`` saves
 the registry sending them at all.
-
-The artifact helpers (:func:`artifact`, :func:`split_reference`) live here because
-Distribution defines the reference grammar the other registry providers reuse.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
 
-from receiver.errors import ConfigError, PayloadInvalid, SignatureInvalid, UnsupportedMediaType
+from receiver.errors import ConfigError, PayloadInvalid, SignatureInvalid
 from receiver.providers import common
-from receiver.providers.base import Item, Parsed, Request
-from receiver.receivers import ReceiverSpec
+from receiver.providers.artifacts import artifact
+from receiver.providers.base import Credentials, Item, Parsed, Request
 
 CONTENT_TYPES = (
     "application/vnd.docker.distribution.events.v1+json",
@@ -48,87 +44,24 @@ DEFAULT_HEADER = "Authorization"
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
-def split_reference(ref: str) -> tuple[str | None, str, str | None, str | None]:
-    """``(registry, repository, tag, digest)`` of ``[host[:port]/]path[:tag][@digest]``.
-
-    The first path component is a registry host only if it contains ``.`` or ``:`` or is
-    ``localhost`` (the Docker reference grammar); otherwise the registry is None.
-    """
-    name, _, digest = ref.strip().partition("@")
-    tag: str | None = None
-    colon = name.rfind(":")
-    if colon > name.rfind("/"):
-        name, tag = name[:colon], name[colon + 1 :]
-    registry: str | None = None
-    first, sep, rest = name.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost"):
-        registry, name = first, rest
-    return registry, name, tag or None, digest or None
-
-
-def artifact(
-    repository: str | None,
-    *,
-    registry: str | None = None,
-    tag: str | None = None,
-    digest: str | None = None,
-    media_type: str | None = None,
-    url: str | None = None,
-    what: str = "repository",
-) -> dict[str, Any]:
-    """The envelope's ``artifact`` block; a missing or empty repository is a 400."""
-    if not repository:
-        raise PayloadInvalid(f"{what}: required")
-    return {
-        "registry": registry or None,
-        "repository": repository,
-        "tag": tag or None,
-        "digest": digest or None,
-        "media_type": media_type or None,
-        "url": url or None,
-    }
-
-
-def require_json(request: Request, allowed: tuple[str, ...] = ("application/json",)) -> None:
-    """415 unless the media type is one of ``allowed`` (an absent Content-Type is tolerated)."""
-    if request.content_type and request.content_type not in allowed:
-        raise UnsupportedMediaType(
-            f"content type {request.content_type!r} not supported; use {' or '.join(allowed)}"
-        )
-
-
-def _secret_text(spec: ReceiverSpec, key: str) -> str | None:
-    raw = spec.secret.get(key)
-    if raw is None:
-        return None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(
-            f"Receiver {spec.key} ({spec.type}): Secret {spec.namespace}/{spec.secret_name}: "
-            f"key {key!r} is not UTF-8"
-        ) from e
-
-
 class Distribution:
     """``distribution``: one stored message per event of the envelope."""
 
     name = "distribution"
     filters_events = True
 
-    def header_name(self, spec: ReceiverSpec) -> str:
-        return (_secret_text(spec, "header") or DEFAULT_HEADER).strip()
+    def header_name(self, spec: Credentials) -> str:
+        return (common.secret_text(spec, "header") or DEFAULT_HEADER).strip()
 
-    def validate(self, spec: ReceiverSpec) -> None:
+    def validate(self, spec: Credentials) -> None:
         common.require_secret(spec, "token")
         header = self.header_name(spec)
         if not _HEADER_NAME.match(header):
             raise ConfigError(
-                f"Receiver {spec.key} (distribution): Secret {spec.namespace}/"
-                f"{spec.secret_name}: key 'header' is not an HTTP header name"
+                f"{common.secret_where(spec)}: key 'header' is not an HTTP header name"
             )
 
-    def verify(self, spec: ReceiverSpec, request: Request) -> None:
+    def verify(self, spec: Credentials, request: Request) -> None:
         header = self.header_name(spec)
         given = request.headers.getall(header, [])
         if not given:
@@ -144,8 +77,8 @@ class Distribution:
         if not matched:
             raise SignatureInvalid(f"{header}: does not match the configured token")
 
-    def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
-        require_json(request, CONTENT_TYPES)
+    def parse(self, spec: Credentials, request: Request) -> Parsed:
+        common.require_json(request, CONTENT_TYPES)
         doc = common.load_object(request.body)
         events = common.opt_items(doc, "events")
         if not events:

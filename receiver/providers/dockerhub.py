@@ -12,26 +12,20 @@ artifact, so only the Receiver's own resources react to it.
 from __future__ import annotations
 
 from receiver.providers import common
-from receiver.providers.base import Item, Parsed, Request
-from receiver.providers.distribution import artifact
-from receiver.receivers import ReceiverSpec
+from receiver.providers.artifacts import artifact
+from receiver.providers.authenticating import PathOnly
+from receiver.providers.base import Credentials, Item, Parsed, Request
 
 REGISTRY = "docker.io"
 
 
-class DockerHub:
+class DockerHub(PathOnly):
     """``dockerhub``: unauthenticated beyond the secret path."""
 
     name = "dockerhub"
     filters_events = False
 
-    def validate(self, spec: ReceiverSpec) -> None:
-        common.require_secret(spec, "token")
-
-    def verify(self, spec: ReceiverSpec, request: Request) -> None:
-        """Nothing to check: Docker Hub offers no signature; the path is the secret."""
-
-    def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
+    def parse(self, spec: Credentials, request: Request) -> Parsed:
         doc, payload = common.load_struct(request.body)
         name = common.opt_str(doc, "repository.repo_name")
         tag = common.opt_str(doc, "push_data.tag")

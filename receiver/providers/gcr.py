@@ -30,10 +30,9 @@ from typing import Any
 
 from receiver.errors import ConfigError, PayloadInvalid, SignatureInvalid
 from receiver.providers import common, jwks
-from receiver.providers.base import Item, Parsed, Request
-from receiver.providers.distribution import artifact, split_reference
+from receiver.providers.artifacts import artifact, split_reference
+from receiver.providers.base import Credentials, Item, Parsed, Request
 from receiver.providers.jwks import KeySource, fetch_url
-from receiver.receivers import ReceiverSpec
 
 __all__ = ["GCR", "KeySource", "RemoteKeys", "StaticKeys", "fetch_url"]
 
@@ -56,16 +55,15 @@ class RemoteKeys(jwks.RemoteKeys):
         super().__init__(url, algorithms=(ALGORITHM,), **options)
 
 
-def _secret_text(spec: ReceiverSpec, key: str) -> str:
-    where = f"Receiver {spec.key} (gcr): Secret {spec.namespace}/{spec.secret_name}: key {key!r}"
-    try:
-        value = spec.secret.get(key, b"").decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{where} is not UTF-8") from e
+def _secret_text(spec: Credentials, key: str) -> str:
+    value = common.secret_text(spec, key)
     if not value:
-        raise ConfigError(f"{where} required")
+        raise ConfigError(f"{common.secret_where(spec)}: key {key!r} required")
     if value != value.strip():
-        raise ConfigError(f"{where} has leading or trailing whitespace (a trailing newline?)")
+        raise ConfigError(
+            f"{common.secret_where(spec)}: key {key!r} has leading or trailing whitespace "
+            "(a trailing newline?)"
+        )
     return value
 
 
@@ -78,13 +76,13 @@ class GCR:
     def __init__(self, keys: KeySource | None = None) -> None:
         self.keys: KeySource = keys if keys is not None else RemoteKeys()
 
-    def validate(self, spec: ReceiverSpec) -> None:
+    def validate(self, spec: Credentials) -> None:
         common.require_secret(spec, "token")
         _secret_text(spec, "email")
         _secret_text(spec, "audience")
         self.keys.prime()
 
-    def verify(self, spec: ReceiverSpec, request: Request) -> None:
+    def verify(self, spec: Credentials, request: Request) -> None:
         claims = jwks.verify_token(
             jwks.bearer_token(request, "ID token"),
             self.keys,
@@ -98,7 +96,7 @@ class GCR:
         if claims.get("email_verified") is not True:
             raise SignatureInvalid("ID token: email_verified is not true")
 
-    def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
+    def parse(self, spec: Credentials, request: Request) -> Parsed:
         doc = common.load_object(request.body)
         delivery = (
             common.opt_str(doc, "message.messageId")
@@ -121,8 +119,8 @@ class GCR:
             block = artifact(
                 repository,
                 registry=registry,
-                tag=split_reference(tag_ref)[2] if tag_ref else None,
-                digest=split_reference(digest_ref)[3] if digest_ref else None,
+                tag=split_reference(tag_ref)[2],
+                digest=split_reference(digest_ref)[3],
                 what="message.data",
             )
         return Parsed(action, (Item(delivery, {"artifact": block}),), doc)

@@ -15,40 +15,22 @@ key (see :mod:`receiver.providers.authenticating`); without that key it behaves 
 
 from __future__ import annotations
 
-from typing import Any
-
-from receiver.providers import authenticating, common
-from receiver.providers.base import Item, Parsed, Request
-from receiver.receivers import ReceiverSpec
+from receiver.providers import common
+from receiver.providers.authenticating import OptionalAuth
+from receiver.providers.base import Credentials, Item, Parsed, Request
 
 SIGNATURE_HEADER = "X-Signature"
 ALGORITHMS = ("sha1", "sha256", "sha512")
 
 
-def optional_json(body: bytes) -> Any:
-    """None for an empty (or blank) body, else any JSON value; 400 for anything else."""
-    if not body.strip():
-        return None
-    return common.load_json(body)
-
-
-class Generic:
+class Generic(OptionalAuth):
     """``generic``: the hook path, plus the Secret's optional ``auth`` (bearer or HMAC)."""
 
     name = "generic"
     filters_events = True
 
-    def validate(self, spec: ReceiverSpec) -> None:
-        common.require_secret(spec, "token")
-        authenticating.validate_auth(spec)
-
-    def verify(self, spec: ReceiverSpec, request: Request) -> None:
-        """Without ``auth`` in the Secret nothing to check: knowing the path (sha256 of token,
-        name, namespace) is the proof; with it, the bearer token or HMAC it asks for."""
-        authenticating.verify_auth(spec, request)
-
-    def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
-        payload = optional_json(request.body)
+    def parse(self, spec: Credentials, request: Request) -> Parsed:
+        payload = common.optional_json(request.body)
         raw = common.verbatim(request.body) if payload is not None else None
         return Parsed("", (Item(common.body_digest(request.body), {}),), payload, raw_payload=raw)
 
@@ -59,10 +41,10 @@ class GenericHmac(Generic):
     name = "generic-hmac"
     filters_events = True
 
-    def validate(self, spec: ReceiverSpec) -> None:
+    def validate(self, spec: Credentials) -> None:
         common.require_secret(spec, "token")
 
-    def verify(self, spec: ReceiverSpec, request: Request) -> None:
+    def verify(self, spec: Credentials, request: Request) -> None:
         common.verify_prefixed_hmac(
             request.headers.get(SIGNATURE_HEADER),
             spec.token,

@@ -56,9 +56,7 @@ from celpy import celtypes
 
 from receiver.errors import ConfigError, SignatureInvalid
 from receiver.providers import common, jwks
-from receiver.providers.base import Item, Parsed, Request
-from receiver.providers.generic import optional_json
-from receiver.receivers import ReceiverSpec
+from receiver.providers.base import Credentials, Item, Parsed, Request
 from runtime import cel
 from schemas.receivers import OIDCProvider
 
@@ -143,14 +141,10 @@ def _flux_issuers(providers: tuple[OIDCProvider, ...]) -> Mapping[str, Issuer]:
     return {p.issuer_url: Issuer(p.issuer_url, p.audience, None, p) for p in providers}
 
 
-def _text(spec: ReceiverSpec, key: str, required: bool = True) -> str:
-    where = f"Receiver {spec.key} (generic-oidc): Secret {spec.namespace}/{spec.secret_name}: "
-    try:
-        value = spec.secret.get(key, b"").decode("utf-8").strip()
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{where}key {key!r} is not UTF-8") from e
+def _text(spec: Credentials, key: str, required: bool = True) -> str:
+    value = (common.secret_text(spec, key) or "").strip()
     if required and not value:
-        raise ConfigError(f"{where}key {key!r} required")
+        raise ConfigError(f"{common.secret_where(spec)}: key {key!r} required")
     return value
 
 
@@ -158,9 +152,9 @@ def _is_url(value: str) -> bool:
     return value.startswith(("https://", "http://")) and len(value) > len("https://")
 
 
-def _secret_issuers(spec: ReceiverSpec) -> dict[str, Issuer]:
+def _secret_issuers(spec: Credentials) -> dict[str, Issuer]:
     """The extension's issuers, from the Secret's keys; ConfigError if they are bad."""
-    where = f"Receiver {spec.key} (generic-oidc): Secret {spec.namespace}/{spec.secret_name}"
+    where = common.secret_where(spec)
     names = [n for n in _SEPARATORS.split(_text(spec, "issuers")) if n]
     for name in names:
         if not _is_url(name):
@@ -185,9 +179,9 @@ def _secret_issuers(spec: ReceiverSpec) -> dict[str, Issuer]:
     return {name: Issuer(name, audience, url) for name, url in urls.items()}
 
 
-def issuers_of(spec: ReceiverSpec) -> Mapping[str, Issuer]:
+def issuers_of(spec: Credentials) -> Mapping[str, Issuer]:
     """The Receiver's issuers by URL: ``spec.oidcProviders`` (Flux's form), else the Secret."""
-    providers = spec.definition.oidc_providers
+    providers = spec.oidc_providers
     if providers:
         return _flux_issuers(providers)
     return _secret_issuers(spec)
@@ -227,10 +221,10 @@ class GenericOIDC:
                 source = self._sources[(issuer, jwks_url)] = self._keys_for(issuer, jwks_url)
         return source
 
-    def validate(self, spec: ReceiverSpec) -> None:
+    def validate(self, spec: Credentials) -> None:
         """Compile the CEL (Flux's form) or check the Secret's keys (the extension), then
         start loading every issuer's keys."""
-        for i, provider in enumerate(spec.definition.oidc_providers):
+        for i, provider in enumerate(spec.oidc_providers):
             try:
                 checks_for(provider)
             except cel.CELError as e:
@@ -238,12 +232,12 @@ class GenericOIDC:
                     f"Receiver {spec.key} (generic-oidc): spec.oidcProviders[{i}] "
                     f"(issuerURL={provider.issuer_url!r}): {e}"
                 ) from e
-        if not spec.definition.oidc_providers:
+        if not spec.oidc_providers:
             common.require_secret(spec, "token")
         for issuer in issuers_of(spec).values():
             self.source(issuer.url, issuer.jwks_url).prime()
 
-    def claims(self, spec: ReceiverSpec, request: Request) -> dict[str, Any]:
+    def claims(self, spec: Credentials, request: Request) -> dict[str, Any]:
         """The verified claims of the request's token; SignatureInvalid otherwise."""
         try:
             token = jwks.bearer_token(request, "ID token")
@@ -266,12 +260,12 @@ class GenericOIDC:
             checks_for(issuer.provider).run(claims)
         return claims
 
-    def verify(self, spec: ReceiverSpec, request: Request) -> None:
+    def verify(self, spec: Credentials, request: Request) -> None:
         self.claims(spec, request)
 
-    def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
+    def parse(self, spec: Credentials, request: Request) -> Parsed:
         claims = self.claims(spec, request)
-        payload = optional_json(request.body)
+        payload = common.optional_json(request.body)
         digest = common.body_digest(request.body)
         jti = claims.get("jti")
         delivery = f"{jti}/{digest}" if isinstance(jti, str) and jti else digest

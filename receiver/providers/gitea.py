@@ -6,7 +6,7 @@ either case accepted) in ``X-Gitea-Signature`` / ``X-Forgejo-Signature``, the ev
 ``X-Forgejo-Delivery``. They also send GitHub-style headers, but Flux users pointing them at
 a ``github`` Receiver get no Gitea-specific handling; here each has its own type.
 
-The push payload is GitHub-shaped, so :func:`receiver.providers.github.push_fields` reads it,
+The push payload is GitHub-shaped, so :func:`receiver.providers.hub.push_fields` reads it,
 told the pushed commit count (``total_commits``) so completeness of the path list is known.
 Gitea has no ``created``/``deleted`` flags: they are derived from all-zero ``before`` /
 ``after`` ids. Only JSON bodies are read: the form content type Gitea offers is answered 415
@@ -18,15 +18,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from receiver.errors import PayloadInvalid, SignatureInvalid, UnsupportedMediaType
-from receiver.providers import common, github
-from receiver.providers.base import Item, Parsed, Request
-from receiver.receivers import ReceiverSpec
+from receiver.errors import PayloadInvalid, SignatureInvalid
+from receiver.providers import common, hub
+from receiver.providers.base import Credentials, Item, Parsed, Request
 
 
 def push_fields(doc: dict[str, Any]) -> dict[str, Any]:
     """GitHub-shaped push fields with Gitea's commit count and zero-id created/deleted."""
-    fields = github.push_fields(doc, common.opt_int(doc, "total_commits"))
+    fields = hub.push_fields(doc, common.opt_int(doc, "total_commits"))
     created = fields["created"] or common.is_zero_id(fields["previous_revision"])
     deleted = fields["deleted"] or common.is_zero_id(fields["revision"])
     fields["created"] = created
@@ -45,28 +44,25 @@ class GiteaLike:
         self.event_header = f"X-{brand}-Event"
         self.delivery_header = f"X-{brand}-Delivery"
 
-    def validate(self, spec: ReceiverSpec) -> None:
+    def validate(self, spec: Credentials) -> None:
         common.require_secret(spec, "token")
 
-    def verify(self, spec: ReceiverSpec, request: Request) -> None:
+    def verify(self, spec: Credentials, request: Request) -> None:
         given = request.headers.get(self.signature_header, "").strip()
         if not given:
             raise SignatureInvalid(f"missing {self.signature_header} header")
         if not common.hmac_hex_matches(spec.token, request.body, "sha256", given):
             raise SignatureInvalid(f"{self.signature_header}: signature does not match")
 
-    def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
+    def parse(self, spec: Credentials, request: Request) -> Parsed:
         event = common.header_text(request, self.event_header)
         if not event:
             raise PayloadInvalid(f"missing {self.event_header} header")
-        if request.content_type not in ("application/json", ""):
-            raise UnsupportedMediaType(
-                f"content type {request.content_type!r} not supported; use application/json"
-            )
+        common.require_json(request)
         doc = common.load_object(request.body)
         delivery = common.header_text(request, self.delivery_header)
         delivery = delivery or common.body_digest(request.body)
-        fields = push_fields(doc) if event == "push" else github.other_fields(doc, event)
+        fields = push_fields(doc) if event == "push" else hub.other_fields(doc, event)
         raw = common.verbatim(request.body)
         return Parsed(event, (Item(delivery, fields),), doc, raw_payload=raw)
 

@@ -27,8 +27,7 @@ from typing import Any
 
 from receiver.errors import SignatureInvalid
 from receiver.providers import common
-from receiver.providers.base import Item, Parsed, Request
-from receiver.receivers import ReceiverSpec
+from receiver.providers.base import Credentials, Item, Parsed, Request
 
 MAX_PAYLOAD_COMMITS = 20
 PUSH_EVENTS = ("Push Hook", "Tag Push Hook")
@@ -86,27 +85,20 @@ class GitLab:
     event_header = "X-Gitlab-Event"
     delivery_headers = ("X-Gitlab-Event-UUID", "Idempotency-Key")
 
-    def validate(self, spec: ReceiverSpec) -> None:
+    def validate(self, spec: Credentials) -> None:
         common.require_secret(spec, "token")
 
-    def verify(self, spec: ReceiverSpec, request: Request) -> None:
+    def verify(self, spec: Credentials, request: Request) -> None:
         given = request.headers.get(self.token_header)
         if given is None:
             raise SignatureInvalid(f"missing {self.token_header} header")
         if not common.equal(given, spec.token):
             raise SignatureInvalid(f"{self.token_header} does not match")
 
-    def delivery_id(self, request: Request) -> str:
-        for header in self.delivery_headers:
-            value = common.header_text(request, header)
-            if value:
-                return value
-        return common.body_digest(request.body)
-
-    def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
+    def parse(self, spec: Credentials, request: Request) -> Parsed:
         # No X-Gitlab-Event is no event type (Flux reads it only for spec.events).
         event = common.header_text(request, self.event_header)
-        delivery = self.delivery_id(request)
+        delivery = common.delivery_id(request, self.delivery_headers)
         doc, payload = common.load_unread(request.body)
         if not doc:
             item = Item(delivery, {"repository": None, "ref": None})

@@ -20,14 +20,8 @@ from typing import Any
 
 from receiver.errors import PayloadInvalid, SignatureInvalid
 from receiver.providers import common
-from receiver.providers.base import Item, Parsed, Request
-from receiver.providers.distribution import artifact, split_reference
-from receiver.receivers import ReceiverSpec
-
-
-def indexed_ids(base: str, count: int) -> list[str]:
-    """One delivery id per item: the base itself for one item, ``base#i`` for several."""
-    return [base] if count == 1 else [f"{base}#{i}" for i in range(count)]
+from receiver.providers.artifacts import artifact, split_reference
+from receiver.providers.base import Credentials, Item, Parsed, Request
 
 
 class Harbor:
@@ -36,17 +30,17 @@ class Harbor:
     name = "harbor"
     filters_events = False
 
-    def validate(self, spec: ReceiverSpec) -> None:
+    def validate(self, spec: Credentials) -> None:
         common.require_secret(spec, "token")
 
-    def verify(self, spec: ReceiverSpec, request: Request) -> None:
+    def verify(self, spec: Credentials, request: Request) -> None:
         given = request.headers.get("Authorization")
         if given is None:
             raise SignatureInvalid("missing Authorization header")
         if not common.equal(common.wire_bytes(given), spec.token):
             raise SignatureInvalid("Authorization: does not match the token")
 
-    def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
+    def parse(self, spec: Credentials, request: Request) -> Parsed:
         base = common.body_digest(request.body)
         doc, payload = common.load_unread(request.body)
         if not doc:
@@ -59,7 +53,7 @@ class Harbor:
             if not isinstance(resource, Mapping):
                 raise PayloadInvalid(f"event_data.resources[{i}]: object expected")
             url = common.opt_str(resource, "resource_url")
-            registry, from_url, _, _ = split_reference(url) if url else (None, None, None, None)
+            registry, from_url, _, _ = split_reference(url)
             blocks.append(
                 artifact(
                     full_name or from_url,
@@ -72,6 +66,5 @@ class Harbor:
             )
         if not blocks:
             blocks.append(artifact(full_name) if full_name else None)
-        ids = indexed_ids(base, len(blocks))
-        items = tuple(Item(i, {"artifact": b}) for i, b in zip(ids, blocks, strict=True))
+        items = common.items_per_change(base, [{"artifact": block} for block in blocks])
         return Parsed(event, items, doc)

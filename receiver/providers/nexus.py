@@ -18,9 +18,8 @@ from typing import Any
 
 from receiver.errors import SignatureInvalid
 from receiver.providers import common
-from receiver.providers.base import Item, Parsed, Request
-from receiver.providers.distribution import artifact
-from receiver.receivers import ReceiverSpec
+from receiver.providers.artifacts import artifact
+from receiver.providers.base import Credentials, Item, Parsed, Request
 
 HEADER = "X-Nexus-Webhook-Signature"
 
@@ -31,10 +30,10 @@ class Nexus:
     name = "nexus"
     filters_events = False
 
-    def validate(self, spec: ReceiverSpec) -> None:
+    def validate(self, spec: Credentials) -> None:
         common.require_secret(spec, "token")
 
-    def verify(self, spec: ReceiverSpec, request: Request) -> None:
+    def verify(self, spec: Credentials, request: Request) -> None:
         given = request.headers.get(HEADER)
         if not given:
             raise SignatureInvalid(f"missing {HEADER} header")
@@ -42,7 +41,7 @@ class Nexus:
         if not common.equal(common.wire_bytes(given), expected.encode()):
             raise SignatureInvalid(f"{HEADER}: signature does not match")
 
-    def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
+    def parse(self, spec: Credentials, request: Request) -> Parsed:
         doc, payload = common.load_struct(request.body)
         event = common.opt_str(doc, "action") or ""
         component = common.opt_str(doc, "component.name")

@@ -13,47 +13,35 @@ from __future__ import annotations
 
 from receiver.errors import PayloadInvalid
 from receiver.providers import common
-from receiver.providers.base import Item, Parsed, Request
-from receiver.providers.distribution import artifact, split_reference
-from receiver.providers.harbor import indexed_ids
-from receiver.receivers import ReceiverSpec
+from receiver.providers.artifacts import artifact, split_reference
+from receiver.providers.authenticating import PathOnly
+from receiver.providers.base import Credentials, Parsed, Request
 
 
-class Quay:
+class Quay(PathOnly):
     """``quay``: unauthenticated beyond the secret path; one message per updated tag."""
 
     name = "quay"
     filters_events = False
 
-    def validate(self, spec: ReceiverSpec) -> None:
-        common.require_secret(spec, "token")
-
-    def verify(self, spec: ReceiverSpec, request: Request) -> None:
-        """Nothing to check: Quay offers no signature; the path is the secret."""
-
-    def parse(self, spec: ReceiverSpec, request: Request) -> Parsed:
+    def parse(self, spec: Credentials, request: Request) -> Parsed:
         doc, payload = common.load_struct(request.body)
         docker_url = common.opt_str(doc, "docker_url")
-        registry, from_url, _, _ = (
-            split_reference(docker_url) if docker_url else (None, None, None, None)
-        )
+        registry, from_url, _, _ = split_reference(docker_url)
         repository = common.opt_str(doc, "repository") or from_url
         tags = common.opt_items(doc, "updated_tags")
         if not all(isinstance(t, str) and t for t in tags):
             raise PayloadInvalid("updated_tags: array of non-empty strings expected")
         per_tag: list[str | None] = list(dict.fromkeys(tags)) or [None]
-        ids = indexed_ids(common.body_digest(request.body), len(per_tag))
-        items = tuple(
-            Item(
-                delivery,
-                {
-                    "artifact": artifact(
-                        repository, registry=registry, tag=tag, url=docker_url, what="docker_url"
-                    )
-                    if repository
-                    else None
-                },
-            )
-            for delivery, tag in zip(ids, per_tag, strict=True)
-        )
+        blocks = [
+            {
+                "artifact": artifact(
+                    repository, registry=registry, tag=tag, url=docker_url, what="docker_url"
+                )
+                if repository
+                else None
+            }
+            for tag in per_tag
+        ]
+        items = common.items_per_change(common.body_digest(request.body), blocks)
         return Parsed("", items, payload)

@@ -1,7 +1,9 @@
 """Azure DevOps receiver against a real nats-server: Basic credentials from the Secret (both
 keys required at load, every malformed header refused), the ``git.push`` payload normalised
-field by field with one stored message per ref update, the event from the body honouring the
-allow-list, malformed shapes, and dedup by the body's ``id``."""
+field by field with one stored message per ref update, other events, malformed shapes, and
+dedup by the body's ``id`` across retries. The shapes every provider answers (wrong, empty or
+no credentials, a push of no ref updates, content types, the event from the body against the
+allow-list, a plain redelivery) are rows of test_providers_table.py."""
 
 from __future__ import annotations
 
@@ -16,8 +18,7 @@ import pytest
 from receiver.errors import ConfigError
 from receiver.receivers import specs_from_documents
 from receiver.registry import ReceiverTable
-from schemas import envelope
-from tests.support.ingress import Ingress, path_of, receiver_docs, start_ingress
+from tests.support.ingress import Ingress, path_of, receiver_docs, repository, start_ingress
 from tests.support.natsd import NatsServer
 
 PUSH = (Path(__file__).parent / "fixtures" / "azuredevops_push.json").read_bytes()
@@ -33,9 +34,6 @@ EVENT_ID = "8a2c4e6f-0b1d-4f3a-9c5e-7d9f1b3a5c7e"
 @pytest.fixture
 async def ingress(nats_session: NatsServer) -> AsyncIterator[Ingress]:
     docs = receiver_docs("ado", "azuredevops", TOKEN, extra_secret=CREDENTIALS)
-    docs += receiver_docs(
-        "ado-push-only", "azuredevops", TOKEN, extra_secret=CREDENTIALS, events=["GIT.PUSH"]
-    )
     ing = await start_ingress(nats_session.url, docs)
     yield ing
     await ing.close()
@@ -65,35 +63,18 @@ def doc_with(**changes: Any) -> bytes:
     return json.dumps(doc).encode()
 
 
-async def post(ingress: Ingress, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
-    resp = await ingress.client.post(PATH, data=body, headers=headers)
-    return resp.status, await resp.json()
-
-
-async def envelopes(ingress: Ingress) -> list[dict[str, Any]]:
-    docs = [s.envelope for s in await ingress.stored()]
-    for doc in docs:
-        envelope.validate(doc)
-    return docs
-
-
-REPO = {
-    "urls": [
-        "https://contoso@dev.azure.com/contoso/Platform/_git/deploy",
-        "git@ssh.dev.azure.com:v3/contoso/Platform/deploy",
-        "https://dev.azure.com/contoso/Platform/_git/deploy",
-    ],
-    "http": "https://contoso@dev.azure.com/contoso/Platform/_git/deploy",
-    "ssh": "git@ssh.dev.azure.com:v3/contoso/Platform/deploy",
-    "web": "https://dev.azure.com/contoso/Platform/_git/deploy",
-    "full_name": None,
-}
+REPO = repository(
+    "https://contoso@dev.azure.com/contoso/Platform/_git/deploy",
+    "git@ssh.dev.azure.com:v3/contoso/Platform/deploy",
+    "https://dev.azure.com/contoso/Platform/_git/deploy",
+    None,
+)
 
 
 async def test_a_push_is_stored_normalised_field_by_field(ingress: Ingress) -> None:
-    status, answer = await post(ingress, PUSH, sent())
+    status, answer = await ingress.post(PATH, PUSH, sent())
     assert status == 202, answer
-    [env] = await envelopes(ingress)
+    [env] = await ingress.envelopes()
     assert env["id"] == answer["id"]
     assert env["provider"] == "azuredevops"
     assert env["event"] == "git.push"
@@ -128,9 +109,9 @@ async def test_each_ref_update_is_its_own_message(ingress: Ingress) -> None:
             },
         ]
     )
-    status, answer = await post(ingress, body, sent())
+    status, answer = await ingress.post(PATH, body, sent())
     assert status == 202, answer
-    envs = await envelopes(ingress)
+    envs = await ingress.envelopes()
     assert [e["id"] for e in envs] == answer["ids"]
     assert [e["delivery_id"] for e in envs] == [f"{EVENT_ID}#{i}" for i in range(3)]
     assert [e["ref"] for e in envs] == ["refs/heads/main", "refs/tags/v5.0.0", "refs/heads/spike"]
@@ -145,12 +126,8 @@ async def test_each_ref_update_is_its_own_message(ingress: Ingress) -> None:
 @pytest.mark.parametrize(
     ("authorization", "status", "code"),
     [
-        pytest.param(basic(), 202, None, id="azuredevops-basic"),
         pytest.param(
             "basic " + basic().split(" ", 1)[1], 202, None, id="azuredevops-scheme-lowercase"
-        ),
-        pytest.param(
-            basic(password="wrong"), 400, "signature_invalid", id="azuredevops-password-mismatch"
         ),
         pytest.param(
             basic(user="someone"), 400, "signature_invalid", id="azuredevops-user-mismatch"
@@ -176,13 +153,12 @@ async def test_each_ref_update_is_its_own_message(ingress: Ingress) -> None:
         pytest.param("Basic !!!not-base64", 400, "signature_invalid", id="azuredevops-not-base64"),
         pytest.param("Basic", 400, "signature_invalid", id="azuredevops-scheme-only"),
         pytest.param("Bearer " + TOKEN, 400, "signature_invalid", id="azuredevops-bearer-instead"),
-        pytest.param("", 400, "signature_invalid", id="azuredevops-authorization-empty"),
     ],
 )
 async def test_credential_cases(
     ingress: Ingress, authorization: str, status: int, code: str | None
 ) -> None:
-    got, answer = await post(ingress, PUSH, sent(authorization))
+    got, answer = await ingress.post(PATH, PUSH, sent(authorization))
     assert got == status, answer
     stored = await ingress.stored()
     if code is None:
@@ -191,12 +167,6 @@ async def test_credential_cases(
     else:
         assert answer == {"status": "rejected", "code": code, "reason": answer["reason"]}
         assert stored == []
-
-
-async def test_a_missing_authorization_header_is_refused(ingress: Ingress) -> None:
-    status, answer = await post(ingress, PUSH, {"Content-Type": "application/json"})
-    assert (status, answer["code"]) == (400, "signature_invalid")
-    assert await ingress.stored() == []
 
 
 @pytest.mark.parametrize(
@@ -212,8 +182,6 @@ def test_a_secret_without_credentials_fails_at_load(missing: str) -> None:
 @pytest.mark.parametrize(
     "body",
     [
-        pytest.param(b"", id="azuredevops-empty-body"),
-        pytest.param(b"{", id="azuredevops-malformed-json"),
         pytest.param(b"[{}]", id="azuredevops-array-body"),
         pytest.param(b"{}", id="azuredevops-no-event-type"),
         pytest.param(doc_with(eventType=None), id="azuredevops-event-type-null"),
@@ -236,15 +204,9 @@ def test_a_secret_without_credentials_fails_at_load(missing: str) -> None:
 async def test_malformed_bodies_are_400_and_nothing_is_stored(
     ingress: Ingress, body: bytes
 ) -> None:
-    status, answer = await post(ingress, body, sent())
+    status, answer = await ingress.post(PATH, body, sent())
     assert status == 400, answer
     assert answer["code"] == "payload_invalid"
-    assert await ingress.stored() == []
-
-
-async def test_a_push_without_ref_updates_is_ignored(ingress: Ingress) -> None:
-    status, answer = await post(ingress, push_with(refUpdates=[]), sent())
-    assert (status, answer["status"]) == (200, "ignored")
     assert await ingress.stored() == []
 
 
@@ -253,30 +215,19 @@ async def test_other_events_keep_only_the_repository(ingress: Ingress) -> None:
     doc["eventType"] = "git.pullrequest.created"
     doc["resource"] = {"repository": doc["resource"]["repository"], "pullRequestId": 41}
     body = json.dumps(doc).encode()
-    status, answer = await post(ingress, body, sent())
+    status, answer = await ingress.post(PATH, body, sent())
     assert status == 202, answer
-    [env] = await envelopes(ingress)
+    [env] = await ingress.envelopes()
     assert env["event"] == "git.pullrequest.created"
     assert env["repository"] == REPO
     assert "ref" not in env
 
 
-async def test_events_allow_list_is_case_insensitive(ingress: Ingress) -> None:
-    path = path_of("ado-push-only")
-    resp = await ingress.client.post(path, data=PUSH, headers=sent())
-    assert resp.status == 202, await resp.text()
-    other = doc_with(eventType="build.complete", id="b-1")
-    resp = await ingress.client.post(path, data=other, headers=sent())
-    assert resp.status == 400
-    assert (await resp.json())["code"] == "event_not_allowed"
-    assert len(await ingress.stored()) == 1
-
-
 async def test_redelivery_with_the_same_body_id_is_stored_once(ingress: Ingress) -> None:
-    first_status, first = await post(ingress, PUSH, sent())
+    first_status, first = await ingress.post(PATH, PUSH, sent())
     # A retry may carry a new notificationId: the event id is what identifies it.
     retry = doc_with(notificationId=32)
-    again_status, again = await post(ingress, retry, sent())
+    again_status, again = await ingress.post(PATH, retry, sent())
     assert first_status == again_status == 202
     assert first["id"] == again["id"]
     assert again["duplicate"] is True
@@ -287,7 +238,7 @@ async def test_without_a_body_id_the_body_digest_is_the_delivery_id(ingress: Ing
     doc = json.loads(PUSH)
     del doc["id"]
     body = json.dumps(doc).encode()
-    status, answer = await post(ingress, body, sent())
+    status, answer = await ingress.post(PATH, body, sent())
     assert status == 202, answer
-    [env] = await envelopes(ingress)
+    [env] = await ingress.envelopes()
     assert env["delivery_id"].startswith("sha256:")

@@ -1,8 +1,10 @@
 """The gcr receiver (GCR/Artifact Registry via Pub/Sub push) against a real nats-server, with
 Google ID tokens signed by a key generated here and a JWKS injected into the provider, so the
 tests run offline: every claim check (signature, aud, iss, email, email_verified — the
-CVE-2026-40109 case —, expiry, kid, alg), the payload, redelivery, and the background key
-refresh served by a local JWKS endpoint."""
+CVE-2026-40109 case —, expiry, kid, alg), the payload, redelivery with a fresh token, and the
+background key refresh served by a local JWKS endpoint. The shapes every provider answers (a
+token signed by another key, no Authorization, content types, an empty body, ``spec.events``
+ignored as Flux ignores it) are rows of test_providers_table.py."""
 
 from __future__ import annotations
 
@@ -124,9 +126,7 @@ async def ingress(
     nats_session: NatsServer, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Ingress]:
     monkeypatch.setitem(PROVIDERS, "gcr", GCR(StaticKeys(jwks((KID, KEY)))))
-    docs = receiver_docs("gc", "gcr", TOKEN, extra_secret=SECRET) + receiver_docs(
-        "gc-insert", "gcr", TOKEN, extra_secret=SECRET, events=["insert"]
-    )
+    docs = receiver_docs("gc", "gcr", TOKEN, extra_secret=SECRET)
     ing = await start_ingress(nats_session.url, docs)
     yield ing
     await ing.close()
@@ -192,7 +192,6 @@ async def test_a_valid_push_is_stored_with_its_artifact(ingress: Ingress) -> Non
             id="expired",
         ),
         pytest.param(lambda: id_token(drop=("exp",)), "exp", id="no-exp"),
-        pytest.param(lambda: id_token(key=OTHER_KEY), "Signature", id="bad-signature"),
         pytest.param(lambda: id_token()[:-4] + "AAAA", "Signature", id="tampered-signature"),
         pytest.param(lambda: id_token(kid="rotated-away"), "unknown signing key", id="unknown-kid"),
         pytest.param(unsigned_token, "algorithm", id="alg-none"),
@@ -211,12 +210,11 @@ async def test_token_checks(ingress: Ingress, token: Any, reason: str) -> None:
 @pytest.mark.parametrize(
     "headers",
     [
-        pytest.param({"Content-Type": "application/json"}, id="missing"),
         pytest.param({"Authorization": f"Basic {id_token()}"}, id="basic-scheme"),
         pytest.param({"Authorization": "Bearer "}, id="empty-bearer"),
     ],
 )
-async def test_missing_or_foreign_authorization(ingress: Ingress, headers: dict[str, str]) -> None:
+async def test_foreign_authorization(ingress: Ingress, headers: dict[str, str]) -> None:
     status, answer = await post(ingress, push_body(), headers)
     assert status == 400
     assert answer["code"] == "signature_invalid"
@@ -235,17 +233,6 @@ async def test_redelivery_of_a_message_id_is_stored_once(ingress: Ingress) -> No
     assert first[1]["id"] == again[1]["id"]
     assert again[1]["duplicate"] is True
     assert len(await ingress.stored()) == 1
-
-
-async def test_spec_events_is_ignored_as_flux_does(ingress: Ingress) -> None:
-    """notification-controller applies ``spec.events`` to github, gitlab, bitbucket and
-    cdevents only (``receiver_handlers.go``): a DELETE reaches a Receiver listing INSERT."""
-    delete = push_body({"action": "DELETE", "digest": f"gcr.io/acme/app@{DIGEST}"}, "m-2")
-    status, answer = await post(ingress, delete, auth(id_token()), name="gc-insert")
-    assert status == 202, answer
-    status, _ = await post(ingress, push_body(), auth(id_token()), name="gc-insert")
-    assert status == 202
-    assert [s.envelope["event"] for s in await ingress.stored()] == ["DELETE", "INSERT"]
 
 
 async def test_a_digest_only_delete_names_the_repository(ingress: Ingress) -> None:
@@ -270,7 +257,6 @@ def wrap(message: Any) -> bytes:
 @pytest.mark.parametrize(
     "body",
     [
-        pytest.param(b"", id="empty"),
         pytest.param(b"[]", id="array"),
         pytest.param(wrap(None), id="no-message"),
         pytest.param(wrap([]), id="message-array"),

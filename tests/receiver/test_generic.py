@@ -1,7 +1,9 @@
 """``generic`` and ``generic-hmac`` receivers against a real nats-server: any JSON value or an
 empty body is stored as the payload (null when empty) under the body digest, anything else is
-a 400; ``generic-hmac`` checks ``X-Signature`` with sha1/sha256/sha512 (hex either case,
-algorithm prefix exact), including over the empty body; identical bodies are one delivery."""
+a 400; ``generic-hmac`` takes sha1 and sha512 as well as sha256 in ``X-Signature``, no other
+algorithm or header, including over the empty body; identical bodies are one delivery. The
+``X-Signature`` formats (hex case, exact prefix, wrong, empty or no signature, over a body and
+over the empty body), content types and redelivery are rows of test_providers_table.py."""
 
 from __future__ import annotations
 
@@ -12,7 +14,6 @@ from typing import Any
 import pytest
 
 from receiver.providers.common import body_digest
-from schemas import envelope
 from tests.support.ingress import Ingress, hmac_hex, path_of, receiver_docs, start_ingress
 from tests.support.natsd import NatsServer
 
@@ -35,19 +36,6 @@ def signed(body: bytes, algo: str = "sha256") -> dict[str, str]:
         "Content-Type": "application/json",
         "X-Signature": f"{algo}={hmac_hex(TOKEN, body, algo)}",
     }
-
-
-async def post(
-    ingress: Ingress, path: str, body: bytes, headers: dict[str, str]
-) -> tuple[int, Any]:
-    resp = await ingress.client.post(path, data=body, headers=headers)
-    return resp.status, await resp.json()
-
-
-async def only_stored(ingress: Ingress) -> dict[str, Any]:
-    [stored] = await ingress.stored()
-    envelope.validate(stored.envelope)
-    return stored.envelope
 
 
 @pytest.mark.parametrize(
@@ -77,9 +65,9 @@ async def test_any_json_or_empty_body_is_stored_as_the_payload(
     body: bytes,
     payload: Any,
 ) -> None:
-    status, answer = await post(ingress, path, body, headers_for(body))
+    status, answer = await ingress.post(path, body, headers_for(body))
     assert status == 202, answer
-    env = await only_stored(ingress)
+    env = await ingress.envelope()
     assert env["id"] == answer["id"]
     assert env["provider"] == ("generic" if path == GENERIC else "generic-hmac")
     assert env["event"] == ""
@@ -99,7 +87,6 @@ async def test_any_json_or_empty_body_is_stored_as_the_payload(
 @pytest.mark.parametrize(
     "body",
     [
-        pytest.param(b"{not json", id="malformed-json"),
         pytest.param(b"payload=%7B%7D", id="form-encoded"),
         pytest.param(b"\xff\xfe\x00", id="not-utf8"),
         pytest.param(b'{"m": "\\udc80"}', id="lone-surrogate-escape"),
@@ -109,7 +96,7 @@ async def test_any_json_or_empty_body_is_stored_as_the_payload(
 async def test_bodies_that_are_not_json_are_400(
     ingress: Ingress, path: str, headers_for: Callable[[bytes], dict[str, str]], body: bytes
 ) -> None:
-    status, answer = await post(ingress, path, body, headers_for(body))
+    status, answer = await ingress.post(path, body, headers_for(body))
     assert status == 400, answer
     assert answer["code"] == "payload_invalid"
     assert await ingress.stored() == []
@@ -119,38 +106,12 @@ async def test_bodies_that_are_not_json_are_400(
     ("headers_for", "status"),
     [
         pytest.param(lambda b: signed(b, "sha1"), 202, id="generic-hmac-sha1"),
-        pytest.param(lambda b: signed(b, "sha256"), 202, id="generic-hmac-sha256"),
         pytest.param(lambda b: signed(b, "sha512"), 202, id="generic-hmac-sha512"),
-        pytest.param(
-            lambda b: {"X-Signature": "sha256=" + hmac_hex(TOKEN, b).upper()},
-            202,
-            id="generic-hmac-uppercase-hex",
-        ),
-        pytest.param(
-            lambda b: {"X-Signature": "SHA256=" + hmac_hex(TOKEN, b)},
-            400,
-            id="generic-hmac-uppercase-prefix",
-        ),
         pytest.param(
             lambda b: {"X-Signature": "md5=" + hmac_hex(TOKEN, b, "md5")},
             400,
             id="generic-hmac-md5",
         ),
-        pytest.param(
-            lambda b: {"X-Signature": hmac_hex(TOKEN, b)}, 400, id="generic-hmac-no-prefix"
-        ),
-        pytest.param(
-            lambda b: {"X-Signature": "sha256=" + hmac_hex(TOKEN, b, "sha512")},
-            400,
-            id="generic-hmac-algorithm-mislabelled",
-        ),
-        pytest.param(
-            lambda b: {"X-Signature": "sha256=" + hmac_hex("wrong", b)},
-            400,
-            id="generic-hmac-mismatch",
-        ),
-        pytest.param(lambda b: {"X-Signature": ""}, 400, id="generic-hmac-empty-header"),
-        pytest.param(lambda b: {}, 400, id="generic-hmac-missing"),
         pytest.param(
             lambda b: {"X-Hub-Signature-256": "sha256=" + hmac_hex(TOKEN, b)},
             400,
@@ -159,10 +120,10 @@ async def test_bodies_that_are_not_json_are_400(
     ],
 )
 @pytest.mark.parametrize("body", [pytest.param(BODY, id="body"), pytest.param(b"", id="empty")])
-async def test_signature_cases(
+async def test_signature_algorithms_and_header(
     ingress: Ingress, headers_for: Callable[[bytes], dict[str, str]], status: int, body: bytes
 ) -> None:
-    got, answer = await post(ingress, HMAC, body, headers_for(body))
+    got, answer = await ingress.post(HMAC, body, headers_for(body))
     assert got == status, answer
     stored = await ingress.stored()
     if status == 202:
@@ -173,14 +134,14 @@ async def test_signature_cases(
 
 
 async def test_a_signature_over_another_body_is_refused(ingress: Ingress) -> None:
-    status, answer = await post(ingress, HMAC, BODY, signed(b""))
+    status, answer = await ingress.post(HMAC, BODY, signed(b""))
     assert (status, answer["code"]) == (400, "signature_invalid")
 
 
 async def test_generic_needs_no_headers_at_all(ingress: Ingress) -> None:
     resp = await ingress.client.post(GENERIC, data=BODY, skip_auto_headers=["Content-Type"])
     assert resp.status == 202, await resp.text()
-    assert (await only_stored(ingress))["payload"] == json.loads(BODY)
+    assert (await ingress.envelope())["payload"] == json.loads(BODY)
 
 
 @pytest.mark.parametrize(
@@ -194,9 +155,9 @@ async def test_identical_bodies_are_one_delivery_different_bodies_two(
     ingress: Ingress, path: str, headers_for: Callable[[bytes], dict[str, str]]
 ) -> None:
     other = b'{"image": "ghcr.io/acme/app:1.4.3"}'
-    first_status, first = await post(ingress, path, BODY, headers_for(BODY))
-    again_status, again = await post(ingress, path, BODY, headers_for(BODY))
-    third_status, third = await post(ingress, path, other, headers_for(other))
+    first_status, first = await ingress.post(path, BODY, headers_for(BODY))
+    again_status, again = await ingress.post(path, BODY, headers_for(BODY))
+    third_status, third = await ingress.post(path, other, headers_for(other))
     assert first_status == again_status == third_status == 202
     assert first["id"] == again["id"] != third["id"]
     assert again["duplicate"] is True

@@ -1,7 +1,9 @@
-"""GitLab receiver against a real nats-server: the token check (constant time, exact bytes,
-non-UTF-8 header values), push and tag push normalisation field by field, completeness from
+"""GitLab receiver against a real nats-server: the token check (exact bytes, non-UTF-8 header
+values), push and tag push normalisation field by field, completeness from
 ``total_commits_count``, created/deleted refs from zero ids, system hooks, the empty-body
-decision, the delivery id fallbacks, the event allow-list and dedup of redeliveries."""
+decision, the delivery id fallbacks. The shapes every provider answers (wrong, empty or no
+token, no event header, other events, content types, malformed bodies, the event allow-list,
+dedup) are rows of test_providers_table.py."""
 
 from __future__ import annotations
 
@@ -14,8 +16,7 @@ from typing import Any
 import pytest
 
 from receiver.providers.common import body_digest
-from schemas import envelope
-from tests.support.ingress import Ingress, path_of, receiver_docs, start_ingress
+from tests.support.ingress import Ingress, path_of, receiver_docs, repository, start_ingress
 from tests.support.natsd import NatsServer
 
 PUSH = (Path(__file__).parent / "fixtures" / "gitlab_push.json").read_bytes()
@@ -27,10 +28,7 @@ ZERO = "0" * 40
 
 @pytest.fixture
 async def ingress(nats_session: NatsServer) -> AsyncIterator[Ingress]:
-    docs = receiver_docs("gl", "gitlab", TOKEN) + receiver_docs(
-        "gl-push-only", "gitlab", TOKEN, events=["PUSH HOOK"]
-    )
-    ing = await start_ingress(nats_session.url, docs)
+    ing = await start_ingress(nats_session.url, receiver_docs("gl", "gitlab", TOKEN))
     yield ing
     await ing.close()
 
@@ -55,37 +53,21 @@ def push_with(**changes: Any) -> bytes:
     return json.dumps(doc).encode()
 
 
-async def post(ingress: Ingress, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
-    resp = await ingress.client.post(PATH, data=body, headers=headers)
-    return resp.status, await resp.json()
-
-
-async def only_stored(ingress: Ingress) -> dict[str, Any]:
-    [stored] = await ingress.stored()
-    envelope.validate(stored.envelope)
-    return stored.envelope
-
-
 async def test_a_push_is_stored_normalised_field_by_field(ingress: Ingress) -> None:
-    status, answer = await post(ingress, PUSH, sent())
+    status, answer = await ingress.post(PATH, PUSH, sent())
     assert status == 202, answer
-    env = await only_stored(ingress)
+    env = await ingress.envelope()
     assert env["id"] == answer["id"]
     assert env["receiver"] == {"namespace": "default", "name": "gl"}
     assert env["provider"] == "gitlab"
     assert env["event"] == "Push Hook"
     assert env["delivery_id"] == UUID
-    assert env["repository"] == {
-        "urls": [
-            "https://gitlab.example.com/infra/platform-config.git",
-            "git@gitlab.example.com:infra/platform-config.git",
-            "https://gitlab.example.com/infra/platform-config",
-        ],
-        "http": "https://gitlab.example.com/infra/platform-config.git",
-        "ssh": "git@gitlab.example.com:infra/platform-config.git",
-        "web": "https://gitlab.example.com/infra/platform-config",
-        "full_name": "infra/platform-config",
-    }
+    assert env["repository"] == repository(
+        "https://gitlab.example.com/infra/platform-config.git",
+        "git@gitlab.example.com:infra/platform-config.git",
+        "https://gitlab.example.com/infra/platform-config",
+        "infra/platform-config",
+    )
     assert env["ref"] == "refs/heads/main"
     assert env["revision"] == "a8c3f1e09d2b7c64e5f13a90b8d7c6e5f4a3b2c1"
     assert env["previous_revision"] == "4b1d6e2c9a0f83e7b5d2c61f0a9e8d7c6b5a4f31"
@@ -100,61 +82,19 @@ async def test_a_push_is_stored_normalised_field_by_field(ingress: Ingress) -> N
 
 
 @pytest.mark.parametrize(
-    ("headers", "status", "code"),
+    "token",
     [
-        pytest.param(sent(), 202, None, id="gitlab-token"),
-        pytest.param(
-            sent(**{"X-Gitlab-Token": "wrong"}),
-            400,
-            "signature_invalid",
-            id="gitlab-token-mismatch",
-        ),
-        pytest.param(
-            sent(**{"X-Gitlab-Token": TOKEN.upper()}),
-            400,
-            "signature_invalid",
-            id="gitlab-token-case-differs",
-        ),
-        pytest.param(
-            sent(**{"X-Gitlab-Token": TOKEN + "x"}),
-            400,
-            "signature_invalid",
-            id="gitlab-token-longer",
-        ),
-        pytest.param(
-            sent(**{"X-Gitlab-Token": TOKEN[:-1]}),
-            400,
-            "signature_invalid",
-            id="gitlab-token-prefix",
-        ),
-        pytest.param(
-            sent(**{"X-Gitlab-Token": ""}), 400, "signature_invalid", id="gitlab-token-empty"
-        ),
-        pytest.param(
-            without(sent(), "X-Gitlab-Token"), 400, "signature_invalid", id="gitlab-token-missing"
-        ),
-        pytest.param(
-            without(sent(), "X-Gitlab-Event"),
-            202,
-            None,
-            id="gitlab-missing-event-header-stored-as-flux",
-        ),
-        pytest.param(sent(event="Merge Request Hook"), 202, None, id="gitlab-other-event-stored"),
+        pytest.param(TOKEN.upper(), id="gitlab-token-case-differs"),
+        pytest.param(TOKEN + "x", id="gitlab-token-longer"),
+        pytest.param(TOKEN[:-1], id="gitlab-token-prefix"),
     ],
 )
-async def test_token_cases(
-    ingress: Ingress, headers: dict[str, str], status: int, code: str | None
-) -> None:
-    got, answer = await post(ingress, PUSH, headers)
-    assert got == status, answer
-    stored = await ingress.stored()
-    if code is None:
-        assert answer["status"] == "accepted"
-        assert len(stored) == 1
-    else:
-        assert answer == {"status": "rejected", "code": code, "reason": answer["reason"]}
-        assert answer["reason"]
-        assert stored == []
+async def test_the_token_must_match_to_the_byte(ingress: Ingress, token: str) -> None:
+    got, answer = await ingress.post(PATH, PUSH, sent(**{"X-Gitlab-Token": token}))
+    assert got == 400, answer
+    assert answer == {"status": "rejected", "code": "signature_invalid", "reason": answer["reason"]}
+    assert answer["reason"]
+    assert await ingress.stored() == []
 
 
 @pytest.mark.parametrize(
@@ -204,7 +144,6 @@ async def test_header_bytes_that_are_not_utf8_are_refused_not_crashed(
 @pytest.mark.parametrize(
     "body",
     [
-        pytest.param(b"{not json", id="gitlab-malformed-json"),
         pytest.param(b'{"ref": 42}', id="gitlab-ref-number"),
         pytest.param(push_with(project=[]), id="gitlab-project-array"),
         pytest.param(push_with(project="infra/x"), id="gitlab-project-string"),
@@ -216,15 +155,13 @@ async def test_header_bytes_that_are_not_utf8_are_refused_not_crashed(
         pytest.param(push_with(total_commits_count="2"), id="gitlab-total-string"),
         pytest.param(push_with(total_commits_count=True), id="gitlab-total-boolean"),
         pytest.param(push_with(before=0), id="gitlab-before-number"),
-        pytest.param(b"[" * 5000 + b"]" * 5000, id="gitlab-deeply-nested"),
-        pytest.param(b"\xff\xfe{}", id="gitlab-not-utf8"),
         pytest.param(b'{"ref": "refs/heads/\\ud800x"}', id="gitlab-lone-surrogate-escape"),
     ],
 )
 async def test_malformed_bodies_are_400_and_nothing_is_stored(
     ingress: Ingress, body: bytes
 ) -> None:
-    status, answer = await post(ingress, body, sent())
+    status, answer = await ingress.post(PATH, body, sent())
     assert status == 400, answer
     assert answer["code"] == "payload_invalid"
     assert await ingress.stored() == []
@@ -233,9 +170,9 @@ async def test_malformed_bodies_are_400_and_nothing_is_stored(
 async def test_an_empty_verified_body_is_stored_without_repository(ingress: Ingress) -> None:
     """Decision (module docstring): Flux reconciles on any verified GitLab delivery; we store
     it with nothing to match automatically, so only spec.resources are triggered."""
-    status, answer = await post(ingress, b"", sent())
+    status, answer = await ingress.post(PATH, b"", sent())
     assert status == 202, answer
-    env = await only_stored(ingress)
+    env = await ingress.envelope()
     assert env["event"] == "Push Hook"
     assert env["delivery_id"] == UUID
     assert env["repository"] is None
@@ -245,7 +182,7 @@ async def test_an_empty_verified_body_is_stored_without_repository(ingress: Ingr
 
 
 async def test_an_empty_body_with_a_bad_token_is_refused(ingress: Ingress) -> None:
-    status, answer = await post(ingress, b"", sent(**{"X-Gitlab-Token": "nope"}))
+    status, answer = await ingress.post(PATH, b"", sent(**{"X-Gitlab-Token": "nope"}))
     assert (status, answer["code"]) == (400, "signature_invalid")
     assert await ingress.stored() == []
 
@@ -274,37 +211,17 @@ async def test_an_empty_body_with_a_bad_token_is_refused(ingress: Ingress) -> No
 async def test_delivery_id_falls_back_from_uuid_to_idempotency_key_to_digest(
     ingress: Ingress, headers: dict[str, str], expected: Callable[[bytes], str]
 ) -> None:
-    status, answer = await post(ingress, PUSH, headers)
+    status, answer = await ingress.post(PATH, PUSH, headers)
     assert status == 202, answer
-    env = await only_stored(ingress)
+    env = await ingress.envelope()
     assert env["delivery_id"] == expected(PUSH)
-
-
-async def test_redelivery_with_the_same_uuid_is_stored_once(ingress: Ingress) -> None:
-    first_status, first = await post(ingress, PUSH, sent())
-    again_status, again = await post(ingress, PUSH, sent())
-    assert first_status == again_status == 202
-    assert first["id"] == again["id"]
-    assert again["duplicate"] is True
-    assert "duplicate" not in first
-    assert len(await ingress.stored()) == 1
-
-
-async def test_events_allow_list_is_case_insensitive(ingress: Ingress) -> None:
-    path = path_of("gl-push-only")
-    resp = await ingress.client.post(path, data=PUSH, headers=sent())
-    assert resp.status == 202, await resp.text()
-    resp = await ingress.client.post(path, data=PUSH, headers=sent(event="Tag Push Hook"))
-    assert resp.status == 400
-    assert (await resp.json())["code"] == "event_not_allowed"
-    assert len(await ingress.stored()) == 1
 
 
 async def test_fewer_commits_than_pushed_mark_the_paths_incomplete(ingress: Ingress) -> None:
     body = push_with(total_commits_count=57)
-    status, answer = await post(ingress, body, sent())
+    status, answer = await ingress.post(PATH, body, sent())
     assert status == 202, answer
-    env = await only_stored(ingress)
+    env = await ingress.envelope()
     assert env["paths_complete"] is False
     assert len(env["changed_paths"]) == 3
 
@@ -314,17 +231,17 @@ async def test_twenty_commits_without_a_count_are_assumed_truncated(ingress: Ing
     del doc["total_commits_count"]
     doc["commits"] = [{"id": str(i), "added": [f"f{i}"]} for i in range(20)]
     body = json.dumps(doc).encode()
-    status, answer = await post(ingress, body, sent())
+    status, answer = await ingress.post(PATH, body, sent())
     assert status == 202, answer
-    assert (await only_stored(ingress))["paths_complete"] is False
+    assert (await ingress.envelope())["paths_complete"] is False
 
 
 async def test_twenty_commits_with_a_count_of_twenty_are_complete(ingress: Ingress) -> None:
     commits = [{"id": str(i), "added": [f"f{i}"]} for i in range(20)]
     body = push_with(commits=commits, total_commits_count=20)
-    status, answer = await post(ingress, body, sent())
+    status, answer = await ingress.post(PATH, body, sent())
     assert status == 202, answer
-    env = await only_stored(ingress)
+    env = await ingress.envelope()
     assert env["paths_complete"] is True
     assert len(env["changed_paths"]) == 20
 
@@ -340,9 +257,9 @@ async def test_twenty_commits_with_a_count_of_twenty_are_complete(ingress: Ingre
 async def test_zero_ids_mean_created_or_deleted_and_paths_incomplete(
     ingress: Ingress, changes: dict[str, Any], created: bool, deleted: bool
 ) -> None:
-    status, answer = await post(ingress, push_with(**changes), sent())
+    status, answer = await ingress.post(PATH, push_with(**changes), sent())
     assert status == 202, answer
-    env = await only_stored(ingress)
+    env = await ingress.envelope()
     assert (env["created"], env["deleted"]) == (created, deleted)
     assert env["paths_complete"] is False
 
@@ -356,9 +273,9 @@ async def test_a_tag_push_is_normalised_like_a_push(ingress: Ingress) -> None:
         commits=[],
         total_commits_count=0,
     )
-    status, answer = await post(ingress, body, sent(event="Tag Push Hook"))
+    status, answer = await ingress.post(PATH, body, sent(event="Tag Push Hook"))
     assert status == 202, answer
-    env = await only_stored(ingress)
+    env = await ingress.envelope()
     assert env["event"] == "Tag Push Hook"
     assert env["ref"] == "refs/tags/v3.1.0"
     assert env["created"] is True
@@ -366,9 +283,11 @@ async def test_a_tag_push_is_normalised_like_a_push(ingress: Ingress) -> None:
 
 
 async def test_a_system_hook_push_is_normalised(ingress: Ingress) -> None:
-    status, answer = await post(ingress, push_with(event_name="push"), sent(event="System Hook"))
+    status, answer = await ingress.post(
+        PATH, push_with(event_name="push"), sent(event="System Hook")
+    )
     assert status == 202, answer
-    env = await only_stored(ingress)
+    env = await ingress.envelope()
     assert env["event"] == "System Hook"
     assert env["ref"] == "refs/heads/main"
     assert env["paths_complete"] is True
@@ -385,9 +304,9 @@ async def test_other_system_hooks_keep_only_the_repository(ingress: Ingress) -> 
             "changes": [{"ref": "refs/heads/main"}],
         }
     ).encode()
-    status, answer = await post(ingress, body, sent(event="System Hook"))
+    status, answer = await ingress.post(PATH, body, sent(event="System Hook"))
     assert status == 202, answer
-    env = await only_stored(ingress)
+    env = await ingress.envelope()
     assert env["repository"]["urls"] == ["https://gitlab.example.com/infra/platform-config.git"]
     assert "ref" not in env
 
@@ -398,9 +317,9 @@ async def test_legacy_payloads_without_project_use_the_repository_block(
     doc = json.loads(PUSH)
     del doc["project"]
     body = json.dumps(doc).encode()
-    status, answer = await post(ingress, body, sent())
+    status, answer = await ingress.post(PATH, body, sent())
     assert status == 202, answer
-    repo = (await only_stored(ingress))["repository"]
+    repo = (await ingress.envelope())["repository"]
     assert repo["http"] == "https://gitlab.example.com/infra/platform-config.git"
     assert repo["ssh"] == "git@gitlab.example.com:infra/platform-config.git"
     assert repo["web"] == "https://gitlab.example.com/infra/platform-config"

@@ -51,6 +51,7 @@ from reconciler.chaining import (
 from reconciler.kinds import ObjectRef
 from reconciler.outcome_metrics import OutcomeMetrics
 from reconciler.outcomes import ObjectStatus, Outcome
+from reconciler.patching import Patched
 from reconciler.settings import CDEventsSettings, HttpSinkSettings
 from reconciler.sinks import signature
 from schemas import envelope as envelopes
@@ -237,15 +238,21 @@ def test_coalesced_deliveries_keep_their_own_chains_and_share_the_run() -> None:
 
 
 class RecordingWatcher:
-    """Records what the reporter asks to follow (the real watcher is tested on its own)."""
+    """Records what the reporter asks to follow (the real watcher is tested on its own);
+    following one request again returns its future, as the real one does."""
 
     def __init__(self) -> None:
         self.followed: list[ObjectRef] = []
+        self.futures: dict[tuple[str, str], asyncio.Future[Outcome]] = {}
 
-    def follow(self, ref: ObjectRef, requested_at: str, patched_at: float) -> Any:
+    def follow(
+        self, ref: ObjectRef, requested_at: str, patched_at: float
+    ) -> asyncio.Future[Outcome]:
         self.followed.append(ref)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        return future
+        key = (ref.key, requested_at)
+        if key not in self.futures:
+            self.futures[key] = asyncio.get_running_loop().create_future()
+        return self.futures[key]
 
 
 async def test_an_external_artifact_is_queued_but_never_followed() -> None:
@@ -257,17 +264,49 @@ async def test_an_external_artifact_is_queued_but_never_followed() -> None:
     def emit(planned: Planned) -> None:
         emitted.append(planned)
 
-    reporter = ChainReporter(
-        emit,
-        watcher,  # type: ignore[arg-type]
-        OutcomeMetrics(CollectorRegistry()),
-    )
+    reporter = ChainReporter(emit, watcher, OutcomeMetrics(CollectorRegistry()))
     external = ObjectRef.of("ExternalArtifact", "ns", "podinfo")
     generator = ObjectRef.of("ArtifactGenerator", "ns", "podinfo")
     for ref in (external, generator):
-        await reporter(ref, T1, [git_envelope()])
+        env = git_envelope()
+        reporter.patched(Patched(ref, T1, (env["id"],)), env)
     assert watcher.followed == [generator]
     assert [p.type_key for p in emitted] == ["pipelinerun.queued", "pipelinerun.queued"]
+
+
+async def test_a_coalesced_patch_is_one_request_with_a_chain_per_delivery() -> None:
+    """The consumer reports a coalesced patch once per delivery it carried: each delivery
+    gets its own ``queued`` and ``finished`` and its own MTTP, while the request's stages
+    (patched→handled, handled→ready) count once, as it is one request."""
+    watcher = RecordingWatcher()
+    emitted: list[Planned] = []
+
+    def emit(planned: Planned) -> None:
+        emitted.append(planned)
+
+    registry = CollectorRegistry()
+    reporter = ChainReporter(emit, watcher, OutcomeMetrics(registry))
+    ref = ObjectRef.of("Kustomization", "ns", "apps")
+    a, b = git_envelope(), git_envelope()
+    patched = Patched(ref, T1, (a["id"], b["id"]))
+    for env in (a, b):
+        reporter.patched(patched, env)
+    assert watcher.followed == [ref, ref]
+    watcher.futures[(ref.key, T1)].set_result(outcome_of(ref, "success"))
+    await asyncio.sleep(0)  # the future's callbacks run
+    assert [(p.type_key, p.delivery_id) for p in emitted] == [
+        ("pipelinerun.queued", a["delivery_id"]),
+        ("pipelinerun.queued", b["delivery_id"]),
+        ("pipelinerun.finished", a["delivery_id"]),
+        ("pipelinerun.finished", b["delivery_id"]),
+    ]
+
+    def count(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(f"fluxrelay_reconciler_{name}_count", labels)
+
+    assert count("mttp_seconds", kind="Kustomization") == 2
+    assert count("stage_seconds", stage="patched_handled") == 1
+    assert count("stage_seconds", stage="handled_ready") == 1
 
 
 # --------------------------------------------------------------------------- end to end

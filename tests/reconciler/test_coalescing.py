@@ -1,7 +1,8 @@
 """Coalescing as logic (a recording patch function instead of the API server; the real
 server's view of a burst is in test_consuming): one patch per object per window carrying
 every envelope id, separate objects separately, errors reach every delivery of the batch,
-patches of one object never overlap and deliveries arriving during a patch form the next."""
+patches of one object never overlap and deliveries arriving during a patch form the next; a
+batch waiting for admission keeps gathering and its patch carries the admission ticket."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from reconciler.errors import TemporaryError
 from reconciler.kinds import ObjectRef
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.patching import Patched
+from reconciler.throttling import Ticket
 from schemas.envelope import Envelope, validate
 from tests.reconciler.conftest import make_envelope
 
@@ -25,17 +27,21 @@ B = ObjectRef.of("GitRepository", "ns", "b")
 class Recording:
     def __init__(self, fail: Exception | None = None, hold: asyncio.Event | None = None) -> None:
         self.calls: list[tuple[ObjectRef, list[str]]] = []
+        self.tickets: list[Ticket | None] = []
         self.fail = fail
         self.hold = hold
         self.active = 0
         self.peak = 0
         self.started = asyncio.Event()
 
-    async def __call__(self, ref: ObjectRef, envelopes: Sequence[Envelope]) -> Patched:
+    async def __call__(
+        self, ref: ObjectRef, envelopes: Sequence[Envelope], *, ticket: Ticket | None = None
+    ) -> Patched:
         self.active += 1
         self.peak = max(self.peak, self.active)
         try:
             self.calls.append((ref, [e["id"] for e in envelopes]))
+            self.tickets.append(ticket)
             self.started.set()
             if self.hold is not None:
                 await self.hold.wait()
@@ -60,6 +66,7 @@ async def test_a_burst_for_one_object_is_one_patch_with_every_id() -> None:
     assert patch.calls[0][1] == [d["id"] for d in docs]
     assert {r.requested_at for r in results} == {"t1"}
     assert metrics.coalesced._value.get() == 99
+    assert patch.tickets == [None], "without admit the patch waits for the rate limit itself"
 
 
 async def test_different_objects_are_patched_separately() -> None:
@@ -141,11 +148,13 @@ async def test_a_batch_waiting_for_the_rate_limit_keeps_gathering() -> None:
     patch = Recording()
     gate = asyncio.Event()
     admitted = 0
+    issued = Ticket()
 
-    async def admit() -> None:
+    async def admit() -> Ticket:
         nonlocal admitted
         await gate.wait()
         admitted += 1
+        return issued
 
     coalescer = Coalescer(patch, 0.0, ReconcilerMetrics(), admit=admit)
     first = asyncio.create_task(coalescer.submit(A, envs(1)[0]))
@@ -158,3 +167,4 @@ async def test_a_batch_waiting_for_the_rate_limit_keeps_gathering() -> None:
     assert len(patch.calls) == 1
     assert len(patch.calls[0][1]) == 10
     assert admitted == 1
+    assert patch.tickets == [issued], "the patch spends the admission, not a token of its own"

@@ -4,19 +4,21 @@ patches on a real kube-apiserver out.
 Covers: a named target is patched with requestedAt + the delivery annotation and the message
 is acked; invalid envelopes and missing objects are dead-lettered with their reason (nothing
 patched); a message that keeps failing is dead-lettered after max deliveries; 100 deliveries
-for one object in a burst become one PATCH whose hook sees all 100 envelope ids; two shards
-(and the unsharded reconciler) each patch only their own objects; consumer metrics.
+for one object in a burst become one PATCH whose result, reported for each of them, carries
+all 100 envelope ids; two shards (and the unsharded reconciler) each patch only their own
+objects; consumer metrics.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from reconciler.consuming import Consumer
 from reconciler.kinds import DELIVERY_ANNOTATION, REQUESTED_AT, SHARD_LABEL, ObjectRef
+from reconciler.patching import Patched
 from reconciler.running import Reconciler
 from schemas.envelope import Envelope
 from tests.reconciler.conftest import (
@@ -34,15 +36,36 @@ from tests.support.kubeapi import KubeAPI
 
 
 class Recorder:
-    """An ``on_patched`` hook that records what it is told."""
+    """Stands where the chain reporter goes and records each patch the consumer reports.
+
+    A coalesced patch is reported once per delivery it carried: ``calls`` has each patch
+    once, ``reported`` each (delivery, patch) pair. No assertions in here: the consumer logs
+    and ignores a reporter's failures, so the tests check what was recorded.
+    """
 
     def __init__(self) -> None:
         self.calls: list[tuple[ObjectRef, str, list[str]]] = []
+        self.reported: list[tuple[str, Patched]] = []
 
-    async def __call__(
-        self, ref: ObjectRef, requested_at: str, envelopes: Sequence[Envelope]
-    ) -> None:
-        self.calls.append((ref, requested_at, [e["id"] for e in envelopes]))
+    def received(self, env: Envelope, stored_at: datetime | None) -> None:
+        pass
+
+    def patched(self, patched: Patched, env: Envelope) -> None:
+        if all(p != patched for _, p in self.reported):
+            self.calls.append((patched.ref, patched.requested_at, list(patched.envelope_ids)))
+        self.reported.append((env["id"], patched))
+
+
+def hook_naming(namespace: str, *kustomizations: str) -> dict[str, Any]:
+    """The ``hook`` Receiver in ``namespace``, naming these Kustomizations there."""
+    return receiver_manifest(
+        "hook",
+        namespace,
+        [
+            {"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization", "name": name}
+            for name in kustomizations
+        ],
+    )
 
 
 async def acked_all(reconciler: Reconciler) -> bool:
@@ -58,23 +81,9 @@ async def test_a_named_target_is_patched_and_the_message_acked(
 ) -> None:
     kube.apply(flux_object("Kustomization", "apps"), namespace=kube_namespace)
     kube.apply(flux_object("Kustomization", "other"), namespace=kube_namespace)
-    receivers = fleet.write_receivers(
-        [
-            receiver_manifest(
-                "hook",
-                kube_namespace,
-                [
-                    {
-                        "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
-                        "kind": "Kustomization",
-                        "name": "apps",
-                    }
-                ],
-            )
-        ]
-    )
+    receivers = fleet.write_receivers([hook_naming(kube_namespace, "apps")])
     hook = Recorder()
-    reconciler = await fleet.start(fleet.settings(receivers), on_patched=hook)
+    reconciler = await fleet.start(fleet.settings(receivers), reporter=hook)
     doc = make_envelope(kube_namespace, "hook")
     await bus.publish(doc)
     await wait_for(lambda: len(hook.calls) == 1, "one patch")
@@ -93,26 +102,7 @@ async def test_invalid_messages_are_dead_lettered_with_their_reason(
     kube: KubeAPI, kube_namespace: str, fleet: Fleet, bus: Bus
 ) -> None:
     kube.apply(flux_object("Kustomization", "apps"), namespace=kube_namespace)
-    receivers = fleet.write_receivers(
-        [
-            receiver_manifest(
-                "hook",
-                kube_namespace,
-                [
-                    {
-                        "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
-                        "kind": "Kustomization",
-                        "name": "apps",
-                    },
-                    {
-                        "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
-                        "kind": "Kustomization",
-                        "name": "gone",
-                    },
-                ],
-            )
-        ]
-    )
+    receivers = fleet.write_receivers([hook_naming(kube_namespace, "apps", "gone")])
     reconciler = await fleet.start(fleet.settings(receivers))
     good = make_envelope(kube_namespace, "hook")
     broken = dict(good, id="broken", specversion="2")
@@ -147,21 +137,7 @@ async def test_invalid_messages_are_dead_lettered_with_their_reason(
 async def test_a_message_that_keeps_failing_is_dead_lettered_after_max_deliveries(
     kube: KubeAPI, kube_namespace: str, fleet: Fleet, bus: Bus
 ) -> None:
-    receivers = fleet.write_receivers(
-        [
-            receiver_manifest(
-                "hook",
-                kube_namespace,
-                [
-                    {
-                        "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
-                        "kind": "Kustomization",
-                        "name": "apps",
-                    }
-                ],
-            )
-        ]
-    )
+    receivers = fleet.write_receivers([hook_naming(kube_namespace, "apps")])
     reconciler = await fleet.start(fleet.settings(receivers, consumer={"max_deliver": 3}))
     # A Receiver the reconciler does not know is a temporary failure (its config may lag).
     await bus.publish(make_envelope(kube_namespace, "unknown-receiver"))
@@ -192,12 +168,14 @@ async def test_a_burst_of_100_deliveries_for_one_object_is_one_patch(
     hook = Recorder()
     # A generous window so that the whole burst falls in it even on a loaded machine.
     settings = fleet.settings(receivers, server=kube_proxy.url, coalesce_window=2.0)
-    reconciler = await fleet.start(settings, on_patched=hook)
+    reconciler = await fleet.start(settings, reporter=hook)
     await wait_for(lambda: acked_all(reconciler), "100 messages acked")
     assert kube_proxy.count("PATCH", "/gitrepositories/repo$") == 1
     assert kube_proxy.count("GET", "/gitrepositories/repo$") == 1  # one shared lookup
     ((_, _, ids),) = hook.calls
     assert sorted(ids) == sorted(d["id"] for d in docs)
+    assert sorted(env_id for env_id, _ in hook.reported) == sorted(ids)  # each one, once
+    assert all(env_id in patched.envelope_ids for env_id, patched in hook.reported)
     assert reconciler.metrics.coalesced._value.get() == 99
     assert reconciler.metrics.messages.labels("ack")._value.get() == 100
 
@@ -220,7 +198,7 @@ async def test_two_shards_each_patch_only_their_own_objects(
     receivers = fleet.write_receivers([receiver_manifest("hook", kube_namespace, resources)])
     hooks = {shard: Recorder() for shard in ("a", "b", "")}
     started = {
-        shard: await fleet.start(fleet.settings(receivers, shard=shard or None), on_patched=hook)
+        shard: await fleet.start(fleet.settings(receivers, shard=shard or None), reporter=hook)
         for shard, hook in hooks.items()
     }
     assert {r.consumer.durable for r in started.values() if r.consumer} == {
@@ -242,21 +220,7 @@ async def test_long_work_is_kept_alive_past_ack_wait_without_redelivery(
     kube: KubeAPI, kube_namespace: str, fleet: Fleet, bus: Bus, kube_proxy: FaultProxy
 ) -> None:
     kube.apply(flux_object("Kustomization", "apps"), namespace=kube_namespace)
-    receivers = fleet.write_receivers(
-        [
-            receiver_manifest(
-                "hook",
-                kube_namespace,
-                [
-                    {
-                        "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
-                        "kind": "Kustomization",
-                        "name": "apps",
-                    }
-                ],
-            )
-        ]
-    )
+    receivers = fleet.write_receivers([hook_naming(kube_namespace, "apps")])
     kube_proxy.delay(3.0, method="PATCH")  # three times the ack wait
     settings = fleet.settings(receivers, server=kube_proxy.url, consumer={"ack_wait": 1.0})
     reconciler = await fleet.start(settings)
@@ -270,21 +234,7 @@ async def test_consumer_lag_is_exported(
     kube: KubeAPI, kube_namespace: str, fleet: Fleet, bus: Bus, kube_proxy: FaultProxy
 ) -> None:
     kube.apply(flux_object("Kustomization", "apps"), namespace=kube_namespace)
-    receivers = fleet.write_receivers(
-        [
-            receiver_manifest(
-                "hook",
-                kube_namespace,
-                [
-                    {
-                        "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
-                        "kind": "Kustomization",
-                        "name": "apps",
-                    }
-                ],
-            )
-        ]
-    )
+    receivers = fleet.write_receivers([hook_naming(kube_namespace, "apps")])
     kube_proxy.delay(600, method="PATCH")  # hold the first patch: the rest must queue
     settings = fleet.settings(
         receivers, server=kube_proxy.url, consumer={"max_in_flight": 1, "fetch_batch": 1}
@@ -310,7 +260,9 @@ async def test_a_message_abandoned_on_its_last_delivery_is_dead_lettered_by_advi
 
     settings = bus.consumer_settings(max_deliver=1, ack_wait=1.0)
     unused: Any = None  # this consumer only dead-letters; it never targets or patches
-    consumer = Consumer(bus.js, settings, "abandoning", unused, unused, ReconcilerMetrics())
+    consumer = Consumer(
+        bus.js, settings, "abandoning", unused, unused, ReconcilerMetrics(), reporter=unused
+    )
     await consumer.ensure()
     advisories = await bus.nc.subscribe(consumer.advisory_subject(), cb=consumer.on_max_deliveries)
     doc = make_envelope("ns", "hook")

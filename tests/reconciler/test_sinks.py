@@ -9,6 +9,8 @@ stream is created on both subject wildcards if missing (an existing one is left 
 subject is the event type, headers are CloudEvents NATS binary mode with percent-encoding,
 ``Nats-Msg-Id`` de-duplicates a re-emitted event, a NATS restart loses nothing; the emitter
 gives each sink its own spec version and skips ids it just emitted; sink option parsing.
+An event is encoded once, when queued: the HTTP request is byte for byte what the cloudevents
+SDK writes (table), and one that cannot be encoded is refused at once, never raised.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from reconciler.sinks import (
     parse_sink_option,
     signature,
 )
+from reconciler.sinks.http import binary_mode
 from schemas import natsbinding
 from schemas.cdevents import (
     Event,
@@ -51,6 +54,7 @@ from schemas.cdevents import (
     decode_http,
     pipelinerun_queued,
     release_of,
+    to_http_binary,
 )
 from tests.reconciler.conftest import wait_for
 from tests.support.natsd import NatsServer
@@ -268,13 +272,18 @@ async def test_a_window_of_events_is_in_flight_at_once(peer: Peer) -> None:
 
 
 def test_a_queued_event_is_kept_as_compact_json() -> None:
-    """An outbox holds events as JSON bytes: about 1 KB each, not the ~4 KB built dict."""
+    """An outbox holds events as the bytes and headers to send: about 1 KB each, not the
+    ~4 KB built dict."""
     metrics = OutcomeMetrics(CollectorRegistry())
     sink = HttpSink(
         HttpSinkSettings(url="http://127.0.0.1:9/sink", name="peer"),
         replace(FAST, outbox_size=2000),
         metrics,
     )  # never started: everything offered stays queued
+    # Once-per-process caches (the builder's compiled schema: ~2 KB per event of 2000) are
+    # not the outbox's: made before counting, so the test does not depend on running after
+    # others that made them.
+    event(-1)
     tracemalloc.start()
     try:
         before = tracemalloc.take_snapshot()
@@ -286,6 +295,61 @@ def test_a_queued_event_is_kept_as_compact_json() -> None:
     per_event = sum(d.size_diff for d in after.compare_to(before, "filename")) / 2000
     assert per_event < 1500, per_event
     assert sink.pending == 2000
+
+
+@pytest.mark.parametrize(
+    ("release", "subject", "timestamp", "extensions", "custom"),
+    [
+        pytest.param(
+            "0.5.1", "Kustomization/ns/app@1", None, {"traceparent": TRACE}, None, id="traced"
+        ),
+        pytest.param("0.4.1", "Kustomization/ns/app@1", None, {}, None, id="old-spec-untraced"),
+        pytest.param("0.5.1", 'run "1" 100%', None, {}, None, id="subject-to-percent-encode"),
+        pytest.param(
+            "0.5.1",
+            "équipe/déploiement ✓",
+            None,
+            {},
+            {"note": "café ✓"},
+            id="non-ascii-subject-and-data",
+        ),
+        pytest.param("0.5.1", "s", "2024-05-01T10:00:00Z", {}, None, id="whole-seconds"),
+        pytest.param("0.5.1", "s", "2024-05-01T10:00:00.123456789Z", {}, None, id="nanoseconds"),
+        pytest.param("0.5.1", "s", "2024-05-01T12:00:00.5+02:00", {}, None, id="offset"),
+        pytest.param("0.5.1", "s", "2024-05-01T10:00:00-00:00", {}, None, id="negative-zero"),
+        pytest.param(
+            "0.5.1",
+            "s",
+            None,
+            {"traceparent": TRACE},
+            {"n": [1, 2.5, None, True], "text": 'a\nb\t"q" \\ /'},
+            id="escapes-and-numbers-in-data",
+        ),
+    ],
+)
+def test_a_queued_post_is_what_the_cloudevents_sdk_writes_byte_for_byte(
+    release: str,
+    subject: str,
+    timestamp: str | None,
+    extensions: dict[str, str],
+    custom: dict[str, Any] | None,
+) -> None:
+    """The HTTP sink encodes binary mode itself, once per event (one JSON pass, not the SDK's
+    three): the same header names, order and values, and the same body, as the SDK's."""
+    sent = build_event(
+        release,
+        "pipelinerun.queued",
+        subject,
+        {"pipelineName": "Kustomization/ns/app"},
+        source="/fluxrelay/reconciler",
+        id="id-1",
+        timestamp=timestamp,
+        custom_data=custom,
+    )
+    sdk = to_http_binary(sent, extensions=extensions)
+    queued = binary_mode(sent, extensions)
+    assert list(queued.headers.items()) == list(sdk.headers.items())
+    assert queued.body == sdk.body
 
 
 # --------------------------------------------------------------------------- NATS
@@ -498,8 +562,9 @@ def test_bad_sink_options_are_refused(raw: str, message: str) -> None:
         parse_sink_option(raw, 1, {})
 
 
-class Buggy(OutboxSink):
-    """A sink whose first try raises something unexpected and whose second try hangs."""
+class Buggy(OutboxSink[str]):
+    """A sink whose first try raises something unexpected and whose second try hangs; its
+    message is the event id."""
 
     def __init__(self, metrics: OutcomeMetrics) -> None:
         super().__init__(
@@ -513,13 +578,16 @@ class Buggy(OutboxSink):
         self.tries = 0
         self.sent: list[str] = []
 
-    async def send(self, event: Event, extensions: Mapping[str, str]) -> None:
+    def encode(self, event: Event, extensions: Mapping[str, str]) -> str:
+        return str(event["context"]["id"])
+
+    async def send(self, message: str) -> None:
         self.tries += 1
         if self.tries == 1:
             raise RuntimeError("a bug")
         if self.tries == 2:
             await asyncio.sleep(3600)
-        self.sent.append(event["context"]["id"])
+        self.sent.append(message)
 
 
 async def test_an_unexpected_error_or_a_hung_try_does_not_stop_the_worker() -> None:
@@ -530,3 +598,13 @@ async def test_an_unexpected_error_or_a_hung_try_does_not_stop_the_worker() -> N
     await wait_for(lambda: sink.sent == ["id-1", "id-2"], "both delivered after the bug and hang")
     await sink.close(1)
     assert metrics.sink_retries.labels("buggy")._value.get() == 2
+
+
+def test_an_event_that_cannot_be_encoded_is_refused_when_offered() -> None:
+    """Encoding is a bug, not a network failure: counted failed at once (no retries for an hour)
+    and never raised into the emitter."""
+    metrics = OutcomeMetrics(CollectorRegistry())
+    sink = HttpSink(HttpSinkSettings(url="http://127.0.0.1:9/sink", name="peer"), FAST, metrics)
+    assert not sink.offer(event(1), {"Not-An-Extension": "x"})
+    assert sink.pending == 0
+    assert metrics.sink_failed.labels("peer", "rejected")._value.get() == 1

@@ -1,7 +1,9 @@
-"""API discipline as pure logic (fake clock, no servers): the token bucket's burst and rate,
-the AIMD limiter (halves once per round of 429s, grows back by one per round of successes,
-stays within its bounds, holds everyone for Retry-After), Retry-After parsing, and the
-requestedAt clock (RFC 3339 with nanoseconds, never repeating)."""
+"""API discipline as pure logic (fake clock, no servers): the AIMD limiter (halves once per
+round of 429s, grows back by one per round of successes, stays within its bounds, holds
+everyone for Retry-After), admission tickets (a call carrying one spends the token its
+admission took instead of another, and only once), Retry-After parsing, and the requestedAt
+clock (RFC 3339 with nanoseconds, never repeating). The token bucket under the gate has its
+own tests (tests/runtime/test_tokenbucket.py)."""
 
 from __future__ import annotations
 
@@ -13,45 +15,18 @@ from typing import Any
 import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from reconciler.metrics import ReconcilerMetrics
 from reconciler.patching import RequestClock, rfc3339_nano
-from reconciler.throttling import AimdLimiter, TokenBucket, retry_after
+from reconciler.settings import PatchSettings
+from reconciler.throttling import AimdLimiter, ApiGate, retry_after
 
 
 class FakeClock:
     def __init__(self) -> None:
         self.now = 1000.0
-        self.slept: list[float] = []
 
     def __call__(self) -> float:
         return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-
-async def test_the_bucket_allows_the_burst_then_the_rate() -> None:
-    clock = FakeClock()
-    bucket = TokenBucket(50, 100, clock=clock, sleep=clock.sleep)
-    for _ in range(100):
-        await bucket.acquire()
-    assert clock.slept == []
-    await bucket.acquire()
-    assert clock.slept == [pytest.approx(1 / 50)]
-    # Reservations queue up: the 3rd request over the burst waits 3 token periods.
-    assert bucket.reserve() == pytest.approx(1 / 50)
-    assert bucket.reserve() == pytest.approx(2 / 50)
-
-
-async def test_the_bucket_refills_at_the_rate_up_to_the_burst() -> None:
-    clock = FakeClock()
-    bucket = TokenBucket(10, 5, clock=clock, sleep=clock.sleep)
-    for _ in range(5):
-        bucket.reserve()
-    clock.now += 100  # long idle: refills to the burst, not beyond
-    waits = [bucket.reserve() for _ in range(6)]
-    assert waits[:5] == [0.0] * 5
-    assert waits[5] == pytest.approx(0.1)
 
 
 def test_aimd_halves_once_per_round_and_grows_back() -> None:
@@ -105,6 +80,34 @@ async def test_the_limiter_never_exceeds_its_limit() -> None:
     await asyncio.gather(*(work() for _ in range(30)))
     assert peak == 3
     assert limiter.in_flight == 0
+
+
+async def test_a_call_carrying_a_ticket_spends_the_token_its_admission_took() -> None:
+    clock = FakeClock()
+    gate = ApiGate(PatchSettings(qps=10, burst=1), ReconcilerMetrics(), clock=clock)
+    ticket = await gate.admit()  # takes the only token of the burst
+    sent: list[str] = []
+
+    async def request() -> str:
+        sent.append("patch")
+        return "ok"
+
+    assert await gate.call("patch", "x", request, ticket=ticket) == "ok"
+    assert sent == ["patch"]
+    # One token was taken for admission and call together: the next is one period away.
+    assert gate.bucket.reserve() == pytest.approx(0.1)
+
+
+async def test_a_ticket_is_spent_once() -> None:
+    gate = ApiGate(PatchSettings(), ReconcilerMetrics())
+    ticket = await gate.admit()
+
+    async def request() -> None:
+        return None
+
+    await gate.call("patch", "x", request, ticket=ticket)
+    with pytest.raises(RuntimeError, match="already spent"):
+        await gate.call("patch", "x", request, ticket=ticket)
 
 
 def api_error(status: int, headers: dict[str, str] | None, body: Any) -> ApiException:

@@ -364,6 +364,8 @@ AUDITED_LABEL_ARGUMENTS = {
     "spec.key",
     # receiver: reload results are code constants.
     "result",
+    # reconciler: why a watch started over, runtime.informer.Restart ("gone" or "error").
+    "why",
 }
 """Every non-literal label value passed to prometheus_client in receiver/ and reconciler/.
 Nothing here comes from a request or a stored envelope; a new expression fails the test below

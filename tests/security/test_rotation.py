@@ -182,10 +182,10 @@ def test_both_keys_are_tried_when_the_current_one_matches() -> None:
     request = Request.of(
         {"X-Hub-Signature-256": "sha256=" + hmac_hex(NEW_TOKEN, GITHUB_BODY)}, GITHUB_BODY
     )
-    assert verify(Recording(), spec, request, BEFORE) is False
+    assert verify(Recording(), spec, spec.rotation, request, BEFORE) is False
     assert calls == [NEW_TOKEN.encode(), OLD_TOKEN.encode()]
     calls.clear()
-    assert verify(Recording(), spec, request, AFTER) is False
+    assert verify(Recording(), spec, spec.rotation, request, AFTER) is False
     assert calls == [NEW_TOKEN.encode()], "after the deadline only the current key is tried"
 
 

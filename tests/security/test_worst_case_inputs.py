@@ -82,7 +82,7 @@ from receiver.errors import (
     PayloadInvalid,
     Rejected,
 )
-from receiver.providers import PROVIDERS, common, github, jwks
+from receiver.providers import PROVIDERS, common, hub, jwks
 from receiver.providers.base import Provider, Request
 from receiver.providers.cdevents import unversioned
 from receiver.providers.gcr import GCR, StaticKeys
@@ -1067,7 +1067,7 @@ def old_form_payload(body: bytes) -> str:
 
 def new_form_payload(body: bytes) -> str:
     try:
-        return github.form_payload(body)
+        return hub.form_payload(body)
     except PayloadInvalid as refused:
         return "<invalid>" if "invalid" in refused.reason else "<not one>"
 
@@ -1078,7 +1078,7 @@ def test_the_windowed_form_decoding_reads_as_parse_qs(
 ) -> None:
     """Random forms of escapes (valid, invalid, cut), ``+``, non-ASCII text and separators;
     tiny windows put every escape across a boundary."""
-    monkeypatch.setattr(github, "_FORM_WINDOW", window)
+    monkeypatch.setattr(hub, "_FORM_WINDOW", window)
     rng = random.Random(window)
     pieces = ["%", "4", "1", "%C3", "%A9", "%e2%82", "+", "a", "\u00e9", "&", "=", "%ZZ", "\u20ac"]
     for _ in range(3000):

@@ -30,7 +30,7 @@ from receiver.receivers import specs_from_documents
 from receiver.registry import ReceiverTable
 from receiver.settings import ReceiverSettings, StreamSettings
 from receiver.state import IngressState
-from schemas import natsbinding
+from schemas import envelope, natsbinding
 
 
 def receiver_docs(
@@ -79,6 +79,11 @@ def hmac_hex(key: str | bytes, body: bytes, algo: str = "sha256") -> str:
     return hmac.new(k, body, getattr(hashlib, algo)).hexdigest()
 
 
+def repository(http: str, ssh: str, web: str, full_name: str | None) -> dict[str, Any]:
+    """A stored envelope's ``repository`` block: the three URLs, listed and by kind."""
+    return {"urls": [http, ssh, web], "http": http, "ssh": ssh, "web": web, "full_name": full_name}
+
+
 def dump_yaml(docs: list[dict[str, Any]]) -> str:
     return yaml.safe_dump_all(docs)
 
@@ -115,6 +120,23 @@ class Ingress:
             natsbinding.from_message(headers, msg.data or b"")
             out.append(Stored(msg.subject, headers, json.loads(msg.data or b"")))
         return out
+
+    async def post(self, path: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, Any]:
+        """POST ``body`` to ``path``: the status and the JSON answer."""
+        resp = await self.client.post(path, data=body, headers=dict(headers))
+        return resp.status, await resp.json()
+
+    async def envelopes(self) -> list[dict[str, Any]]:
+        """The stored envelopes, each checked against the envelope schema."""
+        docs = [s.envelope for s in await self.stored()]
+        for doc in docs:
+            envelope.validate(doc)
+        return docs
+
+    async def envelope(self) -> dict[str, Any]:
+        """The one stored envelope; fails unless exactly one was stored."""
+        [only] = await self.envelopes()
+        return only
 
     async def dead(self) -> list[Stored]:
         if self._nc is None:
