@@ -41,12 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 with atheris.instrument_imports(include=["receiver", "schemas"]):
     from receiver import normalising
+    from receiver.config.spec import ReceiverSpec, specs_from_documents
     from receiver.errors import Rejected
     from receiver.providers import PROVIDERS, jwks
     from receiver.providers.base import Provider, Request
     from receiver.providers.gcr import GCR, StaticKeys
     from receiver.providers.generic_oidc import GenericOIDC
-    from receiver.receivers import ReceiverSpec, specs_from_documents
     from receiver.settings import ReceiverSettings
 
 FUZZ_TOKEN = "fuzz-harness-t0ken"  # noqa: S105  (a throwaway test credential)

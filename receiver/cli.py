@@ -12,8 +12,8 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from receiver.config.hooks import hook_path
 from receiver.errors import ConfigError
-from receiver.hooks import hook_path
 from receiver.settings import Rate, ReceiverSettings, StreamSettings, parse_networks
 from runtime.natsauth import NatsAuth
 from runtime.options import (
@@ -129,6 +129,9 @@ def build(sections: Sections) -> ReceiverSettings:
         raise ConfigError("--tls-cert and --tls-key go together")
     if top.get("rate_limit_sources_max", 1) < 1:
         raise ConfigError("--rate-limit-sources-max: at least 1")
+    if top.get("config") is not None and top.get("kubernetes"):
+        # As the reconciler: one source of Receivers, never one silently ignored.
+        raise ConfigError("--config and --kubernetes are exclusive")
     nats_auth = NatsAuth.from_strings(sections[NATS_AUTH])
     return ReceiverSettings(**top, stream=StreamSettings(**stream), nats_auth=nats_auth)
 
@@ -147,7 +150,7 @@ def hook_path_main(argv: Sequence[str]) -> int:
 
 
 def _send_main(argv: list[str]) -> int:
-    from receiver.sending import send_main
+    from receiver.send_command import send_main
 
     return send_main(argv)
 

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import logging
 
+from receiver.config.spec import ReceiverSpec
 from receiver.errors import DeadLetter
 from receiver.normalising import event_id
 from receiver.providers.base import Request
 from receiver.providers.common import body_digest
-from receiver.receivers import ReceiverSpec
 from receiver.state import IngressState
 from schemas.subjects import dead_subject
 

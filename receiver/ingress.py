@@ -24,7 +24,9 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import HttpVersion11, web
 
-from receiver import addressing, deadlettering, normalising, rotating
+from receiver import addressing, deadlettering, normalising
+from receiver.config import rotation
+from receiver.config.spec import ReceiverSpec
 from receiver.errors import (
     BodyTooLarge,
     DeadLetter,
@@ -42,7 +44,6 @@ from receiver.errors import (
 from receiver.limiting import retry_after
 from receiver.providers import PROVIDERS
 from receiver.providers.base import Parsed, Request, media_type
-from receiver.receivers import ReceiverSpec
 from receiver.state import STATE, IngressState
 from runtime import logs
 from schemas.excerpts import clipped, excerpt
@@ -282,7 +283,7 @@ async def handle_hook(
         content_type = media_type(request.headers.get("Content-Type"))
         req = Request(request.headers, body, content_type, remote)
         now = state.table.now()
-        if rotating.verify(provider, spec, spec.rotation, req, now) or route.previous:
+        if rotation.verify(provider, spec, spec.rotation, req, now) or route.previous:
             note_previous_token(state, spec)
         try:
             parsed = provider.parse(spec, req)

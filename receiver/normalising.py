@@ -21,9 +21,9 @@ from typing import Any
 
 import orjson
 
+from receiver.config.spec import ReceiverSpec
 from receiver.errors import DeliveryTooLarge, PayloadInvalid
 from receiver.providers.base import Item, Parsed
-from receiver.receivers import ReceiverSpec
 from runtime import natsheaders
 from schemas import envelope, natsbinding, subjects
 

@@ -12,12 +12,12 @@ from aiohttp import web
 
 from receiver.app import create_metrics_app, create_server
 from receiver.certificates import ServerCertificates
+from receiver.config.sources import FileSource, ReceiverSource
+from receiver.config.table import ReceiverTable
 from receiver.errors import ConfigError
 from receiver.metrics import IngressMetrics
 from receiver.publishing import Publisher
-from receiver.registry import ReceiverTable
 from receiver.settings import ReceiverSettings
-from receiver.sources import FileSource, ReceiverSource
 from receiver.state import IngressState
 from schemas import cdevents
 
@@ -49,7 +49,7 @@ def settle_heap() -> None:
 def make_source(settings: ReceiverSettings, metrics: IngressMetrics) -> ReceiverSource:
     """The configured Receiver source (file or Kubernetes)."""
     if settings.kubernetes:
-        from receiver.watching import KubernetesSource
+        from receiver.config.kubernetes import KubernetesSource
 
         return KubernetesSource(settings, metrics)
     if settings.config is None:

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from receiver.config.table import ReceiverTable
 from receiver.limiting import Limiter
 from receiver.metrics import IngressMetrics
 from receiver.publishing import Publisher
-from receiver.registry import ReceiverTable
 from receiver.settings import ReceiverSettings
 
 

@@ -48,27 +48,25 @@ Trace context: the envelope's W3C ``traceparent`` (continued from the webhook or
 the receiver) is carried unchanged as the CloudEvents ``traceparent`` extension of every
 event in the chain.
 
-Feeding: :class:`ChainReporter` is told by the consumer, in line with its own work, of each
-delivery it received and each patch that covered one; outcomes come back as callbacks of the
-outcome watcher's futures. Nothing here is called from inside the patcher or the coalescer.
+Feeding: :class:`reconciler.reporting.ChainReporter` is told by the consumer, in line with its
+own work, of each delivery it received and each patch that covered one; outcomes come back as
+callbacks of the outcome watcher's futures. This module only plans the events and keeps no
+state (the same delivery and outcome give the same ids); the reporter decides when, and is
+never called from inside the patcher or the coalescer.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NotRequired, Protocol, TypedDict
+from typing import Any, NotRequired, TypedDict
 
-from reconciler.kinds import KINDS, ObjectRef
-from reconciler.outcome_metrics import OutcomeMetrics
-from reconciler.outcomes import Outcome
-from reconciler.patching import Patched
+from reconciler.fluxstatus import Outcome
+from reconciler.kinds import ObjectRef
 from schemas.cdevents import (
     Event,
     SpecRelease,
@@ -91,12 +89,6 @@ SOURCE = "/fluxrelay/reconciler"
 ID_NAMESPACE = uuid.UUID("5b0f3c1e-6a53-4d7e-9b8e-f1c2a7d0e4b1")
 """uuid5 namespace of fluxrelay's CDEvent ids (fixed forever: ids must not change)."""
 WEBHOOK_TYPE = "dev.cdeventsx.fluxrelay-webhook.received.0.1.0"
-STORED_MEMORY = 16_384
-"""Envelopes whose stored time is remembered between consuming and patching. An entry is only
-needed while its message is in flight (at most ``max_in_flight``, 4,096 by default, per
-replica; a redelivery notes it again), so four times that is plenty. It was 100,000: ~19 MiB
-that took ~7 minutes to fill at 250 deliveries/s per replica, i.e. growth a soak segment
-could not see the end of."""
 
 
 def event_id(envelope_id: str, stage: str, key: str = "") -> str:
@@ -122,7 +114,7 @@ class Followed(TypedDict):
     """Of an incoming CDEvent, the slim form keeps ``context.id`` and ``context.chainId``."""
 
 
-def _incoming(env: Followed) -> Mapping[str, Any] | None:
+def incoming_context(env: Followed) -> Mapping[str, Any] | None:
     """The incoming CDEvent's context, for deliveries of the ``cdevents`` provider."""
     cdevent = env.get("cdevent")
     if isinstance(cdevent, Mapping):
@@ -134,7 +126,7 @@ def _incoming(env: Followed) -> Mapping[str, Any] | None:
 
 def chain_id(env: Followed) -> str:
     """The delivery's ``chainId``: the incoming CDEvent's, else uuid5 of the envelope id."""
-    context = _incoming(env)
+    context = incoming_context(env)
     if context is not None and isinstance(context.get("chainId"), str) and context["chainId"]:
         return str(context["chainId"])
     return event_id(env["id"], "chain")
@@ -142,7 +134,7 @@ def chain_id(env: Followed) -> str:
 
 def ingest_id(env: Followed) -> str:
     """The id of the chain's first event (the incoming CDEvent's own id for CDEvents)."""
-    context = _incoming(env)
+    context = incoming_context(env)
     if context is not None:
         return str(context["id"])
     return event_id(env["id"], "ingest")
@@ -211,7 +203,7 @@ def _artifact_purl(env: Envelope) -> str | None:
 
 def ingest(env: Envelope, *, source: str = SOURCE) -> Planned | None:
     """The chain's first event, or None when the delivery was itself a CDEvent."""
-    if _incoming(env) is not None:
+    if incoming_context(env) is not None:
         return None
     id_ = ingest_id(env)
     opts = _options(env, source, id_, [])
@@ -352,138 +344,3 @@ def _deployed(env: Followed, outcome: Outcome, previous: str, source: str) -> Pl
         return environment_modified(release, environment_id=environment, name=environment, **opts)
 
     return Planned(id_, "environment.modified", build_environment, trace, delivery)
-
-
-# --------------------------------------------------------------------------- the flow
-
-
-class Emit(Protocol):
-    """Where planned events go (``reconciler.emitting.Emitter.emit``); never blocks."""
-
-    def __call__(self, planned: Planned) -> None: ...
-
-
-def _epoch(text: str | None) -> float | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return None
-
-
-def _slim(env: Envelope) -> Followed:
-    """The :class:`Followed` form of a delivery."""
-    slim: Followed = {
-        "id": env["id"],
-        "delivery_id": env["delivery_id"],
-        "received_at": env["received_at"],
-    }
-    if "traceparent" in env:
-        slim["traceparent"] = env["traceparent"]
-    context = _incoming(env)
-    if context is not None:
-        slim["cdevent"] = {"context": {k: context[k] for k in ("id", "chainId") if k in context}}
-    return slim
-
-
-def _reports_handling(ref: ObjectRef) -> bool:
-    """Whether Flux will ever say it handled a request on ``ref`` (else it is not followed).
-
-    An ExternalArtifact is still patched, as notification-controller patches it, but its status
-    has no ``lastHandledReconcileAt``; following it would end in a timeout reported as an error.
-    """
-    known = KINDS.get(ref.kind)
-    return known is None or known.reports_handling
-
-
-class Follow(Protocol):
-    """Follows a reconcile request to its outcome (``reconciler.outcomes.OutcomeWatcher``):
-    following the same request again returns the same future."""
-
-    def follow(
-        self, ref: ObjectRef, requested_at: str, patched_at: float
-    ) -> asyncio.Future[Outcome]: ...
-
-
-class ChainReporter:
-    """Follows each delivery: ingest event, ``queued`` per patch, outcome → ``finished``.
-
-    The consumer tells it, in line, each delivery it received (:meth:`received`) and each
-    patch that covered one (:meth:`patched`, once per delivery the patch carried). Also
-    records MTTP and the stage latencies. Never blocks: events go to ``emit``, outcomes
-    arrive as callbacks of the watcher's futures.
-    """
-
-    def __init__(
-        self,
-        emit: Emit | None,
-        watcher: Follow | None,
-        metrics: OutcomeMetrics,
-        *,
-        source: str = SOURCE,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._emit = emit
-        self._watcher = watcher
-        self._metrics = metrics
-        self._source = source
-        self._clock = clock
-        self._stored: OrderedDict[str, float] = OrderedDict()
-
-    def received(self, env: Envelope, stored_at: datetime | None) -> None:
-        """An envelope was taken from the stream: emit its ingest event, note its stored time."""
-        if stored_at is not None:
-            stored = stored_at.timestamp()
-            received = _epoch(env["received_at"])
-            if env["id"] not in self._stored and received is not None:  # once per delivery
-                self._metrics.stage.labels("received_stored").observe(max(stored - received, 0))
-            self._stored[env["id"]] = stored
-            self._stored.move_to_end(env["id"])
-            while len(self._stored) > STORED_MEMORY:
-                self._stored.popitem(last=False)
-        if self._emit is not None:
-            planned = ingest(env, source=self._source)
-            if planned is not None:
-                self._emit(planned)
-
-    def patched(self, patched: Patched, env: Envelope) -> None:
-        """``patched`` covered ``env``: its ``queued`` event, then its outcome followed.
-
-        The request is followed once per delivery it carried (the watcher hands each the same
-        future); the delivery that opened the batch also records the request's own stage
-        latencies, so a coalesced patch counts once there, as it is one request.
-        """
-        ref, requested_at = patched.ref, patched.requested_at
-        patched_at = self._clock()
-        stored = self._stored.get(env["id"])  # kept: one delivery may patch many objects
-        if stored is not None:
-            self._metrics.stage.labels("stored_patched").observe(max(patched_at - stored, 0))
-        if self._emit is not None:
-            self._emit(queued(env, ref, requested_at, source=self._source))
-        if self._watcher is None or not _reports_handling(ref):
-            return
-        future = self._watcher.follow(ref, requested_at, patched_at)
-        if patched.envelope_ids[:1] == (env["id"],):
-            future.add_done_callback(
-                lambda f: None if f.cancelled() else self._on_request_outcome(f.result())
-            )
-        slim = _slim(env)
-        future.add_done_callback(
-            lambda f: None if f.cancelled() else self._on_outcome(f.result(), slim)
-        )
-
-    def _on_request_outcome(self, outcome: Outcome) -> None:
-        stage = self._metrics.stage
-        if outcome.handled_at is not None:
-            stage.labels("patched_handled").observe(max(outcome.handled_at - outcome.patched_at, 0))
-            if outcome.ready_at is not None:
-                stage.labels("handled_ready").observe(max(outcome.ready_at - outcome.handled_at, 0))
-
-    def _on_outcome(self, outcome: Outcome, env: Followed) -> None:
-        received = _epoch(env["received_at"])
-        if outcome.result == "success" and outcome.ready_at is not None and received is not None:
-            self._metrics.mttp.labels(outcome.ref.kind).observe(max(outcome.ready_at - received, 0))
-        if self._emit is not None:
-            for planned in finished(env, outcome, source=self._source):
-                self._emit(planned)

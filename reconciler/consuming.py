@@ -2,7 +2,7 @@
 
 Each delivery runs top to bottom in :meth:`Consumer.process`: received (decoded, told to the
 reporter) -> targeted -> patched (through the coalescer) -> reported (each patch that covered
-it handed to the reporter as soon as it is done). The reporter (``reconciler.chaining``: the
+it handed to the reporter as soon as it is done). The reporter (``reconciler.reporting``: the
 CDEvents chain, outcome following, MTTP) never decides a message's fate: a failure in it is
 logged and the message goes on.
 
@@ -68,7 +68,7 @@ MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 
 
 class Reporter(Protocol):
-    """Where the consumer reports each delivery's progress (``chaining.ChainReporter``).
+    """Where the consumer reports each delivery's progress (``reporting.ChainReporter``).
 
     Called in line with the message's own work, so neither method may block.
     """

@@ -5,7 +5,8 @@ After a patch, the request ``(object, requestedAt)`` is followed until Flux repo
 that field are followed at all, see ``kinds.Kind.reports_handling``) and then until the ``Ready``
 condition settles: ``True`` is success, ``False`` with a reason other than ``Progressing`` is
 failure. A request not settled within the timeout is an error (timed out); an object deleted
-while followed is an error too.
+while followed is an error too. Reading a Flux object's status, and what settled means, is
+:mod:`reconciler.fluxstatus`; this module follows requests and holds the watches.
 
 Many objects at once, few connections: one list+watch per kind (per namespace when the
 reconciler is namespace-scoped), started when the first request for that kind is followed and
@@ -33,150 +34,19 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from kubernetes_asyncio import client as k8s
 
-from reconciler.kinds import REQUESTED_AT, ObjectRef
+from reconciler.fluxstatus import ObjectStatus, Outcome, settled, status_of
+from reconciler.kinds import ObjectRef
 from reconciler.outcome_metrics import OutcomeMetrics
 from runtime.informer import Informer, InformerSettings, custom_objects
 
 log = logging.getLogger(__name__)
 
-Result = Literal["success", "failure", "error"]
 ScopeKey = tuple[str, str, str, str | None]
 """``(group, version, plural, namespace or None for all namespaces)``: one watch each."""
-
-
-# --------------------------------------------------------------------------- status
-
-
-@dataclass(frozen=True, slots=True)
-class Condition:
-    status: str
-    reason: str
-    message: str
-    observed_generation: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectStatus:
-    """The few fields of a Flux object outcome watching and the CDEvents mapping need."""
-
-    requested: str | None = None
-    """The ``reconcile.fluxcd.io/requestedAt`` annotation now on the object."""
-    handled: str | None = None
-    """``status.lastHandledReconcileAt``."""
-    generation: int | None = None
-    ready: Condition | None = None
-    reconciling: bool = False
-    applied_revision: str | None = None
-    attempted_revision: str | None = None
-    artifact_revision: str | None = None
-    artifact_digest: str | None = None
-    chart_name: str | None = None
-    chart_version: str | None = None
-    app_version: str | None = None
-    target_namespace: str | None = None
-    release_name: str | None = None
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def status_of(obj: Mapping[str, Any]) -> ObjectStatus:
-    """Read an object's status the way Flux's objects lay it out (missing parts are None)."""
-    meta = obj.get("metadata") or {}
-    spec = obj.get("spec") or {}
-    status = obj.get("status") or {}
-    ready: Condition | None = None
-    reconciling = False
-    for cond in status.get("conditions") or ():
-        if not isinstance(cond, Mapping):
-            continue
-        if cond.get("type") == "Ready":
-            ready = Condition(
-                str(cond.get("status") or "Unknown"),
-                str(cond.get("reason") or ""),
-                str(cond.get("message") or ""),
-                _int(cond.get("observedGeneration")),
-            )
-        elif cond.get("type") == "Reconciling":
-            reconciling = cond.get("status") == "True"
-    artifact = status.get("artifact") or {}
-    history = status.get("history") or ()
-    latest = history[0] if history and isinstance(history[0], Mapping) else {}
-    chart_spec = ((spec.get("chart") or {}).get("spec") or {}) if isinstance(spec, Mapping) else {}
-    return ObjectStatus(
-        requested=_text((meta.get("annotations") or {}).get(REQUESTED_AT)),
-        handled=_text(status.get("lastHandledReconcileAt")),
-        generation=_int(meta.get("generation")),
-        ready=ready,
-        reconciling=reconciling,
-        applied_revision=_text(status.get("lastAppliedRevision")) or _released(latest),
-        attempted_revision=_text(status.get("lastAttemptedRevision")),
-        artifact_revision=_text(artifact.get("revision")),
-        artifact_digest=_text(artifact.get("digest")),
-        chart_name=_text(latest.get("chartName")) or _text(chart_spec.get("chart")),
-        chart_version=_text(latest.get("chartVersion")),
-        app_version=_text(latest.get("appVersion")),
-        target_namespace=_text(spec.get("targetNamespace")),
-        release_name=_text(spec.get("releaseName")),
-    )
-
-
-def _released(snapshot: Mapping[str, Any]) -> str | None:
-    """The chart version a HelmRelease v2 runs now, from its newest ``status.history[]`` entry.
-
-    helm-controller v2 has no ``lastAppliedRevision``: it records each release in
-    ``status.history`` (newest first) and only a ``deployed`` snapshot was applied; a failed
-    or superseded one says what was tried, which ``lastAttemptedRevision`` already carries.
-    """
-    if snapshot.get("status") != "deployed":
-        return None
-    return _text(snapshot.get("chartVersion"))
-
-
-def settled(status: ObjectStatus) -> Literal["success", "failure"] | None:
-    """Ready's verdict, or None while it is Unknown, Progressing or about an older generation."""
-    ready = status.ready
-    if ready is None:
-        return None
-    if (
-        ready.observed_generation is not None
-        and status.generation is not None
-        and ready.observed_generation < status.generation
-    ):
-        return None
-    if ready.status == "True":
-        return "success"
-    if ready.status == "False" and ready.reason != "Progressing":
-        return "failure"
-    return None
-
-
-# --------------------------------------------------------------------------- outcomes
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """The end of one reconcile request. Times are Unix seconds as this process saw them."""
-
-    ref: ObjectRef
-    requested_at: str
-    result: Result
-    reason: str
-    message: str
-    patched_at: float
-    handled_at: float | None = None
-    ready_at: float | None = None
-    superseded_by: str | None = None
-    status: ObjectStatus | None = None
 
 
 @dataclass
@@ -371,36 +241,16 @@ class OutcomeWatcher:
     def _expire(self, waiter: _Waiter) -> None:
         handled = waiter.handled_at is not None
         what = "became neither Ready nor failed" if handled else "was not handled by Flux"
+        message = f"reconcile request {what} within {self.timeout:g}s"
         self._resolve(
             waiter,
-            Outcome(
-                waiter.ref,
-                waiter.requested_at,
-                "error",
-                "Timeout",
-                f"reconcile request {what} within {self.timeout:g}s",
-                waiter.patched_at,
-                waiter.handled_at,
-                None,
-                waiter.superseded_by,
-                self._status(waiter.ref),
-            ),
+            _error(waiter, "Timeout", message, waiter.superseded_by, self._status(waiter.ref)),
         )
 
     def _gone(self, key: str) -> None:
         for waiter in list(self._waiters.get(key, {}).values()):
-            self._resolve(
-                waiter,
-                Outcome(
-                    waiter.ref,
-                    waiter.requested_at,
-                    "error",
-                    "ObjectDeleted",
-                    "the object was deleted before its reconcile request settled",
-                    waiter.patched_at,
-                    waiter.handled_at,
-                ),
-            )
+            message = "the object was deleted before its reconcile request settled"
+            self._resolve(waiter, _error(waiter, "ObjectDeleted", message))
 
     def _forget(self, waiter: _Waiter) -> None:
         if waiter.timer is not None:
@@ -476,3 +326,25 @@ class OutcomeWatcher:
             self._gone(key)
         else:
             self._observe(scope, obj)
+
+
+def _error(
+    waiter: _Waiter,
+    reason: str,
+    message: str,
+    superseded_by: str | None = None,
+    status: ObjectStatus | None = None,
+) -> Outcome:
+    """The ``error`` outcome of a request that can no longer settle (timed out, deleted)."""
+    return Outcome(
+        waiter.ref,
+        waiter.requested_at,
+        "error",
+        reason,
+        message,
+        waiter.patched_at,
+        waiter.handled_at,
+        None,
+        superseded_by,
+        status,
+    )

@@ -31,7 +31,6 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
 from reconciler.app import Probes, create_metrics_app
-from reconciler.chaining import ChainReporter
 from reconciler.coalescing import Coalescer
 from reconciler.consuming import Consumer, Reporter, Unreported
 from reconciler.emitting import Emitter
@@ -41,6 +40,7 @@ from reconciler.outcome_metrics import OutcomeMetrics
 from reconciler.outcomes import OutcomeWatcher
 from reconciler.patching import Patcher
 from reconciler.receivers import FileReceivers, KubeReceivers, ReceiverBook
+from reconciler.reporting import ChainReporter
 from reconciler.settings import ReconcilerSettings
 from reconciler.sinks import build_sinks
 from reconciler.targeting import IndexFactory, SourceMatcher, Targeter
@@ -186,7 +186,7 @@ class Reconciler:
         )
 
     async def _start_reporting(self) -> Reporter:
-        """Outcome watching and CDEvents out (``reconciler.chaining``), as configured."""
+        """Outcome watching and CDEvents out (``reconciler.reporting``), as configured."""
         s = self.settings
         if s.outcome_timeout > 0:
             self._watch_api = await kube_client(s)  # watches never take the patches' pool slots

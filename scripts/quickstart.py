@@ -287,7 +287,7 @@ async def follow(
 
 def hook_lines(port: int) -> list[tuple[str, str]]:
     """(hook URL, token) for every example Receiver."""
-    from receiver.hooks import hook_path
+    from receiver.config.hooks import hook_path
     from schemas.receivers import read_documents
 
     found = read_documents(RECEIVERS)

@@ -162,7 +162,8 @@ def test_the_hops_name_code_that_exists() -> None:
 def test_the_module_map_names_the_packages_there_are() -> None:
     table = section(README, "Module map")
     assert "<!-- MODULE MAP" in table
-    listed = re.findall(r"^\| `([\w./]+)` \|", table, re.M)
+    first_cells = re.findall(r"^\| (`[^|]+`) \|", table, re.M)
+    listed = [path for cell in first_cells for path in re.findall(r"`([\w./]+)`", cell)]
     for path in listed:
         assert (ROOT / path).exists(), f"the module map lists {path}, which does not exist"
     packages = {f"{name}/" for name in ("receiver", "reconciler", "runtime", "schemas")}

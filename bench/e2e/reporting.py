@@ -174,7 +174,8 @@ def markdown(results: Mapping[str, Any]) -> str:
         "receiver and reconciler processes; load from a separate process; the peer is "
         "Debian's `webhook` running `kubectl annotate` per hook (waiting for the command). "
         f"QPS {meta['qps']:g} / burst {meta['api_burst']}, coalescing window "
-        f"{meta['coalesce_window_s']:g} s, load generator in-flight cap {meta['max_in_flight']}.",
+        f"{meta['coalesce_window_s']:g} s, load generator in-flight cap {meta['max_in_flight']}. "
+        "Every other receiver and reconciler flag at its default (INFO text logs to a file).",
         "",
     ]
     if meta.get("commit"):

@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from receiver.hooks import hook_path
+from receiver.config.hooks import hook_path
 from tests.support.kubeapi import KubeAPI
 from tests.support.natsd import NatsServer, free_port, wait_port
 
@@ -223,7 +223,7 @@ class FluxRelay:
         self.nats = NatsServer(name="bench-e2e").start()
         receiver_metrics, reconciler_metrics = free_port(), free_port()
         common = ["--nats-url", self.nats.url, "--config", str(self.config)]
-        common += ["--log-level", "WARNING", "--log-format", "json"]
+        # Logging as a user runs it (INFO, text), like every other flag not named here.
         try:
             self.receiver = spawn(
                 [

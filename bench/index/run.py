@@ -178,7 +178,7 @@ def registry_push(repo: int) -> dict[str, Any]:
 
 def time_lookups(sizes: tuple[int, ...], runs: int) -> list[dict[str, float]]:
     """Median nanoseconds per ``match`` call for tables of each size (runs interleaved)."""
-    from reconciler.indexing import SourceTable
+    from reconciler.sourcetable import SourceTable
 
     cases = []
     for size in sizes:
@@ -214,6 +214,7 @@ import gc, json, resource, sys, tracemalloc
 TRACE = {trace!r}
 sys.path.insert(0, {root!r})
 import reconciler.indexing  # noqa: F401  (the reconciler's imports: kubernetes_asyncio, aiohttp)
+import reconciler.sourcetable
 from bench.index.run import pages
 def rss_mib():
     with open('/proc/self/status') as f:
@@ -223,7 +224,7 @@ def rss_mib():
 after_import = rss_mib()
 if TRACE:
     tracemalloc.start()
-table = reconciler.indexing.SourceTable()
+table = reconciler.sourcetable.SourceTable()
 for page in pages({count}):  # one decoded page alive at a time, as SourceIndex lists
     for item in json.loads(page)["items"]:
         table.upsert(item)

@@ -48,7 +48,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from receiver.hooks import hook_path
+from receiver.config.hooks import hook_path
 from tests.support.ingress import dump_yaml, hmac_hex, receiver_docs
 from tests.support.natsd import NATS_SERVER, NatsServer, free_port, nats_version, wait_port
 

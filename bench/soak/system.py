@@ -28,7 +28,7 @@ from kubernetes_asyncio import client as k8s_client
 
 from bench.soak.driving import Hook
 from bench.soak.observing import HttpSink, PatchWatcher, process_rss
-from receiver.hooks import hook_path
+from receiver.config.hooks import hook_path
 from reconciler.settings import CDEventsSettings
 from reconciler.sinks import stream_config
 from tests.support.faultproxy import FaultProxy

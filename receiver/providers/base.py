@@ -7,8 +7,8 @@ envelope fragments. Both raise :mod:`receiver.errors` types only.
 
 Providers see no Receiver either, only :class:`Credentials`: the keys of its Secret and the
 names a load-time refusal quotes. So the provider package imports nothing of
-``receiver.receivers``, and which keys to try is the ingress's choice, not the provider's
-(:mod:`receiver.rotating` also tries the previous token's during a rotation).
+``receiver.config.spec``, and which keys to try is the ingress's choice, not the provider's
+(:mod:`receiver.config.rotation` also tries the previous token's during a rotation).
 
 The value types here are built on every delivery and never changed after; they are plain
 slotted dataclasses, not frozen ones, because a frozen dataclass's ``__init__`` goes through
@@ -56,7 +56,7 @@ class Request:
 
 
 class Credentials(Protocol):
-    """What a provider may read of the Receiver it serves (``receiver.receivers.ReceiverSpec``
+    """What a provider may read of the Receiver it serves (``receiver.config.spec.ReceiverSpec``
     is one): the keys of its Secret, and the names its load-time refusals quote.
 
     Read-only properties, which a frozen dataclass's fields satisfy. During a rotation the

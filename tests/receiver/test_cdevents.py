@@ -16,11 +16,11 @@ from typing import Any
 import nats
 import pytest
 
+from receiver.config.spec import specs_from_documents
 from receiver.errors import DeadLetter, PayloadInvalid, SignatureInvalid
 from receiver.providers import PROVIDERS
 from receiver.providers.base import Request
 from receiver.providers.cdevents import unversioned
-from receiver.receivers import specs_from_documents
 from schemas import cdevents, envelope
 from tests.schemas.cdevents_reference import conformance_files, fixture_files, load, spec_dir
 from tests.support.ingress import Ingress, path_of, receiver_docs, start_ingress

@@ -94,6 +94,15 @@ def test_a_file_that_is_no_receiver_list_fails_at_start(
     assert message in out.stderr
 
 
+def test_config_and_kubernetes_together_are_refused_at_start(tmp_path: Path) -> None:
+    """One source of Receivers, as the reconciler: before, ``--config`` was silently ignored."""
+    config = tmp_path / "receivers.yaml"
+    config.write_text("[]\n")
+    out = run_cli("--config", str(config), "--kubernetes", "--nats-url", "nats://127.0.0.1:1")
+    assert out.returncode == 2
+    assert "--config and --kubernetes are exclusive" in out.stderr
+
+
 UNSERVABLE = [
     {
         "apiVersion": "notification.toolkit.fluxcd.io/v1",

@@ -43,10 +43,10 @@ from typing import Any
 
 import pytest
 
-from receiver.hooks import hook_path
+from receiver.config.hooks import hook_path
+from receiver.config.sources import build_lenient
 from receiver.providers import PROVIDERS
 from receiver.providers.gcr import GCR, StaticKeys
-from receiver.sources import build_lenient
 from schemas.receivers import split_documents
 from tests.receiver.test_gcr import AUDIENCE, EMAIL, KEY, KID, id_token, jwks
 from tests.support.ingress import Ingress, receiver_docs, start_ingress

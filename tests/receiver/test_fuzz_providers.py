@@ -35,12 +35,12 @@ from hypothesis import strategies as st
 from jwt.algorithms import RSAAlgorithm
 
 from receiver import normalising
+from receiver.config.spec import ReceiverSpec, specs_from_documents
 from receiver.errors import Rejected
 from receiver.providers import PROVIDERS, jwks
 from receiver.providers.base import Provider, Request
 from receiver.providers.gcr import GCR, StaticKeys
 from receiver.providers.generic_oidc import GenericOIDC
-from receiver.receivers import ReceiverSpec, specs_from_documents
 from schemas import envelope
 from tests.support.ingress import Ingress, hmac_hex, path_of, receiver_docs, start_ingress
 from tests.support.natsd import NatsServer

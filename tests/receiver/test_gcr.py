@@ -26,12 +26,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from jwt.algorithms import RSAAlgorithm
 
+from receiver.config.spec import specs_from_documents
+from receiver.config.table import ReceiverTable
 from receiver.errors import ConfigError, SignatureInvalid
 from receiver.providers import PROVIDERS
 from receiver.providers.base import Request
 from receiver.providers.gcr import GCR, RemoteKeys, StaticKeys
-from receiver.receivers import specs_from_documents
-from receiver.registry import ReceiverTable
 from schemas import envelope
 from tests.support.ingress import Ingress, path_of, receiver_docs, start_ingress
 from tests.support.natsd import NatsServer

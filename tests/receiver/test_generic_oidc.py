@@ -27,10 +27,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from receiver.config.spec import specs_from_documents
 from receiver.errors import ConfigError
 from receiver.providers import PROVIDERS, jwks
 from receiver.providers.generic_oidc import GenericOIDC
-from receiver.receivers import specs_from_documents
 from schemas import envelope
 from tests.support.ingress import Ingress, path_of, receiver_docs, start_ingress
 from tests.support.natsd import NatsServer

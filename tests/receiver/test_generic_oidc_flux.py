@@ -46,14 +46,14 @@ from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from receiver.config.hooks import hook_path
+from receiver.config.kubernetes import KubernetesSource, WatchTiming
+from receiver.config.spec import load_file, specs_from_documents
+from receiver.config.table import ReceiverTable
 from receiver.errors import ConfigError
-from receiver.hooks import hook_path
 from receiver.providers import PROVIDERS, jwks
 from receiver.providers.generic_oidc import GenericOIDC
-from receiver.receivers import load_file, specs_from_documents
-from receiver.registry import ReceiverTable
 from receiver.settings import ReceiverSettings
-from receiver.watching import KubernetesSource, WatchTiming
 from reconciler.filtering import Filters, resource_view
 from reconciler.receivers import load_file as reconciler_load_file
 from schemas import envelope

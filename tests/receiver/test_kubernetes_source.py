@@ -31,10 +31,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from receiver.config.kubernetes import KubernetesSource, WatchTiming
+from receiver.config.table import ReceiverTable
 from receiver.errors import ConfigError
-from receiver.registry import ReceiverTable
 from receiver.settings import ReceiverSettings
-from receiver.watching import KubernetesSource, WatchTiming
 from tests.support.ingress import Ingress, hmac_hex, path_of, receiver_docs, start_ingress
 from tests.support.kubeapi import KubeAPI, free_port
 from tests.support.natsd import NatsServer
@@ -230,7 +230,7 @@ async def test_a_receiver_without_its_secret_is_unserved_until_the_secret_appear
     start_source: StartSource,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="receiver.watching")
+    caplog.set_level(logging.WARNING, logger="receiver.config.kubernetes")
     ns = kube_namespace
     docs = receiver_docs("gh", "github", SECRET_VALUE, ns)
     await apply(kube, [only(docs, "Receiver")])
@@ -245,7 +245,7 @@ async def test_a_receiver_without_its_secret_is_unserved_until_the_secret_appear
         return [
             r.getMessage()
             for r in caplog.records
-            if r.name == "receiver.watching"
+            if r.name == "receiver.config.kubernetes"
             and f"Receiver {ns}/gh (secret_missing)" in r.getMessage()
         ]
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from receiver.config.spec import specs_from_documents
+from receiver.config.table import ReceiverTable
 from receiver.errors import ConfigError
-from receiver.receivers import specs_from_documents
-from receiver.registry import ReceiverTable
 from tests.support.ingress import Ingress, hmac_hex, path_of, receiver_docs, start_ingress
 from tests.support.natsd import NatsServer
 

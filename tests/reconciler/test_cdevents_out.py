@@ -1,8 +1,9 @@
-"""CDEvents out: the mapping of a delivery to its chain (``reconciler.chaining``) and the whole
-loop end to end, all real: a signed GitHub push into the real receiver (in-process) on a private
-nats-server, the real reconciler patching on the real API server, the Flux stand-in
-(tests/support/fluxstandin.py) answering as Flux would, CDEvents out on JetStream and to two
-HTTP sinks (a 0.5.1 one with HMAC and a 0.4.1 one, as Flux's ``cdevents`` Receiver speaks).
+"""CDEvents out: the mapping of a delivery to its chain (``reconciler.chaining``), the reporter
+that tells it (``reconciler.reporting``) and the whole loop end to end, all real: a signed GitHub
+push into the real receiver (in-process) on a private nats-server, the real reconciler patching
+on the real API server, the Flux stand-in (tests/support/fluxstandin.py) answering as Flux
+would, CDEvents out on JetStream and to two HTTP sinks (a 0.5.1 one with HMAC and a 0.4.1 one,
+as Flux's ``cdevents`` Receiver speaks).
 
 Mapping (both spec versions, checked against the project's schemas and, when
 ``shared/cdevents-spec`` is present, the official ones): deterministic ids (a redelivery
@@ -40,7 +41,6 @@ from prometheus_client import CollectorRegistry
 
 from reconciler.chaining import (
     WEBHOOK_TYPE,
-    ChainReporter,
     Planned,
     chain_id,
     event_id,
@@ -48,10 +48,11 @@ from reconciler.chaining import (
     ingest,
     queued,
 )
+from reconciler.fluxstatus import ObjectStatus, Outcome
 from reconciler.kinds import ObjectRef
 from reconciler.outcome_metrics import OutcomeMetrics
-from reconciler.outcomes import ObjectStatus, Outcome
 from reconciler.patching import Patched
+from reconciler.reporting import ChainReporter
 from reconciler.settings import CDEventsSettings, HttpSinkSettings
 from reconciler.sinks import signature
 from schemas import envelope as envelopes

@@ -26,14 +26,10 @@ from typing import Any
 import pytest
 from kubernetes_asyncio import client as k8s_client
 
-from reconciler.indexing import (
-    IndexSettings,
-    SourceIndex,
-    SourceTable,
-    compile_paths,
-    narrowing_paths,
-)
+from reconciler.indexing import IndexSettings, SourceIndex
 from reconciler.kinds import SHARD_LABEL, ObjectRef
+from reconciler.narrowing import compile_paths, narrowing_paths
+from reconciler.sourcetable import SourceTable
 from tests.support.faultproxy import FaultProxy, RecordedRequest
 from tests.support.kubeapi import MERGE_PATCH, KubeAPI
 

@@ -20,16 +20,10 @@ import pytest
 from kubernetes_asyncio import client as k8s
 from prometheus_client import CollectorRegistry
 
+from reconciler.fluxstatus import Condition, ObjectStatus, settled, status_of
 from reconciler.kinds import REQUESTED_AT, ObjectRef
 from reconciler.outcome_metrics import OutcomeMetrics
-from reconciler.outcomes import (
-    Condition,
-    ObjectStatus,
-    OutcomeWatcher,
-    WatchSettings,
-    settled,
-    status_of,
-)
+from reconciler.outcomes import OutcomeWatcher, WatchSettings
 from reconciler.patching import CONTENT_TYPE, RequestClock
 from tests.reconciler.conftest import WAIT, flux_object, wait_for
 from tests.support.faultproxy import FaultProxy

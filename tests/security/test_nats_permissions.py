@@ -57,7 +57,7 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from receiver.hooks import hook_path
+from receiver.config.hooks import hook_path
 from receiver.publishing import Publisher
 from receiver.settings import StreamSettings
 from runtime.natsauth import NatsAuth

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
+from receiver.config.rotation import verify
+from receiver.config.spec import specs_from_documents
+from receiver.config.table import ReceiverTable
 from receiver.errors import ConfigError
 from receiver.providers import PROVIDERS
 from receiver.providers.base import Request
-from receiver.receivers import specs_from_documents
-from receiver.registry import ReceiverTable
-from receiver.rotating import verify
 from tests.support.ingress import Ingress, hmac_hex, path_of, receiver_docs, start_ingress
 from tests.support.natsd import NatsServer
 

@@ -35,9 +35,9 @@ from typing import Any
 
 import pytest
 
+from receiver.config.spec import MIN_TOKEN_BYTES, specs_from_documents
 from receiver.errors import ConfigError
 from receiver.providers import common
-from receiver.receivers import MIN_TOKEN_BYTES, specs_from_documents
 from receiver.settings import MiB
 from tests.support.ingress import (
     Ingress,

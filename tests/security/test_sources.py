@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from receiver.addressing import ALLOWED_SOURCES_ANNOTATION, client_address
+from receiver.config.spec import specs_from_documents
 from receiver.errors import ConfigError
-from receiver.receivers import specs_from_documents
 from receiver.settings import parse_networks
 from tests.support.ingress import Ingress, path_of, receiver_docs, start_ingress
 from tests.support.natsd import NatsServer

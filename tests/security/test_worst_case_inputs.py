@@ -76,6 +76,7 @@ from jwt.algorithms import RSAAlgorithm
 
 from receiver import addressing, normalising
 from receiver.app import create_metrics_app
+from receiver.config.spec import ReceiverSpec, specs_from_documents
 from receiver.errors import (
     DeadLetter,
     DeliveryTooLarge,
@@ -87,11 +88,10 @@ from receiver.providers.base import Provider, Request
 from receiver.providers.cdevents import unversioned
 from receiver.providers.gcr import GCR, StaticKeys
 from receiver.providers.generic_oidc import GenericOIDC
-from receiver.receivers import ReceiverSpec, specs_from_documents
 from receiver.settings import ReceiverSettings, parse_networks
 from reconciler import refs, urls
 from reconciler.filtering import Filters, to_cel
-from reconciler.indexing import _paths_allow, compile_paths, narrowing_paths
+from reconciler.narrowing import compile_paths, narrowing_paths, paths_allow
 from schemas import envelope, natsbinding
 from schemas.cdevents import validating
 from schemas.cdevents.cloudevent import _JSON_MEDIA
@@ -967,7 +967,7 @@ def index_narrows(globs: str, paths: list[str]) -> bool:
     """Whether the index lets a source annotated with ``globs`` through for a branch push
     changing ``paths`` (the way ``SourceIndex.match`` decides it)."""
     envelope = {"paths_complete": True, "ref": "refs/heads/main", "changed_paths": paths}
-    return _paths_allow(compile_paths(globs), narrowing_paths(envelope))
+    return paths_allow(compile_paths(globs), narrowing_paths(envelope))
 
 
 RECONCILER = [

@@ -22,12 +22,12 @@ from aiohttp.test_utils import RawTestServer, TestClient
 from aiohttp.web import ServerRunner
 
 from receiver.app import create_server
-from receiver.hooks import hook_path
+from receiver.config.hooks import hook_path
+from receiver.config.spec import specs_from_documents
+from receiver.config.table import ReceiverTable
 from receiver.ingress import create_handler
 from receiver.metrics import IngressMetrics
 from receiver.publishing import Publisher
-from receiver.receivers import specs_from_documents
-from receiver.registry import ReceiverTable
 from receiver.settings import ReceiverSettings, StreamSettings
 from receiver.state import IngressState
 from schemas import envelope, natsbinding

@@ -4,7 +4,7 @@ Secrets are every string constant of a test module whose name says it is one (a 
 ``SECRET``, ``PASSWORD``... including the string values of such dicts), the suite's
 default token, whatever a test or helper made at run time and passed to
 :func:`register_secret`, and every token and hook digest the session computes a hook path from
-(``receiver.hooks.hook_digest`` is wrapped: the receiver computes one per Receiver it loads,
+(``receiver.config.hooks.hook_digest`` is wrapped: the receiver computes one per Receiver it loads,
 the tests one per path they call, so no Receiver of any test escapes the scan; for Receivers
 that sign nothing the digest is the credential). Logs are every record any logger emits
 during the session (the root logger is set to INFO, the processes' default level, for the
@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from receiver import hooks, receivers
+from receiver.config import hooks, spec
 
 SECRET_WORDS = frozenset(
     {"TOKEN", "TOKENS", "SECRET", "SECRETS", "PASSWORD", "PASSWORDS", "PASSWD", "CREDS"}
@@ -163,7 +163,7 @@ def _recorded_hook_digest(token: bytes, name: str, namespace: str) -> str:
 
 
 hooks.hook_digest = _recorded_hook_digest
-receivers.hook_digest = _recorded_hook_digest  # type: ignore[attr-defined]  # bound at import
+spec.hook_digest = _recorded_hook_digest  # type: ignore[attr-defined]  # bound at import
 
 
 def register_secret(value: str | bytes, name: str = "registered at run time") -> None:

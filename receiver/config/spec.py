@@ -16,8 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from receiver import addressing, rotating
-from receiver.hooks import hook_digest
+from receiver import addressing
+from receiver.config.hooks import hook_digest
+from receiver.config.rotation import (
+    PREVIOUS_TOKEN,
+    Rotation,
+    deadline,
+    previous_secret,
+    previous_token,
+)
 from receiver.settings import Network
 from schemas.receivers import (
     ConfigError,
@@ -76,7 +83,7 @@ class ReceiverSpec:
     digest: str = field(default="", compare=False)
     allowed_sources: tuple[Network, ...] = field(default=(), init=False, compare=False)
     """From the ``fluxrelay.io/allowed-sources`` annotation; empty allows every source."""
-    rotation: rotating.Rotation | None = field(default=None, init=False, compare=False)
+    rotation: Rotation | None = field(default=None, init=False, compare=False)
     """The previous token still honoured, from ``previous-token``/``previous-token-expires``."""
     namespace: str = field(default="", init=False, compare=False)
     name: str = field(default="", init=False, compare=False)
@@ -100,16 +107,16 @@ class ReceiverSpec:
         )
         object.__setattr__(self, "rotation", self._rotation(f"{where}: Secret {d.secret_name}"))
 
-    def _rotation(self, where: str) -> rotating.Rotation | None:
-        """The previous token's Receiver, when the Secret rotates (``receiver.rotating``);
+    def _rotation(self, where: str) -> Rotation | None:
+        """The previous token's Receiver, when the Secret rotates (``receiver.config.rotation``);
         the previous token must be as strong as the current one."""
-        previous = rotating.previous_token(self.secret, where)
+        previous = previous_token(self.secret, where)
         if previous is None:
             return None
-        check_token(previous, where, rotating.PREVIOUS_TOKEN)
-        expires = rotating.deadline(self.secret, where)
-        before = ReceiverSpec(self.definition, rotating.previous_secret(self.secret, previous))
-        return rotating.Rotation(before, before.digest, expires)
+        check_token(previous, where, PREVIOUS_TOKEN)
+        expires = deadline(self.secret, where)
+        before = ReceiverSpec(self.definition, previous_secret(self.secret, previous))
+        return Rotation(before, before.digest, expires)
 
     @property
     def secret_name(self) -> str | None:

@@ -14,11 +14,11 @@ timing does not tell which one matched. After the deadline the old path is 404 a
 signature 400, without any reload.
 
 This module is rotation's one home. :func:`previous_token` and :func:`deadline` read and
-check the two keys when a Receiver is resolved (``receiver.receivers``), so a malformed pair
+check the two keys when a Receiver is resolved (``receiver.config.spec``), so a malformed pair
 fails at load; the :class:`Rotation` they make rides on the Receiver; :func:`verify` is what
 the ingress calls instead of the provider's ``verify``, before anything is parsed. Providers
 verify whichever credentials they are handed and know nothing of rotation. The routing table
-(``receiver.registry``) serves :attr:`Rotation.digest` as an alias path until the deadline.
+(``receiver.config.table``) serves :attr:`Rotation.digest` as an alias path until the deadline.
 """
 
 from __future__ import annotations

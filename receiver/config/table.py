@@ -4,7 +4,7 @@ A request looks its Receiver up once and keeps that object, so a reload (file ch
 SIGHUP, Kubernetes watch event) never affects a request in flight and never exposes a
 half-built table.
 
-A Receiver whose Secret carries a previous token (``receiver.rotating``) is also served at
+A Receiver whose Secret carries a previous token (``receiver.config.rotation``) is also served at
 that token's path until the deadline: an alias entry, checked against the clock at lookup
 time so it stops by itself. Current paths always win over aliases.
 """
@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
+from receiver.config.spec import ReceiverSpec, unserved_reason
 from receiver.errors import ConfigError
 from receiver.providers import PROVIDERS
-from receiver.receivers import ReceiverSpec, unserved_reason
 
 log = logging.getLogger(__name__)
 

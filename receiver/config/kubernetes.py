@@ -27,12 +27,12 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.config.config_exception import ConfigException
 
+from receiver.config.sources import Apply, UnservedReport
+from receiver.config.spec import ReceiverSpec, resolve, unserved_reason
+from receiver.config.table import ReceiverTable, Unserved
 from receiver.errors import ConfigError
 from receiver.metrics import IngressMetrics
-from receiver.receivers import ReceiverSpec, resolve, unserved_reason
-from receiver.registry import ReceiverTable, Unserved
 from receiver.settings import ReceiverSettings
-from receiver.sources import Apply, UnservedReport
 from runtime.informer import (
     JSON,
     TRANSIENT,

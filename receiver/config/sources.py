@@ -1,6 +1,6 @@
 """Where Receivers come from: a YAML file (reloaded on change or SIGHUP) or, in
-``receiver.watching``, the Kubernetes API. A source hands complete tables to ``apply``; the
-swap is one assignment, so requests in flight keep the Receiver they looked up.
+``receiver.config.kubernetes``, the Kubernetes API. A source hands complete tables to
+``apply``; the swap is one assignment, so requests in flight keep the Receiver they looked up.
 
 Both sources serve every Receiver they can and report the others (:class:`UnservedReport`):
 an API server accepts a Receiver whose Secret is missing or whose token is short, and
@@ -19,10 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from receiver.config.spec import ReceiverSpec, resolve, unserved_reason
+from receiver.config.table import ReceiverTable, Unserved
 from receiver.errors import ConfigError
 from receiver.metrics import IngressMetrics
-from receiver.receivers import ReceiverSpec, resolve, unserved_reason
-from receiver.registry import ReceiverTable, Unserved
 from runtime.reloading import FileReloader
 from schemas.receivers import Documents, read_documents
 
