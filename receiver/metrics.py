@@ -21,7 +21,7 @@ import bisect
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -78,35 +78,37 @@ class Distribution:
         return out
 
 
-class Family(Collector):
-    """Series of one metric by label values, exposed like prometheus_client's own."""
+S = TypeVar("S", Count, Distribution)
+
+
+class Family(Collector, Generic[S]):
+    """Series of one metric by label values, exposed like prometheus_client's own; its
+    subclasses say what one series is (:class:`Counters`, :class:`Histograms`)."""
 
     def __init__(
         self,
         name: str,
         documentation: str,
         labels: Sequence[str] = (),
-        buckets: Sequence[float] | None = None,
         max_series: int = MAX_SERIES,
     ) -> None:
         self.name, self.documentation, self.labels = name, documentation, list(labels)
-        self.bounds: tuple[float, ...] | None = None
-        if buckets is not None:
-            bounds = tuple(float(b) for b in buckets)
-            self.bounds = bounds if bounds[-1] == float("inf") else (*bounds, float("inf"))
-        self.series: dict[tuple[str, ...], Any] = {}
+        self.series: dict[tuple[str, ...], S] = {}
         self.max_series = max_series
         self.overflow = (OTHER,) * len(self.labels)
         """The label values of the series counting what came after the cap."""
 
-    def child(self, *values: str) -> Any:
+    def _new(self) -> S:
+        raise TypeError(f"{type(self).__name__} makes no series")  # pragma: no cover
+
+    def child(self, *values: str) -> S:
         """The series for ``values`` (created on first use, then looked up in a dict)."""
         series = self.series.get(values)
         if series is None:
             series = self._create(values)
         return series
 
-    def _create(self, values: tuple[str, ...]) -> Any:
+    def _create(self, values: tuple[str, ...]) -> S:
         """A new series, or the overflow series once :attr:`max_series` are held: the one
         place a family grows, so its size is bounded whatever label values reach it."""
         if len(values) != len(self.labels):
@@ -122,24 +124,54 @@ class Family(Collector):
                 OTHER,
             )
             values = self.overflow
-        series = Distribution(self.bounds) if self.bounds is not None else Count()
+        series = self._new()
         self.series[values] = series
         return series
 
+
+class Counters(Family[Count]):
+    """A counter family."""
+
+    def _new(self) -> Count:
+        return Count()
+
     def value(self, *values: str) -> float:
-        """The current count (or, for a histogram, the sum) of one series: for tests."""
+        """The current count of one series: for tests."""
         series = self.series.get(values)
-        if series is None:
-            return 0.0
-        return float(series.value if isinstance(series, Count) else series.sum)
+        return 0.0 if series is None else float(series.value)
 
     def collect(self) -> Iterator[Metric]:
-        if self.bounds is None:
-            counter = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
-            for values, count in self.series.items():
-                counter.add_metric(list(values), count.value, created=count.created)
-            yield counter
-            return
+        counter = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for values, count in self.series.items():
+            counter.add_metric(list(values), count.value, created=count.created)
+        yield counter
+
+
+class Histograms(Family[Distribution]):
+    """A histogram family; ``buckets`` are upper bounds, +Inf added when missing."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labels: Sequence[str] = (),
+        *,
+        buckets: Sequence[float],
+        max_series: int = MAX_SERIES,
+    ) -> None:
+        super().__init__(name, documentation, labels, max_series)
+        bounds = tuple(float(b) for b in buckets)
+        self.bounds = bounds if bounds[-1] == float("inf") else (*bounds, float("inf"))
+
+    def _new(self) -> Distribution:
+        return Distribution(self.bounds)
+
+    def value(self, *values: str) -> float:
+        """The sum of one series: for tests."""
+        series = self.series.get(values)
+        return 0.0 if series is None else series.sum
+
+    def collect(self) -> Iterator[Metric]:
         histogram = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
         for values, dist in self.series.items():
             histogram.add_metric(list(values), dist.cumulative(), dist.sum)
@@ -155,21 +187,21 @@ class IngressMetrics(MetricSet):
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         super().__init__(registry)
         self.deliveries = self.register(
-            Family(
+            Counters(
                 "fluxrelay_receiver_deliveries",
                 "Webhook deliveries by receiver, provider, event and outcome.",
                 ["receiver", "provider", "event", "outcome"],
             )
         )
         self.publish_latency = self.register(
-            Family(
+            Histograms(
                 "fluxrelay_receiver_publish_seconds",
                 "Time from publish to JetStream PubAck.",
                 buckets=LATENCY_BUCKETS,
             )
         )
         self.request_seconds = self.register(
-            Family(
+            Histograms(
                 "fluxrelay_receiver_request_seconds",
                 "Time to answer a hook request, by status code class.",
                 ["code"],
@@ -177,7 +209,7 @@ class IngressMetrics(MetricSet):
             )
         )
         self.body_sizes = self.register(
-            Family(
+            Histograms(
                 "fluxrelay_receiver_body_bytes",
                 "Sizes of request bodies read.",
                 buckets=BODY_BUCKETS,
@@ -234,11 +266,11 @@ class IngressMetrics(MetricSet):
         every delivery), so no caller can put the raw value on a series.
         """
         label = EVENT_LABELS.get(provider, NO_EVENTS).get(event, OTHER)
-        return self.deliveries.child(receiver, provider, label, outcome)  # type: ignore[no-any-return]
+        return self.deliveries.child(receiver, provider, label, outcome)
 
     def request_time(self, status: int) -> Distribution:
         """The request-time histogram's series for ``status``'s class (``2xx``...)."""
         series = self._request_times.get(status // 100)
         if series is None:
             series = self.request_seconds.child(f"{status // 100}xx")
-        return series  # type: ignore[no-any-return]
+        return series

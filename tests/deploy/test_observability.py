@@ -23,7 +23,7 @@ import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from receiver import errors as receiver_errors
-from receiver.metrics import Family, IngressMetrics
+from receiver.metrics import Family, Histograms, IngressMetrics
 from tests.deploy.rendering import DEPLOY_DIR, JSON, by_kind, named, render, selector_matches
 
 DASHBOARD = DEPLOY_DIR / "observability" / "grafana-dashboard.json"
@@ -43,7 +43,8 @@ def exported_series() -> dict[str, set[str]]:
         for metric in vars(holder).values():
             if isinstance(metric, Family):  # the receiver's lock-free hot-path metrics
                 name, labels = metric.name, set(metric.labels)
-                histogram, counter = metric.bounds is not None, metric.bounds is None
+                histogram = isinstance(metric, Histograms)
+                counter = not histogram
             elif isinstance(metric, Counter | Gauge | Histogram):
                 name, labels = metric._name, set(metric._labelnames)
                 histogram, counter = isinstance(metric, Histogram), isinstance(metric, Counter)

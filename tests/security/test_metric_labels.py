@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from receiver import labelling
 from receiver.app import create_metrics_app
 from receiver.labelling import EVENT_LABELS, OTHER, event_label
-from receiver.metrics import MAX_SERIES, Family, IngressMetrics
+from receiver.metrics import MAX_SERIES, Counters, IngressMetrics
 from receiver.providers import PROVIDERS, azuredevops, bitbucket, gitlab
 from schemas.cdevents.catalog import RELEASES
 from tests.support.ingress import Ingress, hmac_hex, path_of, receiver_docs, start_ingress
@@ -170,7 +170,7 @@ def test_the_label_is_the_tables_string_never_the_requests() -> None:
 def test_a_family_stops_growing_at_its_cap(caplog: pytest.LogCaptureFixture) -> None:
     """The second line of defence: past the cap, new label combinations share one series."""
     caplog.set_level(logging.WARNING, logger="receiver.metrics")
-    family = Family("t_total", "test", ["a", "b"], max_series=3)
+    family = Counters("t_total", "test", ["a", "b"], max_series=3)
     for i in range(10):
         family.child(f"a{i}", "b").inc()
     family.child("a0", "b").inc()  # an existing series still counts on its own
