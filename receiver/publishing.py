@@ -119,11 +119,11 @@ class Publisher:
             # there only (schemas.subjects, deploy/nats/single/auth.conf).
             {**self._connect_options, "inbox_prefix": RECEIVER_INBOX_PREFIX},
             # A memory-backed stream is gone after a server restart: recreate it.
-            on_reconnected=self._schedule_ensure_async,
+            on_reconnected=self._schedule_ensure,
         )
         await self._ensure_loop()
 
-    def _schedule_ensure(self) -> None:
+    async def _schedule_ensure(self) -> None:
         if self._ensure_task is None or self._ensure_task.done():
             self._ensure_task = asyncio.create_task(self._ensure_loop(), name="ensure-streams")
 
@@ -142,9 +142,6 @@ class Publisher:
                 except (NatsError, JetStreamError, TimeoutError) as e:
                     log.warning("cannot ensure streams yet: %s", e)
             await asyncio.sleep(delays.next())
-
-    async def _schedule_ensure_async(self) -> None:
-        self._schedule_ensure()
 
     def publish(
         self, subject: str, payload: bytes, headers: Mapping[str, str] | bytes

@@ -21,6 +21,8 @@ from runtime.informer import Informer, InformerSettings, custom_objects, gathere
 from runtime.reloading import FileReloader
 from schemas.receivers import (
     RECEIVER_GROUP,
+    RECEIVER_PLURAL,
+    RECEIVER_VERSION,
     ConfigError,
     ReceiverDef,
     is_receiver,
@@ -30,8 +32,6 @@ from schemas.receivers import (
 
 log = logging.getLogger(__name__)
 
-RECEIVER_VERSION = "v1"
-RECEIVER_PLURAL = "receivers"
 WATCH_READ_GRACE_S = 60
 """Seconds of silence beyond the watch's own timeout after which its connection is presumed
 dead (the server ends a watch at ``watch_timeout``, so longer silence means a lost peer)."""
@@ -139,7 +139,6 @@ class KubeReceivers:
             settings=InformerSettings(
                 watch_timeout_s=watch_timeout,
                 read_timeout_s=watch_timeout + WATCH_READ_GRACE_S,
-                backoff_initial_s=0.5,
                 backoff_max_s=10.0,
             ),
             logger=log,

@@ -27,6 +27,9 @@ from typing import Any
 import yaml
 
 RECEIVER_GROUP = "notification.toolkit.fluxcd.io"
+RECEIVER_VERSION = "v1"
+"""The version both services list and watch Receivers at (the one Flux serves now)."""
+RECEIVER_PLURAL = "receivers"
 RECEIVER_VERSIONS = ("v1", "v1beta3", "v1beta2")
 """API versions of Receiver read; v1 is current, the betas share its spec for what we use."""
 GENERIC_OIDC = "generic-oidc"

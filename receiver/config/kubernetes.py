@@ -44,12 +44,16 @@ from runtime.informer import (
     gathered,
     read_json,
 )
-from schemas.receivers import RECEIVER_GROUP, ReceiverDef, parse_receiver, secret_data
+from schemas.receivers import (
+    RECEIVER_GROUP,
+    RECEIVER_PLURAL,
+    RECEIVER_VERSION,
+    ReceiverDef,
+    parse_receiver,
+    secret_data,
+)
 
 log = logging.getLogger(__name__)
-
-RECEIVER_VERSION = "v1"
-RECEIVER_PLURAL = "receivers"
 
 
 Key = tuple[str, str]
