@@ -29,7 +29,7 @@ from reconciler.settings import CDEventsSettings, HttpSinkSettings
 from reconciler.sinks.base import Rejected, Retry
 from reconciler.sinks.outbox import OutboxSink, limits
 from schemas.cdevents import Event, cloudevent_attributes, release_of
-from schemas.cdevents.cloudevent import parse_time
+from schemas.cdevents.cloudevent import CE_HEADER_PREFIX, parse_time
 from schemas.natsbinding import encode_value
 
 RETRYABLE_STATUS = frozenset({408, 425, 429})
@@ -39,7 +39,7 @@ MAX_RETRY_AFTER = 300.0
 
 CONTENT_TYPE = "content-type"
 _HEADER_NAMES = {
-    name: "ce-" + name
+    name: CE_HEADER_PREFIX + name
     for name in ("specversion", "id", "source", "type", "subject", "time", "traceparent")
 }
 """Header names of the attributes every event carries, made once so that queued requests
@@ -54,9 +54,9 @@ class HttpRequest:
     body: bytes
 
 
-def signature(secret: str, body: bytes) -> str:
+def signature(key: bytes, body: bytes) -> str:
     """``sha256=<hex>``: the ``X-Signature`` value of an HMAC-signed POST."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
 
 
 def binary_mode(event: Event, extensions: Mapping[str, str]) -> HttpRequest:
@@ -73,7 +73,7 @@ def binary_mode(event: Event, extensions: Mapping[str, str]) -> HttpRequest:
         elif name == "time":
             headers[_HEADER_NAMES[name]] = _time_value(value)
         else:
-            headers[_HEADER_NAMES.get(name) or "ce-" + name] = encode_value(value)
+            headers[_HEADER_NAMES.get(name) or CE_HEADER_PREFIX + name] = encode_value(value)
     return HttpRequest(headers, json.dumps(event).encode())
 
 
@@ -106,6 +106,7 @@ class HttpSink(OutboxSink[HttpRequest]):
         self._sink = sink
         self._bearer = f"Bearer {sink.secret}" if sink.auth == "bearer" else ""
         """Made once: every queued request shares the one string."""
+        self._hmac_key = sink.secret.encode() if sink.auth == "hmac" else b""
         self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout)
         self._session: aiohttp.ClientSession | None = None
         parts = urlsplit(sink.url)
@@ -122,7 +123,7 @@ class HttpSink(OutboxSink[HttpRequest]):
         if self._sink.auth == "bearer":
             request.headers["Authorization"] = self._bearer
         elif self._sink.auth == "hmac":
-            request.headers["X-Signature"] = signature(self._sink.secret, request.body)
+            request.headers["X-Signature"] = signature(self._hmac_key, request.body)
         return request
 
     async def send(self, message: HttpRequest) -> None:

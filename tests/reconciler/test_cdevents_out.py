@@ -536,7 +536,7 @@ async def test_a_signed_push_comes_out_as_one_chain_of_cdevents_on_nats_and_http
     # ---- HTTP: the same chain, HMAC-signed, in the 0.5.1 sink's version
     posted = []
     for headers, body in new_sink.received:
-        assert headers["x-signature"] == signature("k3y", body)
+        assert headers["x-signature"] == signature(b"k3y", body)
         posted.append(sdk_decode(headers, body))
     assert sorted(e["context"]["id"] for e in posted) == sorted(by_id)
     assert all(e == by_id[e["context"]["id"]] for e in posted)

@@ -185,7 +185,7 @@ async def test_events_are_posted_in_binary_mode_with_the_configured_auth(
         assert "authorization" not in lowered
     if auth == "hmac":
         expected = hmac.new(b"k3y", body, hashlib.sha256).hexdigest()
-        assert lowered["x-signature"] == f"sha256={expected}" == signature("k3y", body)
+        assert lowered["x-signature"] == f"sha256={expected}" == signature(b"k3y", body)
     else:
         assert "x-signature" not in lowered
     assert metrics.sink_sent.labels("peer")._value.get() == 1
