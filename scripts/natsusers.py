@@ -88,6 +88,17 @@ def _read_env(path: Path) -> dict[str, str]:
     return values
 
 
+def route_password() -> str:
+    """A new route password that every nats-server reads back as a string.
+
+    nats.conf takes it as ``password: $NATS_ROUTE_PASSWORD`` and the server parses a
+    variable's value as a config value: nats-server 2.9 reads ``911e8e66...`` as the number
+    911e8 followed by junk and refuses to start (2.10+ falls back to a string). Hex led by a
+    letter is a string on every version, so the password starts with one.
+    """
+    return "r" + secrets.token_hex(24)
+
+
 def ensure_users(folder: Path) -> NatsUsers:
     """Load the credentials in ``folder``, making whatever is missing (seeds first, then
     ``users.env`` from them: the public keys are always derived from the seeds on disk)."""
@@ -102,7 +113,14 @@ def ensure_users(folder: Path) -> NatsUsers:
         public[user] = pair.public_key.decode()
     env_path = folder / ENV_FILE
     previous = _read_env(env_path) if env_path.exists() else {}
-    password = previous.get(ROUTE_PASSWORD_VARIABLE) or secrets.token_hex(24)
+    password = previous.get(ROUTE_PASSWORD_VARIABLE) or route_password()
+    if password[:1].isdigit():
+        print(
+            f"warning: {ROUTE_PASSWORD_VARIABLE} in {env_path} starts with a digit; "
+            "nats-server 2.9 may read it as a number and not start (2.10+ is fine). "
+            "Delete the line to make a new one.",
+            file=sys.stderr,
+        )
     users = NatsUsers(folder, public, password)
     lines = "".join(f"{name}={value}\n" for name, value in users.server_env().items())
     if previous != users.server_env():

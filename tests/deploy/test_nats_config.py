@@ -107,6 +107,21 @@ def test_nats_server_accepts_the_rendered_config(
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_a_new_route_password_is_a_string_to_the_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The random part of the route password once came out as ``911e8e66...``, which
+    nats-server 2.9 parses as a number and will not start with (a CI run hit it). With the
+    random source forced to that value, the generated password still passes ``-t``."""
+    monkeypatch.setattr("secrets.token_hex", lambda n: "911e8e66" + "a" * (2 * n - 8))
+    made = ensure_users(tmp_path / "users")
+    register_secret(made.route_password, "NATS route password")
+    assert not made.route_password[:1].isdigit()
+    routes = route_env("overlays/ha", made.route_password, [free_port() for _ in range(3)])
+    result = ShippedNats(tmp_path / "nats", nats_files("overlays/ha"), made, env=routes).check()
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("missing", [*PUBLIC_KEY_VARIABLES.values()])
 def test_without_a_public_key_the_server_does_not_start(
     missing: str, tmp_path: Path, users: NatsUsers
