@@ -18,6 +18,7 @@ from reconciler.settings import (
     PatchSettings,
     ReconcilerSettings,
 )
+from runtime import memory
 from runtime.natsauth import NatsAuth
 from runtime.options import (
     LABEL_SELECTOR,
@@ -67,6 +68,17 @@ def _sink(sections: Sections, raw: str) -> None:
     except ValueError as e:  # the message names no secret and no URL path
         raise ConfigError(f"--cdevents-sink #{len(sinks) + 1}: {e}") from e
     sections[CDEVENTS]["sinks"] = (*sinks, sink)
+
+
+def _size(raw: str) -> int:
+    value = memory.parse_size(raw)
+    if value <= 0:
+        raise ValueError("must be positive")
+    return value
+
+
+def _size_or_zero(raw: str) -> int:
+    return memory.parse_size(raw)
 
 
 def _spec_version(raw: str) -> str:
@@ -141,8 +153,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("--fetch-batch", "FLUXRELAY_FETCH_BATCH", "messages per pull (default 128)",
            _consumer("fetch_batch", positive(int)), metavar="N"),
     Option("--max-in-flight", "FLUXRELAY_MAX_IN_FLIGHT",
-           "messages worked on at once by this replica (default 4096)",
+           "deliveries this replica holds at once; pulling pauses at it (default 4096)",
            _consumer("max_in_flight", positive(int)), metavar="N"),
+    Option("--max-in-flight-bytes", "FLUXRELAY_MAX_IN_FLIGHT_BYTES",
+           "bytes the deliveries held may take, e.g. 64Mi; pulling pauses at it (default 64Mi)",
+           _consumer("max_in_flight_bytes", _size), metavar="SIZE"),
+    Option("--max-objects-waiting", "FLUXRELAY_MAX_OBJECTS_WAITING",
+           "Flux objects waiting for a patch before pulling pauses (default qps x ack-wait, "
+           "what the API budget patches within one ack wait)",
+           _consumer("max_objects_waiting", positive(int)), metavar="N"),
+    Option("--memory-limit", "FLUXRELAY_MEMORY_LIMIT",
+           "RSS whose high-water mark (0.8 of it) slows pulling to a trickle, e.g. 256Mi "
+           "(default: the container's cgroup limit; 0: off)",
+           into("memory_limit", _size_or_zero), metavar="SIZE"),
     Option("--max-ack-pending", "FLUXRELAY_MAX_ACK_PENDING",
            "unacknowledged messages across all replicas of the durable (default 16384)",
            _consumer("max_ack_pending", positive(int)), metavar="N"),
@@ -160,6 +183,10 @@ OPTIONS: tuple[Option, ...] = (
            "seconds a reconcile request is followed before its outcome is an error "
            "(default 600; 0 turns outcome watching off)",
            into("outcome_timeout", non_negative), metavar="SECONDS"),
+    Option("--max-followed", "FLUXRELAY_MAX_FOLLOWED",
+           "deliveries followed to their outcome at once; past it the oldest request gives up "
+           "with an error outcome (default 20000)",
+           into("max_followed", positive(int)), metavar="N"),
     Option("--cdevents-nats", "FLUXRELAY_CDEVENTS_NATS",
            "publish emitted CDEvents to JetStream (subjects = event types)",
            _cdevents("nats", boolean), is_bool=True),

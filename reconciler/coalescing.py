@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -82,10 +83,18 @@ class Coalescer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_start: dict[str, float] = {}
         """Monotonic time each object's latest patch started (pruned once a window old)."""
+        self._flushing: dict[str, int] = {}
+        """Batches gathering or being patched, per object (the consumer's backpressure reads
+        how many objects wait; counted as batches come and go, not by scanning)."""
 
     @property
     def open_batches(self) -> int:
         return len(self._open)
+
+    @property
+    def objects_waiting(self) -> int:
+        """Objects with deliveries waiting for a patch (gathering or being patched)."""
+        return len(self._flushing)
 
     async def submit(self, ref: ObjectRef, envelope: Envelope) -> Patched:
         """Wait until a patch covering ``envelope`` is done; raise its error if it failed."""
@@ -93,9 +102,11 @@ class Coalescer:
         if batch is None or batch.closed:
             batch = _Batch(ref)
             self._open[ref.key] = batch
+            self._flushing[ref.key] = self._flushing.get(ref.key, 0) + 1
             task = asyncio.create_task(self._flush(batch), name=f"coalesce:{ref.key}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(functools.partial(self._flushed, ref.key))
         else:
             self._metrics.coalesced.inc()
         batch.envelopes[envelope["id"]] = envelope
@@ -111,6 +122,13 @@ class Coalescer:
         horizon = time.monotonic() - self.window
         for key in [k for k, t in self._last_start.items() if t <= horizon]:
             del self._last_start[key]
+
+    def _flushed(self, key: str, _: object) -> None:
+        left = self._flushing[key] - 1
+        if left:
+            self._flushing[key] = left
+        else:
+            del self._flushing[key]
 
     async def _flush(self, batch: _Batch) -> None:
         key = batch.ref.key

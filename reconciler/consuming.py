@@ -23,8 +23,14 @@ stream sequence keeps that to one dead letter when several replicas hear the adv
 
 Replicas of one shard share one durable (the server spreads messages between them); a
 crashed replica's unacked messages come back after ``ack_wait``. Long work is kept alive with
-``in_progress``. Targets patched for a message are remembered for a while, so a redelivery
-(after a partial failure) patches only what is still missing.
+``in_progress`` (one sweep over the messages held, not a task per message). Targets patched
+for a message are remembered for a while, so a redelivery (after a partial failure) patches
+only what is still missing.
+
+What a replica holds is bounded (``reconciler.backpressure``): it pulls only the room left
+under its bounds, and once a message is targeted its body is dropped (the decoded payload
+and the stored bytes alike); a dead letter then takes the stored copy from the stream by its
+sequence.
 """
 
 from __future__ import annotations
@@ -33,8 +39,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -44,6 +52,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ReplayPolicy
 from nats.js.errors import Error as JetStreamError
 
+from reconciler.backpressure import ROUTED_BYTES, Backpressure, Limits
 from reconciler.coalescing import Coalescer
 from reconciler.errors import PermanentError, ReconcilerError, TemporaryError
 from reconciler.kinds import ObjectRef
@@ -92,6 +101,17 @@ class Unreported:
         pass
 
 
+@dataclass(slots=True, eq=False)
+class Held:
+    """One pulled message while this replica works on it, with what it is charged."""
+
+    msg: Msg
+    charge: int
+    since: float = field(default_factory=time.monotonic)
+    seq: int = 0
+    """Stream sequence, for the stored copy once the body is dropped."""
+
+
 def decode(headers: Mapping[str, str] | None, data: bytes) -> Envelope:
     """The envelope of a stored message; PermanentError when it is not one."""
     try:
@@ -110,6 +130,13 @@ def decode(headers: Mapping[str, str] | None, data: bytes) -> Envelope:
         return envelopes.validate(doc)
     except envelopes.EnvelopeInvalid as e:
         raise PermanentError(f"invalid envelope: {e}", reason="invalid_envelope") from e
+
+
+def _stored_size(msg: Msg) -> int:
+    """What a pulled message is charged while its body is held: its bytes and headers plus
+    the routing size it keeps afterwards."""
+    headers = msg.headers or {}
+    return len(msg.data) + sum(len(k) + len(v) for k, v in headers.items()) + ROUTED_BYTES
 
 
 def _header_text(text: str, limit: int = 512) -> str:
@@ -145,7 +172,10 @@ class Consumer:
         metrics: ReconcilerMetrics,
         *,
         reporter: Reporter,
+        backpressure: Backpressure | None = None,
     ) -> None:
+        """``backpressure``: the bounds this replica pulls within; by default the settings'
+        counts with no memory limit and no bound on objects waiting."""
         self.js = js
         self.settings = settings
         self.durable = durable
@@ -155,8 +185,19 @@ class Consumer:
         self.metrics = metrics
         self._sub: JetStreamContext.PullSubscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._held: dict[int, Held] = {}
         self._done: OrderedDict[str, set[str]] = OrderedDict()
         self.ready = asyncio.Event()
+        self.backpressure = backpressure or Backpressure(
+            Limits(
+                max_in_flight=settings.max_in_flight,
+                max_in_flight_bytes=settings.max_in_flight_bytes,
+                max_objects_waiting=settings.max_objects_waiting or 1 << 62,
+                memory_limit=None,
+            ),
+            metrics,
+            lambda: self.coalescer.objects_waiting,
+        )
 
     # ------------------------------------------------------------------------------- setup
 
@@ -196,17 +237,28 @@ class Consumer:
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch and dispatch until ``stop`` is set; messages in flight keep running."""
         await self.ensure_until_ready(stop)
+        keepalive = asyncio.create_task(self._keep_alive(), name="in-progress")
+        try:
+            await self._pull(stop)
+        finally:
+            keepalive.cancel()
+
+    async def _pull(self, stop: asyncio.Event) -> None:
         failures = 0
         while not stop.is_set():
-            capacity = self.settings.max_in_flight - len(self._tasks)
-            if capacity < 1:
-                await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+            room = self.backpressure.room(self.settings.fetch_batch)
+            if room < 1:  # the stream holds the rest until something is settled
+                if self._tasks:
+                    await asyncio.wait(
+                        set(self._tasks), timeout=0.5, return_when=asyncio.FIRST_COMPLETED
+                    )
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 0.5)
                 continue
             assert self._sub is not None
             try:
-                msgs = await self._sub.fetch(
-                    min(self.settings.fetch_batch, capacity), timeout=self.settings.fetch_timeout
-                )
+                msgs = await self._sub.fetch(room, timeout=self.settings.fetch_timeout)
             except TimeoutError:
                 failures = 0
                 continue
@@ -221,9 +273,21 @@ class Consumer:
                 continue
             failures = 0
             for msg in msgs:
-                task = asyncio.create_task(self.handle(msg), name="reconcile-message")
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._start(msg)
+
+    def _start(self, msg: Msg) -> None:
+        held = Held(msg, _stored_size(msg))
+        self.backpressure.hold(held.charge)
+        self._held[id(held)] = held
+        task = asyncio.create_task(self.handle(msg, held), name="reconcile-message")
+        self._tasks.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            del self._held[id(held)]
+            self.backpressure.release(held.charge)
+
+        task.add_done_callback(done)
 
     async def drain(self, grace: float) -> None:
         """Wait for messages in flight; nak what is still running after ``grace`` seconds."""
@@ -240,21 +304,19 @@ class Consumer:
 
     # ----------------------------------------------------------------------------- message
 
-    async def handle(self, msg: Msg) -> None:
+    async def handle(self, msg: Msg, held: Held | None = None) -> None:
         """Process one message and settle it; never raises (except cancellation)."""
         delivered = msg.metadata.num_delivered
         if delivered > 1:
             self.metrics.redeliveries.inc()
-        keepalive = asyncio.create_task(self._keep_alive(msg), name="in-progress")
         error: ReconcilerError | None = None
         env: Envelope | None = None
         try:
             env = decode(msg.headers, msg.data)
-            await self.process(env, msg.metadata.timestamp)
+            await self.process(env, msg.metadata.timestamp, held)
         except ReconcilerError as e:
             error = e
         except asyncio.CancelledError:
-            keepalive.cancel()
             with contextlib.suppress(NatsError, JetStreamError, TimeoutError):
                 await msg.nak()  # let another replica take it now rather than after ack_wait
             self.metrics.messages.labels("nak").inc()
@@ -262,13 +324,14 @@ class Consumer:
         except Exception as e:  # a bug must not lose the message: retry, then dead-letter
             log.exception("unexpected error handling a message")
             error = TemporaryError(f"internal error: {type(e).__name__}", reason="internal")
-        finally:
-            keepalive.cancel()
         await self.settle(msg, env, error)
 
-    async def process(self, env: Envelope, stored_at: datetime | None) -> None:
+    async def process(
+        self, env: Envelope, stored_at: datetime | None, held: Held | None = None
+    ) -> None:
         """Received -> targeted -> patched -> reported; raise the error that decides the
-        message's fate (``stored_at``: when JetStream stored the message)."""
+        message's fate (``stored_at``: when JetStream stored the message; ``held``: its
+        bookkeeping, whose body is dropped once targeted)."""
         try:
             self.reporter.received(env, stored_at)
         except Exception:
@@ -279,6 +342,8 @@ class Consumer:
         # bodies (the soak showed RSS following the in-flight count). Dead letters use the
         # message's own bytes.
         env["payload"] = None
+        if held is not None:
+            self._drop_body(held)
         done = self._done.get(env["id"], set())
         todo = [ref for ref in targets.refs if ref.key not in done]
 
@@ -327,12 +392,24 @@ class Consumer:
         while len(self._done) > DONE_MEMORY:
             self._done.popitem(last=False)
 
-    async def _keep_alive(self, msg: Msg) -> None:
+    def _drop_body(self, held: Held) -> None:
+        """Keep routing fields only: the stored bytes go, the stream keeps its copy."""
+        msg = held.msg
+        held.seq = msg.metadata.sequence.stream
+        msg.data = b""
+        self.backpressure.recharge(held.charge, ROUTED_BYTES)
+        held.charge = ROUTED_BYTES
+
+    async def _keep_alive(self) -> None:
+        """Tell the server every held message older than a third of ``ack_wait`` is still
+        being worked on (one publish each, a sweep every third of ``ack_wait``)."""
         interval = max(self.settings.ack_wait / 3, 0.5)
         while True:
             await asyncio.sleep(interval)
-            with contextlib.suppress(NatsError, JetStreamError, TimeoutError):
-                await msg.in_progress()
+            horizon = time.monotonic() - interval
+            for held in [h for h in self._held.values() if h.since <= horizon]:
+                with contextlib.suppress(NatsError, JetStreamError, TimeoutError):
+                    await held.msg.in_progress()
 
     # ------------------------------------------------------------------------------ settle
 
@@ -360,7 +437,8 @@ class Consumer:
             reason = error.reason if isinstance(error, PermanentError) else "max_deliveries"
             log.warning("dead-lettering (%s): %s", reason, error, extra=context)
             try:
-                await self.dead_letter(msg.headers, msg.data, reason, str(error), msg)
+                data = msg.data or await self._stored_copy(msg)
+                await self.dead_letter(msg.headers, data, reason, str(error), msg)
             except (NatsError, JetStreamError, TimeoutError) as e:
                 log.error("cannot store dead letter (%s); retrying the message", e, extra=context)
                 await msg.nak(delay=self.settings.nak_delay(delivered))
@@ -371,6 +449,11 @@ class Consumer:
         except (NatsError, JetStreamError, TimeoutError) as e:
             # The connection is down: the server redelivers after ack_wait.
             log.warning("cannot settle message: %s", e, extra=context)
+
+    async def _stored_copy(self, msg: Msg) -> bytes:
+        """The message's bytes as the stream stored them (its body was dropped here)."""
+        stored = await self.js.get_msg(self.settings.stream, msg.metadata.sequence.stream)
+        return stored.data or b""
 
     async def dead_letter(
         self,

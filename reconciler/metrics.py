@@ -78,6 +78,33 @@ class ReconcilerMetrics(MetricSet):
             "fluxrelay_reconciler_coalesced_deliveries",
             "Deliveries folded into a patch another delivery for the same object caused.",
         )
+        self.in_flight = self.gauge(
+            "fluxrelay_reconciler_in_flight",
+            "Deliveries this replica holds (pulled, not yet settled).",
+        )
+        self.in_flight_bytes = self.gauge(
+            "fluxrelay_reconciler_in_flight_bytes",
+            "Bytes charged to the deliveries held (stored size while the body is needed, a "
+            "fixed routing size after).",
+        )
+        self.objects_waiting = self.gauge(
+            "fluxrelay_reconciler_objects_waiting",
+            "Flux objects with deliveries waiting for their patch.",
+        )
+        self.paused = self.gauge(
+            "fluxrelay_reconciler_paused",
+            "1 while this bound holds pulling from JetStream back (in_flight, "
+            "in_flight_bytes, objects_waiting, memory).",
+            ["reason"],
+        )
+        self.memory_limit = self.gauge(
+            "fluxrelay_reconciler_memory_limit_bytes",
+            "The memory limit pulling slows down under (--memory-limit or the cgroup's).",
+        )
+        self.resident_bytes = self.gauge(
+            "fluxrelay_reconciler_resident_bytes",
+            "Resident set size as last sampled for the memory limit.",
+        )
         self.receivers = self.gauge("fluxrelay_reconciler_receivers", "Receivers currently known.")
         self.nats_connected = self.gauge(
             "fluxrelay_reconciler_nats_connected", "1 while connected to NATS."

@@ -49,6 +49,15 @@ class OutcomeMetrics(MetricSet):
             "fluxrelay_reconciler_outcome_waiting",
             "Reconcile requests whose outcome is still awaited.",
         )
+        self.followed = self.gauge(
+            "fluxrelay_reconciler_outcome_followed",
+            "Deliveries whose reconcile requests are followed (bounded by --max-followed).",
+        )
+        self.abandoned = self.counter(
+            "fluxrelay_reconciler_outcome_abandoned",
+            "Reconcile requests given up on (error outcome FollowLimit) to stay within "
+            "--max-followed, oldest first.",
+        )
         self.watch_restarts = self.counter(
             "fluxrelay_reconciler_outcome_watch_restarts",
             "Outcome watches restarted, by kind and why (gone: relisted after 410; error).",

@@ -23,6 +23,12 @@ asked for; the request is then settled by that reconcile's result (``superseded_
 This is only concluded after the watch has shown our own value on the object, so a cache that
 lags behind our patch never settles a request early.
 
+Bounded: at most ``max_followed`` deliveries are followed at once (each holds a callback and
+its chain fields until the outcome). Following one more gives the oldest request up with an
+``error`` outcome (reason ``FollowLimit``), counted in ``outcome_abandoned``: its deliveries
+get their ``finished`` event, the memory stays flat, nothing goes silent. Requests are also
+bounded by time (``timeout``) and so by the API budget: at most ``qps x timeout`` of them.
+
 The watches use their own API client (long-lived watch connections must never take the pool
 slots patches need) and do not pass through the patch rate limiter: a watch is one request.
 """
@@ -59,6 +65,8 @@ class _Waiter:
     handled_at: float | None = None
     superseded_by: str | None = None
     timer: asyncio.TimerHandle | None = None
+    followers: int = 1
+    """Deliveries following this request (each call of ``follow``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,6 +128,7 @@ class OutcomeWatcher:
         per_namespace: bool = False,
         settings: WatchSettings | None = None,
         clock: Clock = time.time,
+        max_followed: int = 20_000,
     ) -> None:
         self._custom_api = api
         self._metrics = metrics
@@ -130,13 +139,23 @@ class OutcomeWatcher:
         self._clock = clock
         self._scopes: dict[ScopeKey, _Scope] = {}
         self._waiters: dict[str, dict[str, _Waiter]] = {}
+        self._oldest_first: dict[int, _Waiter] = {}
+        """Every request followed, in the order following began (the eviction order)."""
+        self.max_followed = max_followed
+        self._followers = 0
         self._closed = False
 
     # ------------------------------------------------------------------------------- API
 
     @property
     def waiting(self) -> int:
-        return sum(len(w) for w in self._waiters.values())
+        """Requests followed."""
+        return len(self._oldest_first)
+
+    @property
+    def followers(self) -> int:
+        """Deliveries following those requests."""
+        return self._followers
 
     def scope_of(self, ref: ObjectRef) -> ScopeKey:
         return (ref.group, ref.version, ref.plural, ref.namespace if self._per_namespace else None)
@@ -154,6 +173,9 @@ class OutcomeWatcher:
         by_time = self._waiters.setdefault(ref.key, {})
         existing = by_time.get(requested_at)
         if existing is not None:
+            existing.followers += 1
+            self._followers += 1
+            self._make_room(keep=existing)
             return existing.future
         loop = asyncio.get_running_loop()
         waiter = _Waiter(
@@ -163,9 +185,13 @@ class OutcomeWatcher:
             loop.create_future(),
         )
         by_time[requested_at] = waiter
+        self._oldest_first[id(waiter)] = waiter
+        self._followers += 1
         waiter.timer = loop.call_later(self.timeout, self._expire, waiter)
         waiter.future.add_done_callback(lambda f: self._forget(waiter) if f.cancelled() else None)
+        self._make_room(keep=waiter)
         self._metrics.waiting.set(self.waiting)
+        self._metrics.followed.set(self._followers)
         scope = self._ensure_scope(ref)
         cached = scope.cache.get(ref.key)
         if cached is not None:
@@ -183,7 +209,10 @@ class OutcomeWatcher:
                 waiter.timer.cancel()
             waiter.future.cancel()
         self._waiters.clear()
+        self._oldest_first.clear()
+        self._followers = 0
         self._metrics.waiting.set(0)
+        self._metrics.followed.set(0)
         tasks = [s.task for s in self._scopes.values() if s.task is not None]
         for task in tasks:
             task.cancel()
@@ -247,6 +276,19 @@ class OutcomeWatcher:
             _error(waiter, "Timeout", message, waiter.superseded_by, self._status(waiter.ref)),
         )
 
+    def _make_room(self, keep: _Waiter) -> None:
+        """Give up the oldest requests while more than ``max_followed`` deliveries follow."""
+        while self._followers > self.max_followed:
+            oldest = next(iter(self._oldest_first.values()))
+            if oldest is keep:
+                return  # one request alone past the bound: it is the one being followed
+            message = (
+                f"no longer followed: more than {self.max_followed} deliveries were being "
+                "followed and this was the oldest request"
+            )
+            self._metrics.abandoned.inc()
+            self._resolve(oldest, _error(oldest, "FollowLimit", message, oldest.superseded_by))
+
     def _gone(self, key: str) -> None:
         for waiter in list(self._waiters.get(key, {}).values()):
             message = "the object was deleted before its reconcile request settled"
@@ -260,7 +302,10 @@ class OutcomeWatcher:
             del by_time[waiter.requested_at]
             if not by_time:
                 del self._waiters[waiter.ref.key]
+        if self._oldest_first.pop(id(waiter), None) is not None:
+            self._followers -= waiter.followers
         self._metrics.waiting.set(self.waiting)
+        self._metrics.followed.set(self._followers)
 
     def _resolve(self, waiter: _Waiter, outcome: Outcome) -> None:
         self._forget(waiter)

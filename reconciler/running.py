@@ -31,6 +31,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
 from reconciler.app import Probes, create_metrics_app
+from reconciler.backpressure import Backpressure, Limits
 from reconciler.coalescing import Coalescer
 from reconciler.consuming import Consumer, Reporter, Unreported
 from reconciler.emitting import Emitter
@@ -45,11 +46,25 @@ from reconciler.settings import ReconcilerSettings
 from reconciler.sinks import build_sinks
 from reconciler.targeting import IndexFactory, SourceMatcher, Targeter
 from reconciler.throttling import ApiGate
-from runtime import natsconn
+from runtime import memory, natsconn
 from schemas import subjects
 from schemas.receivers import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+def pull_limits(settings: ReconcilerSettings) -> Limits:
+    """The bounds one replica pulls within (``reconciler.backpressure``), from the settings:
+    the memory limit is ``--memory-limit``, else the container's cgroup limit (0: none)."""
+    limit = settings.memory_limit
+    if limit is None:
+        limit = memory.cgroup_limit()
+    return Limits(
+        max_in_flight=settings.consumer.max_in_flight,
+        max_in_flight_bytes=settings.consumer.max_in_flight_bytes,
+        max_objects_waiting=settings.objects_waiting_limit,
+        memory_limit=limit or None,
+    )
 
 
 async def kube_client(settings: ReconcilerSettings) -> k8s.ApiClient:
@@ -194,6 +209,7 @@ class Reconciler:
                 self._watch_api,
                 self.outcome_metrics,
                 timeout=s.outcome_timeout,
+                max_followed=s.max_followed,
                 label_selector=f"{SHARD_LABEL}={s.shard}" if s.shard else f"!{SHARD_LABEL}",
                 per_namespace=s.namespace is not None,
             )
@@ -231,6 +247,11 @@ class Reconciler:
         assert self.targeter is not None and self.coalescer is not None
         assert self.reporter is not None
         self.nc = await self._connect()
+        coalescer = self.coalescer
+        backpressure = Backpressure(
+            pull_limits(self.settings), self.metrics, lambda: coalescer.objects_waiting
+        )
+        self._spawn(backpressure.watch_memory(), "memory")
         consumer = Consumer(
             self.nc.jetstream(timeout=5.0),
             self.settings.consumer,
@@ -239,8 +260,10 @@ class Reconciler:
             self.coalescer,
             self.metrics,
             reporter=self.reporter,
+            backpressure=backpressure,
         )
         self.consumer = consumer
+        consumer.backpressure.max_message = self.nc.max_payload
 
         async def advisory(msg: Msg) -> None:
             await consumer.on_max_deliveries(msg)

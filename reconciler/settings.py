@@ -8,6 +8,7 @@ durable consumer on them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -46,8 +47,17 @@ class ConsumerSettings:
     fetch_timeout: float = 1.0
     """Seconds one pull request waits for messages."""
     max_in_flight: int = 4096
-    """Messages being worked on at once by this replica (the server bounds all replicas
-    together with ``max_ack_pending``)."""
+    """Deliveries this replica holds at once (the server bounds all replicas together with
+    ``max_ack_pending``). Held deliveries are cheap (routing fields only, see
+    ``reconciler.backpressure``) and coalescing needs them: a patch carries every delivery
+    waiting for its object, so keeping N objects current at R deliveries/s needs about
+    R x N / qps of them in hand."""
+    max_in_flight_bytes: int = 64 * 1024 * 1024
+    """Bytes the deliveries held may be charged (bodies while they are needed, a fixed
+    routing size after); pulling pauses at this bound."""
+    max_objects_waiting: int | None = None
+    """Flux objects waiting for a patch before pulling pauses. Unset: what the API budget can
+    patch within one ack wait, ``qps x ack_wait`` (1,500 at the defaults)."""
     max_ack_pending: int = 16384
     """Unacknowledged messages the server allows across all replicas of the durable."""
     lag_interval: float = 5.0
@@ -187,6 +197,12 @@ class ReconcilerSettings:
     log_level: str = "INFO"
     consumer: ConsumerSettings = field(default_factory=ConsumerSettings)
     patch: PatchSettings = field(default_factory=PatchSettings)
+    memory_limit: int | None = None
+    """Bytes of RSS whose high-water mark (80%) slows pulling to a trickle; unset: the
+    container's cgroup limit when there is one; 0: off."""
+    max_followed: int = 20_000
+    """Deliveries whose reconcile requests are followed to their outcome at once; past it the
+    oldest request gives up with an ``error`` outcome (counted, reported, never silent)."""
     outcome_timeout: float = 600.0
     """Seconds a reconcile request is followed before its outcome is an error (timed out);
     0 turns outcome watching (and with it MTTP and finished events) off."""
@@ -195,3 +211,10 @@ class ReconcilerSettings:
     @property
     def durable(self) -> str:
         return self.consumer.durable_name(self.shard)
+
+    @property
+    def objects_waiting_limit(self) -> int:
+        """``max_objects_waiting``, or the objects the API budget patches in one ack wait."""
+        if self.consumer.max_objects_waiting is not None:
+            return self.consumer.max_objects_waiting
+        return max(1, math.ceil(self.patch.qps * self.consumer.ack_wait))

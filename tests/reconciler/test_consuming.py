@@ -33,6 +33,7 @@ from tests.reconciler.conftest import (
 )
 from tests.support.faultproxy import FaultProxy
 from tests.support.kubeapi import KubeAPI
+from tests.support.natsd import MAX_PAYLOAD
 
 
 class Recorder:
@@ -166,8 +167,15 @@ async def test_a_burst_of_100_deliveries_for_one_object_is_one_patch(
     for doc in docs:
         await bus.publish(doc)
     hook = Recorder()
-    # A generous window so that the whole burst falls in it even on a loaded machine.
-    settings = fleet.settings(receivers, server=kube_proxy.url, coalesce_window=2.0)
+    # A generous window so that the whole burst falls in it even on a loaded machine, and a
+    # byte budget that lets one pull take all 100 (a pull asks for no more messages than the
+    # budget left holds at the server's max_payload each: 8 at the 64 MiB default).
+    settings = fleet.settings(
+        receivers,
+        server=kube_proxy.url,
+        coalesce_window=2.0,
+        consumer={"max_in_flight_bytes": 128 * MAX_PAYLOAD},
+    )
     reconciler = await fleet.start(settings, reporter=hook)
     await wait_for(lambda: acked_all(reconciler), "100 messages acked")
     assert kube_proxy.count("PATCH", "/gitrepositories/repo$") == 1
