@@ -108,8 +108,6 @@ class Held:
     msg: Msg
     charge: int
     since: float = field(default_factory=time.monotonic)
-    seq: int = 0
-    """Stream sequence, for the stored copy once the body is dropped."""
 
 
 def decode(headers: Mapping[str, str] | None, data: bytes) -> Envelope:
@@ -130,6 +128,9 @@ def decode(headers: Mapping[str, str] | None, data: bytes) -> Envelope:
         return envelopes.validate(doc)
     except envelopes.EnvelopeInvalid as e:
         raise PermanentError(f"invalid envelope: {e}", reason="invalid_envelope") from e
+
+
+_NOTHING_DONE: frozenset[str] = frozenset()
 
 
 def _stored_size(msg: Msg) -> int:
@@ -339,12 +340,12 @@ class Consumer:
         targets = await self.targeter.targets(env)
         # The webhook body was needed for CEL filters only. Drop it before the (possibly long)
         # wait for the patch: thousands of in-flight messages then hold routing fields, not
-        # bodies (the soak showed RSS following the in-flight count). Dead letters use the
-        # message's own bytes.
+        # bodies (the soak showed RSS following the in-flight count). Dead letters re-read the
+        # stored copy.
         env["payload"] = None
         if held is not None:
             self._drop_body(held)
-        done = self._done.get(env["id"], set())
+        done = self._done.get(env["id"], _NOTHING_DONE)
         todo = [ref for ref in targets.refs if ref.key not in done]
 
         async def patch_and_report(ref: ObjectRef) -> Patched:
@@ -357,9 +358,16 @@ class Consumer:
                 log.exception("reporting a patch failed", extra={"object": ref.key})
             return patched
 
-        results = await asyncio.gather(
-            *(patch_and_report(ref) for ref in todo), return_exceptions=True
-        )
+        results: list[Patched | BaseException]
+        if len(todo) == 1:  # the common case, without gather's task and future per delivery
+            try:
+                results = [await patch_and_report(todo[0])]
+            except ReconcilerError as e:
+                results = [e]
+        else:
+            results = await asyncio.gather(
+                *(patch_and_report(ref) for ref in todo), return_exceptions=True
+            )
         temporary: list[TemporaryError] = []
         permanent: list[PermanentError] = list(targets.failures)
         for ref, result in zip(todo, results, strict=True):
@@ -395,8 +403,8 @@ class Consumer:
     def _drop_body(self, held: Held) -> None:
         """Keep routing fields only: the stored bytes go, the stream keeps its copy."""
         msg = held.msg
-        held.seq = msg.metadata.sequence.stream
         msg.data = b""
+        msg.headers = None
         self.backpressure.recharge(held.charge, ROUTED_BYTES)
         held.charge = ROUTED_BYTES
 
@@ -437,8 +445,10 @@ class Consumer:
             reason = error.reason if isinstance(error, PermanentError) else "max_deliveries"
             log.warning("dead-lettering (%s): %s", reason, error, extra=context)
             try:
-                data = msg.data or await self._stored_copy(msg)
-                await self.dead_letter(msg.headers, data, reason, str(error), msg)
+                headers, data = msg.headers, msg.data
+                if not data:  # dropped once targeted: the stream has the stored copy
+                    headers, data = await self._stored_copy(msg)
+                await self.dead_letter(headers, data, reason, str(error), msg)
             except (NatsError, JetStreamError, TimeoutError) as e:
                 log.error("cannot store dead letter (%s); retrying the message", e, extra=context)
                 await msg.nak(delay=self.settings.nak_delay(delivered))
@@ -450,10 +460,10 @@ class Consumer:
             # The connection is down: the server redelivers after ack_wait.
             log.warning("cannot settle message: %s", e, extra=context)
 
-    async def _stored_copy(self, msg: Msg) -> bytes:
-        """The message's bytes as the stream stored them (its body was dropped here)."""
+    async def _stored_copy(self, msg: Msg) -> tuple[dict[str, str] | None, bytes]:
+        """The message's headers and bytes as the stream stored them (dropped here)."""
         stored = await self.js.get_msg(self.settings.stream, msg.metadata.sequence.stream)
-        return stored.data or b""
+        return stored.headers, stored.data or b""
 
     async def dead_letter(
         self,

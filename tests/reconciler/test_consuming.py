@@ -126,6 +126,9 @@ async def test_invalid_messages_are_dead_lettered_with_their_reason(
     )
     (not_found,) = [d for d in dead if d[1]["Fluxrelay-Dead-Reason"] == "not_found"]
     assert json.loads(not_found[2])["id"] == good["id"]  # the original body is kept
+    # ...although the consumer dropped it once targeted: the stored copy, payload and all
+    assert json.loads(not_found[2])["payload"] == good["payload"]
+    assert not_found[1]["Nats-Msg-Id"].startswith(bus.stream.name)
     assert "gone" in not_found[1]["Fluxrelay-Dead-Error"]
     # The target that exists was still patched before the message was dead-lettered.
     assert (

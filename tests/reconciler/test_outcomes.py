@@ -336,3 +336,31 @@ async def test_a_closed_watcher_cancels_what_it_followed(
     assert future.cancelled()
     with pytest.raises(RuntimeError):
         watcher.follow(ref, "t")
+
+
+async def test_past_max_followed_the_oldest_request_gives_up_with_an_error_outcome(
+    kube: KubeAPI, kube_namespace: str, kube_client: k8s.ApiClient
+) -> None:
+    """Issue #18: followers are bounded whatever the rate. With room for three deliveries,
+    a fourth gives the oldest request (two deliveries on it) up: its future settles with an
+    ``error`` outcome (FollowLimit), the metric counts it, and the newer ones stay followed."""
+    metrics = OutcomeMetrics(CollectorRegistry())
+    watcher = OutcomeWatcher(kube_client, metrics, timeout=WAIT, max_followed=3)
+    try:
+        refs = [make(kube, kube_namespace, "GitRepository", f"f{i}", "hang") for i in range(3)]
+        oldest = watcher.follow(refs[0], "t0")
+        assert watcher.follow(refs[0], "t0") is oldest  # a second delivery on that request
+        second = watcher.follow(refs[1], "t1")
+        assert (watcher.waiting, watcher.followers) == (2, 3)
+        assert not oldest.done()
+        third = watcher.follow(refs[2], "t2")
+        outcome = await asyncio.wait_for(oldest, 1)
+        assert (outcome.result, outcome.reason) == ("error", "FollowLimit")
+        assert "oldest" in outcome.message
+        assert not second.done() and not third.done()
+        assert (watcher.waiting, watcher.followers) == (2, 2)
+        assert metrics.abandoned._value.get() == 1
+        assert metrics.outcomes.labels("GitRepository", "error")._value.get() == 1
+        assert metrics.followed._value.get() == 2
+    finally:
+        await watcher.close()
