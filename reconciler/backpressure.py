@@ -9,11 +9,12 @@ lists them with their bytes per entry):
 ``in_flight``
     deliveries held (``--max-in-flight``);
 ``in_flight_bytes``
-    bytes held (``--max-in-flight-bytes``): a message is charged its stored size while its
-    body is needed (decoding, CEL filters), then :data:`ROUTED_BYTES` once the body is
-    dropped and only routing fields remain; a pull never asks for more messages than the
-    room left divided by the server's ``max_payload``, so one pull cannot overshoot by more
-    than one message;
+    bytes held (``--max-in-flight-bytes``): a message is charged :data:`DECODED_FACTOR`
+    times its stored size while its body is needed (decoded for CEL filters and targeting),
+    then :data:`ROUTED_BYTES` once the body is dropped and only routing fields remain. A pull
+    asks the server for no more bytes than that room holds (``max_bytes``, see
+    ``reconciler.pulling``), so one pull cannot overshoot; with nothing held, one message of
+    any size the server allows is always let through;
 ``objects_waiting``
     Flux objects waiting for a patch (``--max-objects-waiting``, by default what the API
     budget can patch within one ack wait, ``qps x ack_wait``: a delivery for an object
@@ -43,11 +44,32 @@ log = logging.getLogger(__name__)
 
 REASONS = ("in_flight", "in_flight_bytes", "objects_waiting", "memory")
 
+DECODED_FACTOR = 5
+"""A stored body is charged this many times its size while it is decoded: the JSON of the
+providers' documented payloads (tests/receiver/fixtures) takes 2.6 to 4.9 times its text as
+Python objects, measured with tracemalloc. Crafted JSON (a body of empty objects) takes ~24
+times; the receiver's body limit bounds one such message (3 MiB -> ~72 MiB), and only a
+sender holding the Receiver's secret gets one stored."""
+
+MIN_PULL_BYTES = 64 * 1024
+"""Below this much room a pull waits: smaller pulls would mostly come back empty (409)."""
+
 ROUTED_BYTES = 8192
 """What one delivery held after its body is dropped is charged: an upper bound of what it
 costs, its message handle, decoded routing fields, the task working on it and its place in
 its object's batch (5.9 KB measured by ``tests/reconciler/test_memory_budget.py``, which
 fails if it grows past this)."""
+
+
+@dataclass(frozen=True)
+class Room:
+    """What the next pull may ask for."""
+
+    count: int
+    max_bytes: int
+
+    def __bool__(self) -> bool:
+        return self.count > 0 and self.max_bytes > 0
 
 
 @dataclass(frozen=True)
@@ -113,26 +135,27 @@ class Backpressure:
 
     # ---------------------------------------------------------------------------- deciding
 
-    def room(self, wanted: int) -> int:
-        """How many of ``wanted`` messages may be pulled now (0: paused; see the reasons)."""
+    def room(self, wanted: int) -> Room:
+        """How many of ``wanted`` messages, and how many stored bytes, may be pulled now
+        (none: paused, see the reasons)."""
         limits = self.limits
         count_cap = limits.trickle if self.over_memory else limits.max_in_flight
-        by_count = count_cap - self.held
-        bytes_left = limits.max_in_flight_bytes - self.held_bytes
-        by_bytes = bytes_left // max(self.max_message, 1) if bytes_left > 0 else 0
-        if bytes_left > 0 and by_bytes == 0 and self.held == 0:
-            by_bytes = 1  # a budget below one max_payload still takes one message at a time
+        count = max(0, min(wanted, count_cap - self.held))
+        bytes_left = limits.max_in_flight_bytes - self.held_bytes - count * ROUTED_BYTES
+        max_bytes = max(0, bytes_left // DECODED_FACTOR)
+        if self.held == 0:  # one message the server allows always gets through
+            max_bytes = max(max_bytes, self.max_message)
         waiting = self._objects_waiting()
         self._set("in_flight", self.held >= limits.max_in_flight)
-        self._set("in_flight_bytes", by_bytes < 1)
+        self._set("in_flight_bytes", max_bytes < MIN_PULL_BYTES)
         self._set("objects_waiting", waiting >= limits.max_objects_waiting)
-        self._set("memory", self.over_memory and by_count < 1)
+        self._set("memory", self.over_memory and self.held >= count_cap)
         self._metrics.in_flight.set(self.held)
         self._metrics.in_flight_bytes.set(self.held_bytes)
         self._metrics.objects_waiting.set(waiting)
-        if waiting >= limits.max_objects_waiting:
-            return 0
-        return max(0, min(wanted, by_count, by_bytes))
+        if waiting >= limits.max_objects_waiting or max_bytes < MIN_PULL_BYTES:
+            return Room(0, 0)
+        return Room(count, max_bytes)
 
     @property
     def paused(self) -> tuple[str, ...]:

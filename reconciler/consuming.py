@@ -46,18 +46,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ReplayPolicy
 from nats.js.errors import Error as JetStreamError
 
-from reconciler.backpressure import ROUTED_BYTES, Backpressure, Limits
+from reconciler.backpressure import DECODED_FACTOR, ROUTED_BYTES, Backpressure, Limits
 from reconciler.coalescing import Coalescer
 from reconciler.errors import PermanentError, ReconcilerError, TemporaryError
 from reconciler.kinds import ObjectRef
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.patching import Patched
+from reconciler.pulling import BoundedPull, NoRoom
 from reconciler.settings import ConsumerSettings
 from reconciler.targeting import Targeter
 from schemas import envelope as envelopes
@@ -134,10 +135,11 @@ _NOTHING_DONE: frozenset[str] = frozenset()
 
 
 def _stored_size(msg: Msg) -> int:
-    """What a pulled message is charged while its body is held: its bytes and headers plus
-    the routing size it keeps afterwards."""
+    """What a pulled message is charged while its body is held: its bytes and headers as
+    they decode, plus the routing size it keeps afterwards (``reconciler.backpressure``)."""
     headers = msg.headers or {}
-    return len(msg.data) + sum(len(k) + len(v) for k, v in headers.items()) + ROUTED_BYTES
+    stored = len(msg.data) + sum(len(k) + len(v) for k, v in headers.items())
+    return DECODED_FACTOR * stored + ROUTED_BYTES
 
 
 def _header_text(text: str, limit: int = 512) -> str:
@@ -165,7 +167,7 @@ class Consumer:
 
     def __init__(
         self,
-        js: JetStreamContext,
+        nc: Client,
         settings: ConsumerSettings,
         durable: str,
         targeter: Targeter,
@@ -177,14 +179,15 @@ class Consumer:
     ) -> None:
         """``backpressure``: the bounds this replica pulls within; by default the settings'
         counts with no memory limit and no bound on objects waiting."""
-        self.js = js
+        self.nc = nc
+        self.js = nc.jetstream(timeout=5.0)
         self.settings = settings
         self.durable = durable
         self.targeter = targeter
         self.coalescer = coalescer
         self.reporter = reporter
         self.metrics = metrics
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self._sub: BoundedPull | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._held: dict[int, Held] = {}
         self._done: OrderedDict[str, set[str]] = OrderedDict()
@@ -206,9 +209,17 @@ class Consumer:
         """Create or update the durable, then bind a pull subscription to it."""
         config = consumer_config(self.settings, self.durable)
         await self.js.add_consumer(self.settings.stream, config)
-        self._sub = await self.js.pull_subscribe_bind(
-            durable=self.durable, stream=self.settings.stream
-        )
+        self.backpressure.max_message = self.nc.max_payload
+        if self._sub is None:
+            limits = self.backpressure.limits
+            pull = BoundedPull(
+                self.nc,
+                self.settings.stream,
+                self.durable,
+                pending_bytes=limits.max_in_flight_bytes + 2 * self.nc.max_payload,
+            )
+            await pull.start()
+            self._sub = pull
         self.ready.set()
         log.info(
             "consuming %s.> from %s as durable %s",
@@ -248,20 +259,19 @@ class Consumer:
         failures = 0
         while not stop.is_set():
             room = self.backpressure.room(self.settings.fetch_batch)
-            if room < 1:  # the stream holds the rest until something is settled
-                if self._tasks:
-                    await asyncio.wait(
-                        set(self._tasks), timeout=0.5, return_when=asyncio.FIRST_COMPLETED
-                    )
-                else:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 0.5)
+            if not room:  # the stream holds the rest until something is settled
+                await self._wait_for_room(stop)
                 continue
             assert self._sub is not None
             try:
-                msgs = await self._sub.fetch(room, timeout=self.settings.fetch_timeout)
+                msgs = await self._sub.fetch(
+                    room.count, room.max_bytes, self.settings.fetch_timeout
+                )
             except TimeoutError:
                 failures = 0
+                continue
+            except NoRoom:  # the next message needs more room: wait for some to be freed
+                await self._wait_for_room(stop)
                 continue
             except (NatsError, JetStreamError) as e:
                 failures += 1
@@ -275,6 +285,14 @@ class Consumer:
             failures = 0
             for msg in msgs:
                 self._start(msg)
+
+    async def _wait_for_room(self, stop: asyncio.Event) -> None:
+        """Until a held message is settled (or half a second, for the memory sampler)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
 
     def _start(self, msg: Msg) -> None:
         held = Held(msg, _stored_size(msg))

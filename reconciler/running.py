@@ -253,7 +253,7 @@ class Reconciler:
         )
         self._spawn(backpressure.watch_memory(), "memory")
         consumer = Consumer(
-            self.nc.jetstream(timeout=5.0),
+            self.nc,
             self.settings.consumer,
             self.settings.durable,
             self.targeter,
@@ -263,7 +263,6 @@ class Reconciler:
             backpressure=backpressure,
         )
         self.consumer = consumer
-        consumer.backpressure.max_message = self.nc.max_payload
 
         async def advisory(msg: Msg) -> None:
             await consumer.on_max_deliveries(msg)

@@ -1,7 +1,8 @@
 """The bounds a replica pulls within (``reconciler.backpressure``), decided without a server.
 
-Covers: a pull asks for no more than the count and byte room left (a byte budget divided by
-the server's ``max_payload``, so one pull cannot overshoot), pulling stops at each bound
+Covers: a pull asks for no more than the count and byte room left (stored bytes the room
+holds once decoded, so one pull cannot overshoot; one message always gets through when
+nothing is held), pulling stops at each bound
 with its ``paused{reason}`` gauge set and resumes when the room comes back; objects waiting
 at the API budget's bound stop pulling; memory over the high-water mark slows pulling to a
 trickle instead of stopping it; the default objects-waiting bound is qps x ack-wait.
@@ -13,7 +14,14 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from reconciler.backpressure import REASONS, Backpressure, Limits
+from reconciler.backpressure import (
+    DECODED_FACTOR,
+    REASONS,
+    ROUTED_BYTES,
+    Backpressure,
+    Limits,
+    Room,
+)
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.settings import ConsumerSettings, PatchSettings, ReconcilerSettings
 
@@ -42,48 +50,51 @@ def make(
 
 def test_a_pull_takes_no_more_than_the_count_room() -> None:
     bp, metrics, _ = make(in_flight=100)
-    assert bp.room(128) == 8  # 64 MiB of room at 8 MiB a message at most
+    assert bp.room(128).count == 100
     for _ in range(98):
         bp.hold(1000)
-    assert bp.room(128) == 2
+    assert bp.room(128).count == 2
     bp.hold(1000)
     bp.hold(1000)
-    assert bp.room(128) == 0
+    assert not bp.room(128)
     assert paused(metrics) == {"in_flight"}
     assert metrics.in_flight._value.get() == 100
     bp.release(1000)
-    assert bp.room(128) == 1
+    assert bp.room(128).count == 1
     assert paused(metrics) == set()
 
 
-def test_bytes_held_bound_the_pull_so_one_pull_cannot_overshoot() -> None:
-    bp, metrics, _ = make(in_flight_bytes=64 * MiB)
+def test_a_pull_asks_for_no_more_stored_bytes_than_the_room_holds_decoded() -> None:
+    bp, metrics, _ = make(in_flight=100, in_flight_bytes=64 * MiB)
+    room = bp.room(10)
+    # ten routing charges are set aside, the rest holds bodies at five times their size
+    assert room == Room(10, (64 * MiB - 10 * ROUTED_BYTES) // DECODED_FACTOR)
     bp.hold(40 * MiB)  # a body being decoded
-    assert bp.room(128) == 3  # 24 MiB left: three messages of max_payload at most
-    bp.hold(20 * MiB)
-    assert bp.room(128) == 0
+    assert bp.room(10).max_bytes == (24 * MiB - 10 * ROUTED_BYTES) // DECODED_FACTOR
+    bp.hold(24 * MiB - 10 * ROUTED_BYTES)
+    assert not bp.room(10)
     assert paused(metrics) == {"in_flight_bytes"}
-    assert metrics.in_flight_bytes._value.get() == 60 * MiB
-    bp.recharge(40 * MiB, 4096)  # that body was dropped once targeted
-    assert bp.room(128) == 5
+    assert metrics.in_flight_bytes._value.get() == 64 * MiB - 10 * ROUTED_BYTES
+    bp.recharge(40 * MiB, ROUTED_BYTES)  # that body was dropped once targeted
+    assert bp.room(10)
     assert paused(metrics) == set()
 
 
-def test_a_budget_below_one_max_payload_still_takes_one_message_at_a_time() -> None:
-    bp, _, _ = make(in_flight_bytes=1 * MiB)
-    assert bp.room(128) == 1
-    bp.hold(100)
-    assert bp.room(128) == 0
+def test_with_nothing_held_one_message_of_any_allowed_size_gets_through() -> None:
+    bp, _, _ = make(in_flight_bytes=1 * MiB)  # less than one 8 MiB message decoded
+    assert bp.room(128).max_bytes == 8 * MiB
+    bp.hold(5 * 8 * MiB + ROUTED_BYTES)
+    assert not bp.room(128)
 
 
 def test_objects_waiting_at_the_api_budget_stop_pulling() -> None:
     bp, metrics, waiting = make(objects=10)
     waiting[0] = 10
-    assert bp.room(128) == 0
+    assert not bp.room(128)
     assert paused(metrics) == {"objects_waiting"}
     assert metrics.objects_waiting._value.get() == 10
     waiting[0] = 9
-    assert bp.room(128) > 0
+    assert bp.room(128)
 
 
 def test_memory_over_the_high_water_mark_slows_pulling_to_a_trickle() -> None:
@@ -95,10 +106,10 @@ def test_memory_over_the_high_water_mark_slows_pulling_to_a_trickle() -> None:
     assert metrics.memory_limit._value.get() == 100 * MiB
     for _ in range(3):
         bp.hold(10)
-    assert bp.room(128) == 2  # a trickle of five in flight, not the usual hundred
+    assert bp.room(128).count == 2  # a trickle of five in flight, not the usual hundred
     bp.hold(10)
     bp.hold(10)
-    assert bp.room(128) == 0
+    assert not bp.room(128)
     assert paused(metrics) == {"memory"}
 
 
@@ -106,7 +117,7 @@ def test_without_a_memory_limit_memory_never_pauses() -> None:
     bp, metrics, _ = make(memory_limit=None, rss=10_000 * MiB)
     bp.check_memory()
     assert not bp.over_memory
-    assert bp.room(128) == 8
+    assert bp.room(128).count == 100
     assert paused(metrics) == set()
 
 

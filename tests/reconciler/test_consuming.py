@@ -272,7 +272,7 @@ async def test_a_message_abandoned_on_its_last_delivery_is_dead_lettered_by_advi
     settings = bus.consumer_settings(max_deliver=1, ack_wait=1.0)
     unused: Any = None  # this consumer only dead-letters; it never targets or patches
     consumer = Consumer(
-        bus.js, settings, "abandoning", unused, unused, ReconcilerMetrics(), reporter=unused
+        bus.nc, settings, "abandoning", unused, unused, ReconcilerMetrics(), reporter=unused
     )
     await consumer.ensure()
     advisories = await bus.nc.subscribe(consumer.advisory_subject(), cb=consumer.on_max_deliveries)

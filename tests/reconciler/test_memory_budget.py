@@ -67,7 +67,7 @@ async def test_a_held_delivery_costs_less_than_its_routing_charge(bus: Bus) -> N
     settings = bus.consumer_settings(max_in_flight=HELD, max_in_flight_bytes=1 << 30)
     coalescer = Coalescer(blocked_patch, 0.0, metrics)
     consumer = Consumer(
-        bus.js, settings, "budget", SpreadTargets(), coalescer, metrics, reporter=Unreported()
+        bus.nc, settings, "budget", SpreadTargets(), coalescer, metrics, reporter=Unreported()
     )
     await consumer.ensure()
     stop = asyncio.Event()
