@@ -60,7 +60,7 @@ from reconciler.metrics import ReconcilerMetrics
 from reconciler.patching import Patched
 from reconciler.pulling import BoundedPull, NoRoom
 from reconciler.settings import ConsumerSettings
-from reconciler.targeting import Targeter
+from reconciler.targeting import Targets
 from schemas import envelope as envelopes
 from schemas import natsbinding, subjects
 from schemas.envelope import Envelope
@@ -89,6 +89,12 @@ class Reporter(Protocol):
 
     def patched(self, patched: Patched, env: Envelope) -> None:
         """A patch that covered ``env`` was accepted (a coalesced patch: once per delivery)."""
+
+
+class Targeting(Protocol):
+    """Which objects an envelope concerns (``reconciler.targeting.Targeter``)."""
+
+    async def targets(self, env: Envelope) -> Targets: ...
 
 
 class Unreported:
@@ -170,7 +176,7 @@ class Consumer:
         nc: Client,
         settings: ConsumerSettings,
         durable: str,
-        targeter: Targeter,
+        targeter: Targeting,
         coalescer: Coalescer,
         metrics: ReconcilerMetrics,
         *,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 TARGETING_ANNOTATION = "fluxrelay.io/targeting"
 """Set to ``auto`` on a Receiver to add the sources found by the source index."""
 AUTO = "auto"
-CACHE_LIMIT = 10_000
+MIN_CACHE = 256
 
 
 class SourceMatcher(Protocol):
@@ -79,17 +80,28 @@ class _Entry:
 
 
 class SharedLookups:
-    """Single-flight, short-TTL cache of API reads keyed by what was asked."""
+    """Single-flight, short-TTL cache of API reads keyed by what was asked.
 
-    def __init__(self, ttl: float) -> None:
+    Bounded by the API budget rather than by what deliveries name: every entry cost one
+    request under the rate limit, so no more than ``qps x ttl + burst`` of them can be fresh
+    at once; expired ones are dropped when that many are held, and if a limit set lower
+    than that is still reached the oldest go (the reads in flight carry on for whoever
+    awaits them, unshared).
+    """
+
+    def __init__(self, ttl: float, limit: int = 10_000) -> None:
         self.ttl = ttl
+        self.limit = max(limit, MIN_CACHE)
         self._entries: dict[str, _Entry] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     async def get(self, key: str, fetch: Callable[[], Awaitable[Any]]) -> Any:
         now = time.monotonic()
         entry = self._entries.get(key)
         if entry is None or entry.expires <= now:
-            if len(self._entries) >= CACHE_LIMIT:
+            if len(self._entries) >= self.limit:
                 self._prune(now)
             entry = _Entry(asyncio.ensure_future(fetch()))
             self._entries[key] = entry
@@ -106,6 +118,8 @@ class SharedLookups:
     def _prune(self, now: float) -> None:
         for key in [k for k, e in self._entries.items() if e.expires <= now]:
             del self._entries[key]
+        for key in list(self._entries)[: max(0, len(self._entries) - self.limit + 1)]:
+            del self._entries[key]  # oldest first: dicts keep insertion order
 
     async def close(self) -> None:
         tasks = [entry.task for entry in self._entries.values()]
@@ -140,7 +154,8 @@ class Targeter:
         self.shard = shard
         self.allow_cross_namespace = allow_cross_namespace
         self.filters = Filters()
-        self._lookups = SharedLookups(cache_ttl)
+        budget = gate.settings
+        self._lookups = SharedLookups(cache_ttl, math.ceil(budget.qps * cache_ttl) + budget.burst)
         self._index_factory = index_factory
         self.index: SourceMatcher | None = None
         self._index_starting: asyncio.Task[None] | None = None

@@ -12,6 +12,7 @@ in the object's batch) must fit the routing charge the byte budget uses for it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import json
 import tracemalloc
@@ -94,3 +95,24 @@ async def test_a_held_delivery_costs_less_than_its_routing_charge(bus: Bus) -> N
     print(f"\none held delivery: {per_delivery:.0f} bytes (charged {ROUTED_BYTES})")
     assert per_delivery <= ROUTED_BYTES, f"{per_delivery:.0f} bytes per held delivery"
     assert per_delivery > 300  # it did measure the held deliveries, not nothing
+
+
+async def test_the_lookup_cache_holds_no_more_than_the_api_budget_can_fill() -> None:
+    """Every entry is one API read under the rate limit, so ``qps x ttl + burst`` bounds the
+    fresh ones; a cache that only dropped expired entries grew with the number of distinct
+    objects named within one TTL (rate-dependent). Here the bound is 300 and 1,000 distinct
+    objects are read in one TTL: the cache never holds more than 300, the oldest going."""
+    from reconciler.targeting import SharedLookups
+
+    lookups = SharedLookups(ttl=60.0, limit=300)
+
+    async def read(i: int) -> int:
+        return i
+
+    for i in range(1000):
+        assert await lookups.get(f"obj-{i}", functools.partial(read, i)) == i
+        assert len(lookups) <= 300
+    assert len(lookups) >= 299  # the newest are kept
+    assert await lookups.get("obj-999", lambda: read(-1)) == 999  # still cached
+    assert await lookups.get("obj-0", lambda: read(-1)) == -1  # the oldest was dropped
+    await lookups.close()
