@@ -16,8 +16,11 @@ import functools
 import gc
 import json
 import tracemalloc
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -116,3 +119,134 @@ async def test_the_lookup_cache_holds_no_more_than_the_api_budget_can_fill() -> 
     assert await lookups.get("obj-999", lambda: read(-1)) == 999  # still cached
     assert await lookups.get("obj-0", lambda: read(-1)) == -1  # the oldest was dropped
     await lookups.close()
+
+
+# ----------------------------------------------------------------------------------------
+# Bytes per entry of every other bounded structure, measured the same way; the README's
+# memory budget table quotes these figures (tests/test_docs.py-style check below).
+
+ENTRIES = 4000
+
+
+def _per_entry(fill: Callable[[int], object]) -> float:
+    """Bytes allocated per call of ``fill`` (what it keeps referenced), averaged."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [fill(i) for i in range(ENTRIES)]
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    del kept
+    return (after - before) / ENTRIES
+
+
+async def measured_entry_costs() -> dict[str, float]:
+    """Structure -> bytes per entry, with realistic ids and envelopes."""
+    from reconciler.chaining import ingest
+    from reconciler.emitting import Emitter
+    from reconciler.outcome_metrics import OutcomeMetrics
+    from reconciler.reporting import ChainReporter
+    from reconciler.settings import CDEventsSettings, HttpSinkSettings
+    from reconciler.sinks import HttpSink
+    from schemas.cdevents import V0_5_1
+
+    envs: list[Any] = [make_envelope("apps", "github-push") for _ in range(ENTRIES)]
+    ref = ObjectRef.of("GitRepository", "apps", "podinfo")
+    registry_metrics = OutcomeMetrics(CollectorRegistry())
+    costs: dict[str, float] = {}
+
+    # a delivery following a reconcile request (ten per request, as coalescing makes them)
+    loop = asyncio.get_running_loop()
+    futures = [loop.create_future() for _ in range(ENTRIES // 10)]
+
+    class Watcher:
+        def follow(self, ref: ObjectRef, requested_at: str, patched_at: float) -> Any:
+            return futures[int(requested_at) // 10]
+
+    reporter = ChainReporter(None, Watcher(), registry_metrics)
+    costs["follower"] = _per_entry(
+        lambda i: reporter.patched(Patched(ref, str(i), (envs[i]["id"],)), envs[i])
+    )
+    stored_at = datetime.now(UTC)
+    costs["stored"] = _per_entry(lambda i: reporter.received(envs[i], stored_at))
+
+    consumer = Consumer.__new__(Consumer)
+    consumer._done = OrderedDict()
+    costs["done"] = _per_entry(lambda i: consumer._remember(envs[i]["id"], ref))
+
+    emitter = Emitter([], registry_metrics)
+    planned = [ingest(env) for env in envs]
+    # built inside the measurement: the id the memory keeps is counted, the event is not
+    costs["emitted"] = _per_entry(lambda i: emitter.emit(ingest(envs[i])))  # type: ignore[arg-type]
+
+    settings = CDEventsSettings(
+        sinks=(HttpSinkSettings(url="http://127.0.0.1:9/x", name="m"),), outbox_size=ENTRIES
+    )
+    sink = HttpSink(settings.sinks[0], settings, registry_metrics)
+    events = [p.build(V0_5_1) for p in planned if p is not None]
+    extensions = [p.extensions for p in planned if p is not None]
+    costs["outbox"] = _per_entry(lambda i: sink.offer(events[i], extensions[i]))
+    return costs
+
+
+async def request_cost() -> float:
+    """Bytes per reconcile request an OutcomeWatcher follows (its own entry, timer and
+    future; the deliveries following it are counted above). The watcher's watch is not
+    started: the scope is marked as started so no API server is needed."""
+    from reconciler.outcome_metrics import OutcomeMetrics
+    from reconciler.outcomes import OutcomeWatcher
+
+    unused: Any = None
+    watcher = OutcomeWatcher(unused, OutcomeMetrics(CollectorRegistry()), timeout=600)
+    watcher._ensure_scope = lambda ref: _Idle()  # type: ignore[method-assign,assignment,return-value]
+    refs = [ObjectRef.of("GitRepository", "apps", f"repo-{i % 500}") for i in range(ENTRIES)]
+    stamp = "2026-12-05T10:00:00.123456789Z"
+    cost = _per_entry(lambda i: watcher.follow(refs[i], f"{stamp}{i}"))
+    await watcher.close()
+    return cost
+
+
+class _Idle:
+    """A watch scope that never watches (its cache is empty)."""
+
+    cache: dict[str, Any] = {}
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+BUDGET_ROWS = {
+    "Deliveries following a request": "follower",
+    "Reconcile requests followed": "request",
+    "Stored-time memory": "stored",
+    "Done memory": "done",
+    "Emitted-id memory": "emitted",
+    "CDEvents outbox": "outbox",
+}
+
+
+def readme_budget() -> dict[str, float]:
+    """The README table's bytes-per-entry figure, per structure this test measures."""
+    figures: dict[str, float] = {}
+    for line in README.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        for name, key in BUDGET_ROWS.items():
+            if cells and cells[0].startswith(name):
+                figures[key] = float(cells[2].split()[0].replace(",", ""))
+    return figures
+
+
+async def test_the_readme_budget_quotes_each_structure_at_or_above_its_measured_cost() -> None:
+    """The memory budget table's bytes per entry are upper bounds of what each entry costs,
+    measured here (a figure below its measurement, or a row missing, fails)."""
+    quoted = readme_budget()
+    measured = await measured_entry_costs()
+    measured["request"] = await request_cost()
+    print(
+        "\n"
+        + "\n".join(f"{k}: {v:.0f} B measured, {quoted.get(k)} quoted" for k, v in measured.items())
+    )
+    assert set(quoted) == set(BUDGET_ROWS.values())
+    for key, cost in measured.items():
+        assert 20 < cost <= quoted[key], (key, cost, quoted[key])
