@@ -15,11 +15,8 @@ This module alone decides what happens to a message, in :meth:`Consumer.settle`:
 - a :class:`PermanentError` (invalid envelope, object not found, forbidden reference, bad
   filter) -> published to the dead-letter stream with the reason, then ``term``.
 
-A dead letter is stored before the message is terminated; if it cannot be stored the message
-is nak'ed, so nothing is dropped silently. Messages that run out of deliveries without this
-process seeing their last one (a replica crashing repeatedly on it) are announced by the
-server's MAX_DELIVERIES advisory and dead-lettered from the stream copy; a ``Nats-Msg-Id`` per
-stream sequence keeps that to one dead letter when several replicas hear the advisory.
+A dead letter (``reconciler.deadletters``) is stored before the message is terminated; if it
+cannot be stored the message is nak'ed, so nothing is dropped silently.
 
 Replicas of one shard share one durable (the server spreads messages between them); a
 crashed replica's unacked messages come back after ``ack_wait``. Long work is kept alive with
@@ -44,7 +41,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -54,6 +51,7 @@ from nats.js.errors import Error as JetStreamError
 
 from reconciler.backpressure import DECODED_FACTOR, ROUTED_BYTES, Backpressure, Limits
 from reconciler.coalescing import Coalescer
+from reconciler.deadletters import DeadLetters
 from reconciler.errors import PermanentError, ReconcilerError, TemporaryError
 from reconciler.kinds import ObjectRef
 from reconciler.metrics import ReconcilerMetrics
@@ -62,7 +60,7 @@ from reconciler.pulling import BoundedPull, NoRoom
 from reconciler.settings import ConsumerSettings
 from reconciler.targeting import Targets
 from schemas import envelope as envelopes
-from schemas import natsbinding, subjects
+from schemas import natsbinding
 from schemas.envelope import Envelope
 
 log = logging.getLogger(__name__)
@@ -70,11 +68,6 @@ log = logging.getLogger(__name__)
 STAGE = "reconciler"
 DONE_MEMORY = 10_000
 """Messages whose finished targets are remembered (for redeliveries after partial failure)."""
-REASON_HEADER = "Fluxrelay-Dead-Reason"
-ERROR_HEADER = "Fluxrelay-Dead-Error"
-SEQ_HEADER = "Fluxrelay-Stream-Seq"
-DELIVERIES_HEADER = "Fluxrelay-Deliveries"
-MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 
 
 class Reporter(Protocol):
@@ -148,11 +141,6 @@ def _stored_size(msg: Msg) -> int:
     return DECODED_FACTOR * stored + ROUTED_BYTES
 
 
-def _header_text(text: str, limit: int = 512) -> str:
-    """One safe header line (NATS headers cannot carry line breaks)."""
-    return " ".join(text.split())[:limit]
-
-
 def consumer_config(settings: ConsumerSettings, durable: str) -> ConsumerConfig:
     """The durable pull consumer: explicit ack, bounded deliveries, every stored event."""
     return ConsumerConfig(
@@ -193,6 +181,7 @@ class Consumer:
         self.coalescer = coalescer
         self.reporter = reporter
         self.metrics = metrics
+        self.dead_letters = DeadLetters(self.js, settings, durable, metrics)
         self._sub: BoundedPull | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._held: dict[int, Held] = {}
@@ -469,10 +458,7 @@ class Consumer:
             reason = error.reason if isinstance(error, PermanentError) else "max_deliveries"
             log.warning("dead-lettering (%s): %s", reason, error, extra=context)
             try:
-                headers, data = msg.headers, msg.data
-                if not data:  # dropped once targeted: the stream has the stored copy
-                    headers, data = await self._stored_copy(msg)
-                await self.dead_letter(headers, data, reason, str(error), msg)
+                await self.dead_letters.store(msg, reason, str(error))
             except (NatsError, JetStreamError, TimeoutError) as e:
                 log.error("cannot store dead letter (%s); retrying the message", e, extra=context)
                 await msg.nak(delay=self.settings.nak_delay(delivered))
@@ -484,59 +470,7 @@ class Consumer:
             # The connection is down: the server redelivers after ack_wait.
             log.warning("cannot settle message: %s", e, extra=context)
 
-    async def _stored_copy(self, msg: Msg) -> tuple[dict[str, str] | None, bytes]:
-        """The message's headers and bytes as the stream stored them (dropped here)."""
-        stored = await self.js.get_msg(self.settings.stream, msg.metadata.sequence.stream)
-        return stored.headers, stored.data or b""
-
-    async def dead_letter(
-        self,
-        headers: Mapping[str, str] | None,
-        data: bytes,
-        reason: str,
-        error: str,
-        msg: Msg | None = None,
-        stream_seq: int | None = None,
-    ) -> None:
-        """Store the original message on the dead-letter stream with the reason."""
-        seq = stream_seq if stream_seq is not None else (msg.metadata.sequence.stream if msg else 0)
-        out: dict[str, str] = {
-            k: v for k, v in (headers or {}).items() if k.lower() != "nats-msg-id"
-        }
-        out[REASON_HEADER] = reason
-        out[ERROR_HEADER] = _header_text(error)
-        out[SEQ_HEADER] = str(seq)
-        if msg is not None:
-            out[DELIVERIES_HEADER] = str(msg.metadata.num_delivered)
-        out["Nats-Msg-Id"] = f"{self.settings.stream}:{self.durable}:{seq}"
-        await self.js.publish(
-            subjects.dead_subject(STAGE, reason, self.settings.dead_subject_prefix),
-            data,
-            stream=self.settings.dead_stream,
-            headers=out,
-        )
-        self.metrics.dead_letters.labels(reason).inc()
-
-    # --------------------------------------------------------------------- advisories, lag
-
-    def advisory_subject(self) -> str:
-        return f"{MAX_DELIVERIES_ADVISORY}.{self.settings.stream}.{self.durable}"
-
-    async def on_max_deliveries(self, advisory: Msg) -> None:
-        """A message ran out of deliveries without a final settle here: dead-letter it."""
-        try:
-            doc: dict[str, Any] = json.loads(advisory.data)
-            seq = int(doc["stream_seq"])
-            stored = await self.js.get_msg(self.settings.stream, seq)
-            await self.dead_letter(
-                stored.headers,
-                stored.data or b"",
-                "max_deliveries",
-                f"no acknowledgement after {doc.get('deliveries')} deliveries",
-                stream_seq=seq,
-            )
-        except (ValueError, KeyError, NatsError, JetStreamError, TimeoutError) as e:
-            log.warning("cannot dead-letter after max deliveries: %s", e)
+    # ------------------------------------------------------------------------------- lag
 
     async def poll_lag(self) -> None:
         """Export the consumer's pending, ack-pending and redelivered counts."""

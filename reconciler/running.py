@@ -26,7 +26,6 @@ from aiohttp import web
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
@@ -264,10 +263,10 @@ class Reconciler:
         )
         self.consumer = consumer
 
-        async def advisory(msg: Msg) -> None:
-            await consumer.on_max_deliveries(msg)
-
-        self._advisories = await self.nc.subscribe(consumer.advisory_subject(), cb=advisory)
+        dead_letters = consumer.dead_letters
+        self._advisories = await self.nc.subscribe(
+            dead_letters.advisory_subject(), cb=dead_letters.on_max_deliveries
+        )
         lag = asyncio.create_task(consumer.poll_lag(), name="consumer-lag")
         try:
             await consumer.run(self._stop)

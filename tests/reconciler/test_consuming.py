@@ -275,7 +275,10 @@ async def test_a_message_abandoned_on_its_last_delivery_is_dead_lettered_by_advi
         bus.nc, settings, "abandoning", unused, unused, ReconcilerMetrics(), reporter=unused
     )
     await consumer.ensure()
-    advisories = await bus.nc.subscribe(consumer.advisory_subject(), cb=consumer.on_max_deliveries)
+    dead_letters = consumer.dead_letters
+    advisories = await bus.nc.subscribe(
+        dead_letters.advisory_subject(), cb=dead_letters.on_max_deliveries
+    )
     doc = make_envelope("ns", "hook")
     await bus.publish(doc)
     sub = await bus.js.pull_subscribe_bind(durable="abandoning", stream=settings.stream)
