@@ -65,6 +65,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NotRequired, TypedDict
 
+from reconciler.decisions import Decisions
 from reconciler.fluxstatus import Outcome
 from reconciler.kinds import ObjectRef
 from schemas.cdevents import (
@@ -89,6 +90,7 @@ SOURCE = "/fluxrelay/reconciler"
 ID_NAMESPACE = uuid.UUID("5b0f3c1e-6a53-4d7e-9b8e-f1c2a7d0e4b1")
 """uuid5 namespace of fluxrelay's CDEvent ids (fixed forever: ids must not change)."""
 WEBHOOK_TYPE = "dev.cdeventsx.fluxrelay-webhook.received.0.1.0"
+UNTARGETED_TYPE = "dev.cdeventsx.fluxrelay-webhook.untargeted.0.1.0"
 
 
 def event_id(envelope_id: str, stage: str, key: str = "") -> str:
@@ -250,12 +252,23 @@ def _timestamp_of(requested_at: str) -> str:
     return f"{head}.{(digits + '000')[:3]}{zone}"
 
 
-def queued(env: Followed, ref: ObjectRef, requested_at: str, *, source: str = SOURCE) -> Planned:
-    """``pipelinerun.queued``: a reconcile of ``ref`` was requested for this delivery."""
+def queued(
+    env: Followed,
+    ref: ObjectRef,
+    requested_at: str,
+    *,
+    source: str = SOURCE,
+    decisions: Decisions | None = None,
+) -> Planned:
+    """``pipelinerun.queued``: a reconcile of ``ref`` was requested for this delivery (with
+    the delivery's targeting decisions: what else was considered and why not)."""
     id_ = event_id(env["id"], "queued", ref.key)
     opts = _options(env, source, id_, [path_link(ingest_id(env))])
     opts["timestamp"] = _timestamp_of(requested_at)
-    opts["custom_data"] = {"requestedAt": requested_at, "deliveryId": env["delivery_id"]}
+    custom: dict[str, Any] = {"requestedAt": requested_at, "deliveryId": env["delivery_id"]}
+    if decisions is not None:
+        custom["targeting"] = decisions.as_data()
+    opts["custom_data"] = custom
 
     def build(release: SpecRelease) -> Event:
         return pipelinerun_queued(
@@ -263,6 +276,19 @@ def queued(env: Followed, ref: ObjectRef, requested_at: str, *, source: str = SO
         )
 
     return Planned(id_, "pipelinerun.queued", build, env.get("traceparent"), env["delivery_id"])
+
+
+def untargeted(env: Envelope, decisions: Decisions, *, source: str = SOURCE) -> Planned:
+    """The chain's end when targeting reconciled nothing: why, object by object."""
+    id_ = event_id(env["id"], "untargeted")
+    opts = _options(env, source, id_, [path_link(ingest_id(env))])
+    opts["custom_data"] = _delivery_data(env)
+    content = {"reason": decisions.why_not, **decisions.as_data()}
+
+    def build(release: SpecRelease) -> Event:
+        return build_event(release, UNTARGETED_TYPE, env["delivery_id"], content, **opts)
+
+    return Planned(id_, UNTARGETED_TYPE, build, env.get("traceparent"), env["delivery_id"])
 
 
 def _moment(seconds: float | None) -> datetime:

@@ -52,6 +52,7 @@ from nats.js.errors import Error as JetStreamError
 from reconciler.backpressure import DECODED_FACTOR, ROUTED_BYTES, Backpressure, Limits
 from reconciler.coalescing import Coalescer
 from reconciler.deadletters import DeadLetters
+from reconciler.decisions import Decisions
 from reconciler.errors import PermanentError, ReconcilerError, TemporaryError
 from reconciler.kinds import ObjectRef
 from reconciler.metrics import ReconcilerMetrics
@@ -80,8 +81,12 @@ class Reporter(Protocol):
         """Every envelope decoded from a message (each delivery of it), before targeting,
         with the time JetStream stored it."""
 
-    def patched(self, patched: Patched, env: Envelope) -> None:
-        """A patch that covered ``env`` was accepted (a coalesced patch: once per delivery)."""
+    def patched(self, patched: Patched, env: Envelope, decisions: Decisions | None = None) -> None:
+        """A patch that covered ``env`` was accepted (a coalesced patch: once per delivery),
+        with the delivery's targeting ``decisions``."""
+
+    def untargeted(self, env: Envelope, decisions: Decisions) -> None:
+        """Targeting found nothing to reconcile for ``env``; ``decisions`` say why."""
 
 
 class Targeting(Protocol):
@@ -97,7 +102,10 @@ class Unreported:
     def received(self, env: Envelope, stored_at: datetime | None) -> None:
         pass
 
-    def patched(self, patched: Patched, env: Envelope) -> None:
+    def patched(self, patched: Patched, env: Envelope, decisions: Decisions | None = None) -> None:
+        pass
+
+    def untargeted(self, env: Envelope, decisions: Decisions) -> None:
         pass
 
 
@@ -366,7 +374,7 @@ class Consumer:
             # target: the stage latencies and the outcome's patch time are this patch's.
             patched = await self.coalescer.submit(ref, env)
             try:
-                self.reporter.patched(patched, env)
+                self.reporter.patched(patched, env, targets.decisions)
             except Exception:
                 log.exception("reporting a patch failed", extra={"object": ref.key})
             return patched
@@ -392,6 +400,8 @@ class Consumer:
                 raise result
             else:
                 self._remember(env["id"], ref)
+        if not targets.refs:  # reported even when an entry's failure dead-letters it below
+            self._untargeted(env, targets)
         if temporary:
             worst = max(temporary, key=lambda e: e.delay)
             raise TemporaryError(
@@ -401,11 +411,21 @@ class Consumer:
             )
         if permanent:
             raise PermanentError("; ".join(str(e) for e in permanent), reason=permanent[0].reason)
-        if not targets.refs:
-            log.info(
-                "no object to reconcile",
-                extra={"delivery_id": env["delivery_id"], "event_id": env["id"]},
-            )
+
+    def _untargeted(self, env: Envelope, targets: Targets) -> None:
+        """Nothing to reconcile: counted by reason, logged with the reasons, reported."""
+        decisions = targets.decisions
+        receiver = f"{env['receiver']['namespace']}/{env['receiver']['name']}"
+        self.metrics.untargeted.labels(receiver, decisions.why_not).inc()
+        log.info(
+            "no object to reconcile: %s",
+            "; ".join(f"{d.target}: {d.reason}" for d in decisions.kept) or "no resources",
+            extra={"delivery_id": env["delivery_id"], "event_id": env["id"], "receiver": receiver},
+        )
+        try:
+            self.reporter.untargeted(env, decisions)
+        except Exception:
+            log.exception("reporting an untargeted delivery failed", extra={"event_id": env["id"]})
 
     def _remember(self, envelope_id: str, ref: ObjectRef) -> None:
         self._done.setdefault(envelope_id, set()).add(ref.key)

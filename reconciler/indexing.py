@@ -21,6 +21,7 @@ from typing import Any
 
 from kubernetes_asyncio import client as k8s_client
 
+from reconciler.decisions import Decisions
 from reconciler.kinds import KINDS, SHARD_LABEL, ObjectRef
 from reconciler.sourcetable import ObjKey, SourceTable
 from runtime.informer import Informer, InformerSettings, custom_objects
@@ -69,6 +70,10 @@ class SourceIndex:
     def match(self, envelope: Mapping[str, Any]) -> list[ObjectRef]:
         """The sources an event moves (see :meth:`SourceTable.match`)."""
         return self.table.match(envelope)
+
+    def explain(self, envelope: Mapping[str, Any], into: Decisions) -> None:
+        """Why no source moves on this event (see :meth:`SourceTable.explain`)."""
+        self.table.explain(envelope, into)
 
     async def start(self) -> None:
         """Start listing and watching; return once every kind is listed (wrap in a timeout).

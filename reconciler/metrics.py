@@ -78,6 +78,12 @@ class ReconcilerMetrics(MetricSet):
             "fluxrelay_reconciler_coalesced_deliveries",
             "Deliveries folded into a patch another delivery for the same object caused.",
         )
+        self.untargeted = self.counter(
+            "fluxrelay_reconciler_untargeted",
+            "Deliveries that reconciled no object, by Receiver and the first reason (see "
+            "reconciler/decisions.py: not_found, match_labels, filter_false, shard, no_source...).",
+            ["receiver", "reason"],
+        )
         self.in_flight = self.gauge(
             "fluxrelay_reconciler_in_flight",
             "Deliveries this replica holds (pulled, not yet settled).",

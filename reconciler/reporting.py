@@ -29,7 +29,9 @@ from reconciler.chaining import (
     incoming_context,
     ingest,
     queued,
+    untargeted,
 )
+from reconciler.decisions import Decisions
 from reconciler.fluxstatus import Outcome
 from reconciler.kinds import KINDS, ObjectRef
 from reconciler.outcome_metrics import OutcomeMetrics
@@ -134,7 +136,12 @@ class ChainReporter:
             if planned is not None:
                 self._emit(planned)
 
-    def patched(self, patched: Patched, env: Envelope) -> None:
+    def untargeted(self, env: Envelope, decisions: Decisions) -> None:
+        """Nothing was reconciled for ``env``: the chain ends with the ``untargeted`` event."""
+        if self._emit is not None:
+            self._emit(untargeted(env, decisions, source=self._source))
+
+    def patched(self, patched: Patched, env: Envelope, decisions: Decisions | None = None) -> None:
         """``patched`` covered ``env``: its ``queued`` event, then its outcome followed.
 
         The request is followed once per delivery it carried (the watcher hands each the same
@@ -147,7 +154,7 @@ class ChainReporter:
         if stored is not None:
             self._metrics.stage.labels("stored_patched").observe(max(patched_at - stored, 0))
         if self._emit is not None:
-            self._emit(queued(env, ref, requested_at, source=self._source))
+            self._emit(queued(env, ref, requested_at, source=self._source, decisions=decisions))
         if self._watcher is None or not _reports_handling(ref):
             return
         future = self._watcher.follow(ref, requested_at, patched_at)

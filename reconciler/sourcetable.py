@@ -34,6 +34,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler.decisions import DELETED_REF, NO_SOURCE, OTHER_REF, PATH_EXCLUDED, PINNED, Decisions
 from reconciler.kinds import KINDS, ObjectRef
 from reconciler.narrowing import PATHS_ANNOTATION, compile_paths, narrowing_paths, paths_allow
 from reconciler.refs import (
@@ -173,6 +174,44 @@ class SourceTable:
                         found.add(entry.ref)
         return sorted(found)
 
+    def explain(self, envelope: Mapping[str, Any], into: Decisions) -> None:
+        """Why no filed source moves on this event: called when :meth:`match` found none, so
+        the hot path pays nothing for it. Each source filed under the event's repository or
+        image says what it follows instead; no source there says which keys were looked up."""
+        if is_deleted(envelope):
+            into.add("automatic", DELETED_REF, "a deleted ref moves no source")
+            return
+        looked_up: list[str] = []
+        ref = envelope.get("ref")
+        repository = envelope.get("repository")
+        if isinstance(ref, str) and ref and isinstance(repository, Mapping):
+            paths = narrowing_paths(envelope)
+            for git_key in sorted(_event_git_keys(repository)):
+                looked_up.append(git_key)
+                for entry in self._by_git.get(git_key, {}).values():
+                    follow = entry.follow
+                    if isinstance(follow, GitFollow) and not follow.follows(ref):
+                        reason = PINNED if follow.kind == "pinned" else OTHER_REF
+                        into.add(entry.ref.key, reason, f"follows {_describe(follow)}, not {ref}")
+                    elif not paths_allow(entry.paths, paths):
+                        into.add(
+                            entry.ref.key,
+                            PATH_EXCLUDED,
+                            f"no changed path matches its {PATHS_ANNOTATION}",
+                        )
+        artifact = envelope.get("artifact")
+        if isinstance(artifact, Mapping):
+            tag = artifact.get("tag")
+            for image_key in sorted(_event_image_keys(artifact), key=str):
+                looked_up.append("/".join(str(part) for part in image_key))
+                for entry in self._by_image.get(image_key, {}).values():
+                    follow = entry.follow
+                    reason = PINNED if getattr(follow, "kind", "") == "pinned" else OTHER_REF
+                    into.add(entry.ref.key, reason, f"follows {_describe(follow)}, not tag {tag}")
+        if not into.kept and not into.omitted:
+            what = ", ".join(looked_up) if looked_up else "nothing (no repository or artifact)"
+            into.add("automatic", NO_SOURCE, f"no source follows {what}")
+
     # ------------------------------------------------------------------------- filing
 
     def _file(self, key: ObjKey, entry: Entry | None) -> None:
@@ -307,6 +346,14 @@ def _drop(index: dict[Any, dict[ObjKey, Entry]], bucket: Any, key: ObjKey) -> No
         entries.pop(key, None)
         if not entries:
             del index[bucket]
+
+
+def _describe(follow: Follow) -> str:
+    """What a source follows, in words: ``branch main``, ``semver >=1.0``, ``commit abc``."""
+    kind = getattr(follow, "kind", "tags")
+    value = getattr(follow, "value", "")
+    word = {"pinned": "commit/digest", "name": "ref"}.get(kind, kind)
+    return f"{word} {value}".strip()
 
 
 def _event_git_keys(repository: Mapping[str, Any]) -> set[str]:

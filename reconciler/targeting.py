@@ -35,6 +35,16 @@ from typing import Any, Protocol
 
 from kubernetes_asyncio import client as k8s
 
+from reconciler.decisions import (
+    CROSS_NAMESPACE,
+    FILTER_FALSE,
+    INVALID_RESOURCE,
+    MATCH_LABELS,
+    NOT_FOUND,
+    RECONCILED,
+    SHARD,
+    Decisions,
+)
 from reconciler.errors import PermanentError, TemporaryError
 from reconciler.filtering import Filters, resource_view
 from reconciler.kinds import KINDS, SHARD_LABEL, ObjectRef, default_api_version
@@ -64,13 +74,17 @@ class SourceMatcher(Protocol):
 
     def match(self, envelope: Mapping[str, Any]) -> list[ObjectRef]: ...
 
+    def explain(self, envelope: Mapping[str, Any], into: Decisions) -> None: ...
+
 
 @dataclass
 class Targets:
-    """Objects to patch for one envelope, and the resource entries that failed for good."""
+    """Objects to patch for one envelope, the resource entries that failed for good, and why
+    each object considered was or was not reconciled (``reconciler.decisions``)."""
 
     refs: list[ObjectRef] = field(default_factory=list)
     failures: list[PermanentError] = field(default_factory=list)
+    decisions: Decisions = field(default_factory=Decisions)
 
 
 @dataclass
@@ -131,6 +145,15 @@ class SharedLookups:
 
 IndexFactory = Callable[[], SourceMatcher]
 
+_FAILURE_REASONS = {"not_found": NOT_FOUND, "cross_namespace": CROSS_NAMESPACE}
+"""PermanentError reasons of a Receiver entry, as decision reasons (the rest: invalid)."""
+
+
+def _entry_name(index: int, resource: Mapping[str, Any]) -> str:
+    """``Kind/namespace/name`` of a Receiver entry as written, for a decision about it."""
+    namespace = resource.get("namespace") or "-"
+    return f"resources[{index}] {resource.get('kind')}/{namespace}/{resource.get('name')}"
+
 
 class Targeter:
     """Resolves an envelope's Receiver into the object references to patch."""
@@ -173,8 +196,13 @@ class Targeter:
         result = Targets()
         for index, resource in enumerate(receiver.resources):
             try:
-                refs = await self._explicit(receiver, resource, envelope)
+                refs = await self._explicit(receiver, resource, envelope, result.decisions)
             except PermanentError as e:
+                result.decisions.add(
+                    _entry_name(index, resource),
+                    _FAILURE_REASONS.get(e.reason, INVALID_RESOURCE),
+                    str(e),
+                )
                 log.warning(
                     "resources[%d] of %s: %s",
                     index,
@@ -190,6 +218,10 @@ class Targeter:
             found = await self._auto(envelope)
             result.refs.extend(found)
             self._metrics.targets.labels("auto").inc(len(found))
+            for ref in found:
+                result.decisions.add(ref.key, RECONCILED, "automatic: follows this push")
+            if not found and self.index is not None:
+                self.index.explain(envelope, result.decisions)
         result.refs = sorted(set(result.refs))
         return result
 
@@ -205,7 +237,11 @@ class Targeter:
         return f"{SHARD_LABEL}={self.shard}" if self.shard is not None else f"!{SHARD_LABEL}"
 
     async def _explicit(
-        self, receiver: ReceiverDef, resource: Mapping[str, Any], envelope: Envelope
+        self,
+        receiver: ReceiverDef,
+        resource: Mapping[str, Any],
+        envelope: Envelope,
+        decisions: Decisions,
     ) -> list[ObjectRef]:
         kind = str(resource.get("kind", ""))
         if kind not in KINDS:
@@ -232,30 +268,44 @@ class Targeter:
                     reason="wildcard_without_labels",
                 )
             candidates = await self._list(probe, match_labels)
+            if not candidates:
+                selector = ",".join(f"{k}={v}" for k, v in sorted(match_labels.items()))
+                decisions.add(
+                    f"{kind}/{namespace}/*", MATCH_LABELS, f"no object in this shard has {selector}"
+                )
         else:
             obj = await self._get(probe)
-            candidates = [obj] if self._in_shard(obj) else []
+            candidates = [obj]
+            if not self._in_shard(obj):
+                candidates = []
+                decisions.add(probe.key, SHARD, f"not in shard {self.shard or '(none)'}")
         refs: list[ObjectRef] = []
         claims = envelope.get("claims") or {}
         for obj in candidates:
             meta = obj.get("metadata") or {}
             view = resource_view(obj)
-            expressions = [receiver.resource_filter, resource.get("filter")]
-            if all(
-                self.filters.matches(str(expr), view, envelope["payload"], claims)
-                for expr in expressions
-                if expr
-            ):
-                refs.append(
-                    ObjectRef(
-                        kind,
-                        str(meta.get("namespace", namespace)),
-                        str(meta["name"]),
-                        probe.group,
-                        probe.version,
-                        probe.plural,
-                    )
-                )
+            ref = ObjectRef(
+                kind,
+                str(meta.get("namespace", namespace)),
+                str(meta["name"]),
+                probe.group,
+                probe.version,
+                probe.plural,
+            )
+            refused = next(
+                (
+                    str(expr)
+                    for expr in (receiver.resource_filter, resource.get("filter"))
+                    if expr
+                    and not self.filters.matches(str(expr), view, envelope["payload"], claims)
+                ),
+                None,
+            )
+            if refused is None:
+                refs.append(ref)
+                decisions.add(ref.key, RECONCILED)
+            else:
+                decisions.add(ref.key, FILTER_FALSE, refused)
         return refs
 
     async def _get(self, ref: ObjectRef) -> dict[str, Any]:

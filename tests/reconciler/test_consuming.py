@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from reconciler.consuming import Consumer
+from reconciler.decisions import Decisions
 from reconciler.kinds import DELIVERY_ANNOTATION, REQUESTED_AT, SHARD_LABEL, ObjectRef
 from reconciler.patching import Patched
 from reconciler.running import Reconciler
@@ -47,11 +48,15 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[ObjectRef, str, list[str]]] = []
         self.reported: list[tuple[str, Patched]] = []
+        self.untargeted_ids: list[str] = []
 
     def received(self, env: Envelope, stored_at: datetime | None) -> None:
         pass
 
-    def patched(self, patched: Patched, env: Envelope) -> None:
+    def untargeted(self, env: Envelope, decisions: Decisions) -> None:
+        self.untargeted_ids.append(env["id"])
+
+    def patched(self, patched: Patched, env: Envelope, decisions: Decisions | None = None) -> None:
         if all(p != patched for _, p in self.reported):
             self.calls.append((patched.ref, patched.requested_at, list(patched.envelope_ids)))
         self.reported.append((env["id"], patched))
