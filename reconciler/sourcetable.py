@@ -20,7 +20,9 @@ What is filed, and why:
   have no artifact), HelmCharts from a GitRepository or Bucket (source-controller already
   reconciles those when their source's artifact changes, which the GitRepository trigger
   causes), Buckets (no repository URL and no push event; not listed at all), suspended
-  sources (a requested reconcile would never be handled).
+  sources (a requested reconcile would never be handled). Commit and digest pins *are*
+  filed though no push moves them, so that :meth:`SourceTable.explain` can say a push
+  reached a pinned source (``reconciler.decisions``).
 
 Why apart from :mod:`reconciler.indexing`: the table is pure and synchronous (objects in,
 matches out, no API server, no tasks), so it is tested as tables of cases and benchmarked on
@@ -304,17 +306,17 @@ def _entry(obj: Mapping[str, Any], kind: str, spec: Mapping[str, Any]) -> Entry 
         paths = compile_paths(annotations.get(PATHS_ANNOTATION))
         spec_ref = spec.get("ref")
         follow = git_follow(spec_ref if isinstance(spec_ref, Mapping) else None)
-        if follow.kind == "pinned":
-            return None
+        # A commit pin is filed although no push moves it (``GitFollow.follows``): so that
+        # ``explain`` can say a push reached a pinned source.
         return Entry(ref, follow, git_keys=(git_key,), paths=paths)
     if kind == "OCIRepository":
         url = spec.get("url")
         image = normalise_image(url) if isinstance(url, str) else None
         spec_ref = spec.get("ref")
         oci = oci_follow(spec_ref if isinstance(spec_ref, Mapping) else None)
-        if image is None or oci.kind == "pinned":
+        if image is None:
             return None
-        return Entry(ref, oci, image_keys=(image,))
+        return Entry(ref, oci, image_keys=(image,))  # a digest pin is filed, as a commit pin
     if kind == "ImageRepository":
         name = spec.get("image")
         image = normalise_image(name) if isinstance(name, str) else None
