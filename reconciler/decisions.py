@@ -83,6 +83,10 @@ class Decisions:
     kept: list[Decision] = field(default_factory=list)
     omitted: int = 0
 
+    def __len__(self) -> int:
+        """Decisions made, kept or not."""
+        return len(self.kept) + self.omitted
+
     def add(self, target: str, reason: str, detail: str = "") -> None:
         if len(self.kept) < MAX_DECISIONS:
             if len(detail) > MAX_DETAIL:

@@ -15,7 +15,11 @@ object or selector share one request whose answer is reused for a short TTL.
 
 A Receiver annotated ``fluxrelay.io/targeting: auto`` also gets the Flux sources that follow
 the pushed repository and ref, from the source index (``reconciler.indexing``), built on
-first use.
+first use; its ``spec.resourceFilter`` applies to them as to named resources.
+
+Every object considered is recorded with why it was or was not reconciled
+(``reconciler.decisions``): the chain carries it, and a delivery that reconciled nothing says
+why.
 
 A problem with one resource entry (not found, forbidden reference, bad filter) does not stop
 the others: the good targets are patched and the problems are reported together, so the
@@ -216,11 +220,14 @@ class Targeter:
             self._metrics.targets.labels("explicit").inc(len(refs))
         if receiver.annotations.get(TARGETING_ANNOTATION) == AUTO:
             found = await self._auto(envelope)
+            noted = len(result.decisions)
+            if found and receiver.resource_filter:
+                found = await self._filter_auto(receiver, found, envelope, result.decisions)
             result.refs.extend(found)
             self._metrics.targets.labels("auto").inc(len(found))
             for ref in found:
                 result.decisions.add(ref.key, RECONCILED, "automatic: follows this push")
-            if not found and self.index is not None:
+            if not found and len(result.decisions) == noted and self.index is not None:
                 self.index.explain(envelope, result.decisions)
         result.refs = sorted(set(result.refs))
         return result
@@ -351,6 +358,31 @@ class Targeter:
         return [obj for obj in items if self._in_shard(obj)]
 
     # ---------------------------------------------------------------------------------- auto
+
+    async def _filter_auto(
+        self,
+        receiver: ReceiverDef,
+        found: list[ObjectRef],
+        envelope: Envelope,
+        decisions: Decisions,
+    ) -> list[ObjectRef]:
+        """``spec.resourceFilter`` applied to indexed sources as to named resources. The index
+        keeps no metadata, so each source is read (shared and cached like any lookup): a
+        Receiver without a filter pays nothing; one deleted since it was indexed is skipped."""
+        expression = str(receiver.resource_filter)
+        claims = envelope.get("claims") or {}
+        kept: list[ObjectRef] = []
+        for ref in found:
+            try:
+                obj = await self._get(ref)
+            except PermanentError as e:
+                decisions.add(ref.key, NOT_FOUND, str(e))
+                continue
+            if self.filters.matches(expression, resource_view(obj), envelope["payload"], claims):
+                kept.append(ref)
+            else:
+                decisions.add(ref.key, FILTER_FALSE, expression)
+        return kept
 
     async def _auto(self, envelope: Envelope) -> list[ObjectRef]:
         if self.index is None:

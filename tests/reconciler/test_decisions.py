@@ -137,12 +137,14 @@ class Reporter:
 
     def __init__(self) -> None:
         self.records: dict[str, Decisions] = {}
+        self.patched_with: dict[str, Decisions] = {}
 
     def received(self, env: Envelope, stored_at: datetime | None) -> None:
         pass
 
     def patched(self, patched: Patched, env: Envelope, decisions: Decisions | None = None) -> None:
-        pass
+        if decisions is not None:
+            self.patched_with[patched.ref.key] = decisions
 
     def untargeted(self, env: Envelope, decisions: Decisions) -> None:
         self.records[env["id"]] = decisions
@@ -200,3 +202,42 @@ async def test_each_reason_reaches_the_record_and_the_metric(
     cel = reporter.records[deliveries["cel"]["id"]].kept[0]
     assert cel.detail == "res.metadata.name == 'other'"
     assert "nobody-follows" in reporter.records[deliveries["auto"]["id"]].kept[0].detail
+
+
+async def test_resource_filter_applies_to_automatic_targets(
+    kube: KubeAPI, kube_namespace: str, fleet: Fleet, bus: Bus
+) -> None:
+    """Issue #19: ``spec.resourceFilter`` applies to the sources the index finds as to named
+    resources (it did not: automatic targets skipped the filter)."""
+    ns = kube_namespace
+    url = "https://github.com/org/filtered"
+    kube.apply(
+        git("web", url, {"branch": "main"}, namespace=ns, labels={"team": "web"}), namespace=ns
+    )
+    kube.apply(
+        git("ops", url, {"branch": "main"}, namespace=ns, labels={"team": "ops"}), namespace=ns
+    )
+    receivers = fleet.write_receivers(
+        [
+            receiver_manifest(
+                "auto",
+                ns,
+                [],
+                annotations={TARGETING_ANNOTATION: "auto"},
+                resource_filter="res.metadata.labels.team == 'web'",
+            )
+        ]
+    )
+    reporter = Reporter()
+    await fleet.start(fleet.settings(receivers), reporter=reporter)
+    env = make_envelope(
+        ns, "auto", ref="refs/heads/main", revision="f" * 40, repository={"urls": [url]}
+    )
+    await bus.publish(env)
+    web = f"GitRepository/{ns}/web"
+    await wait_for(lambda: web in reporter.patched_with, "the web source patched")
+    decisions = {d.target: d for d in reporter.patched_with[web].kept}
+    assert decisions[web].reason == RECONCILED
+    assert decisions[f"GitRepository/{ns}/ops"].reason == FILTER_FALSE
+    assert decisions[f"GitRepository/{ns}/ops"].detail == "res.metadata.labels.team == 'web'"
+    assert f"GitRepository/{ns}/ops" not in reporter.patched_with
