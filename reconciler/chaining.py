@@ -278,12 +278,16 @@ def queued(
     return Planned(id_, "pipelinerun.queued", build, env.get("traceparent"), env["delivery_id"])
 
 
-def untargeted(env: Envelope, decisions: Decisions, *, source: str = SOURCE) -> Planned:
-    """The chain's end when targeting reconciled nothing: why, object by object."""
-    id_ = event_id(env["id"], "untargeted")
+def untargeted(
+    env: Envelope, decisions: Decisions, *, source: str = SOURCE, shard: str | None = None
+) -> Planned:
+    """The chain's end in one shard when its targeting reconciled nothing: why, object by
+    object. Each shard decides for its own objects, so each has its own event (the id names
+    the shard); another shard may still have reconciled the delivery."""
+    id_ = event_id(env["id"], "untargeted", shard or "")
     opts = _options(env, source, id_, [path_link(ingest_id(env))])
     opts["custom_data"] = _delivery_data(env)
-    content = {"reason": decisions.why_not, **decisions.as_data()}
+    content = {"reason": decisions.why_not, "shard": shard or "", **decisions.as_data()}
 
     def build(release: SpecRelease) -> Event:
         return build_event(release, UNTARGETED_TYPE, env["delivery_id"], content, **opts)

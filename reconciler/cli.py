@@ -8,6 +8,9 @@ over variables, variables over defaults), and the same table renders ``--help`` 
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -243,6 +246,71 @@ def _serve(settings: ReconcilerSettings) -> Coroutine[Any, Any, None]:
     return serve(settings)
 
 
+EXPLAIN_OPTIONS: tuple[Option, ...] = (
+    NATS_URL,
+    *NATS_AUTH_FLAGS,
+    Option("--stream", "FLUXRELAY_STREAM", "events stream (default FLUXRELAY_EVENTS)",
+           into("stream"), metavar="NAME"),
+    stream_subject_prefix(TOP),
+    Option("--dead-stream", "FLUXRELAY_DEAD_STREAM",
+           "dead-letter stream (default FLUXRELAY_DEAD)", into("dead_stream"), metavar="NAME"),
+    Option("--cdevents-stream", "FLUXRELAY_CDEVENTS_STREAM",
+           "stream of emitted CDEvents (default CDEVENTS)", into("cdevents_stream"),
+           metavar="NAME"),
+)  # fmt: skip
+"""The stores ``explain`` reads, reached with the services' own NATS flags and variables."""
+
+
+def explain_main(argv: list[str]) -> int:
+    """``fluxrelay-reconciler explain``: a delivery's story (``reconciler.explaining``)."""
+    from datetime import timedelta
+
+    from reconciler import explaining
+
+    command: Command[explaining.ExplainSettings] = Command(
+        prog="fluxrelay-reconciler explain",
+        description="Tell what became of a delivery: received, stored, targeting decisions "
+        "per shard, each reconcile request and what Flux made of it, dead letters.",
+        options=EXPLAIN_OPTIONS,
+        build=lambda sections: explaining.ExplainSettings(
+            **sections[TOP], nats_auth=NatsAuth.from_strings(sections[NATS_AUTH])
+        ),
+        serve=_no_serving,
+    )
+    parser = command.parser()
+    parser.add_argument("id", nargs="?", help="a delivery id or an event id")
+    parser.add_argument("--receiver", metavar="NS/NAME", help="the last deliveries of this one")
+    parser.add_argument("--last", type=int, default=5, metavar="N", help="with --receiver (5)")
+    parser.add_argument(
+        "--since", type=float, default=24.0, metavar="HOURS", help="how far back to read (24)"
+    )
+    parser.add_argument("--output", choices=("text", "json"), default="text")
+    args = parser.parse_args(argv)
+    if (args.id is None) == (args.receiver is None):
+        parser.error("give a delivery or event id, or --receiver NS/NAME")
+    try:
+        settings = command.settings(args, os.environ)
+    except ConfigError as e:
+        print(f"fluxrelay-reconciler explain: {e}", file=sys.stderr)
+        return 2
+    stories = asyncio.run(
+        explaining.explain(
+            settings,
+            args.id,
+            receiver=args.receiver,
+            last=args.last,
+            since=timedelta(hours=args.since),
+        )
+    )
+    text = explaining.render_json(stories) if args.output == "json" else explaining.render(stories)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0 if any(s.stored or s.timeline for s in stories) else 1
+
+
+async def _no_serving(settings: Any) -> None:
+    raise RuntimeError("explain does not serve")
+
+
 COMMAND = Command(
     prog="fluxrelay-reconciler",
     description="Consume stored webhook events from NATS JetStream and request "
@@ -253,6 +321,7 @@ COMMAND = Command(
     serve=_serve,
     require=require_receivers,
     own_messages=True,
+    subcommands={"explain": explain_main},
 )
 
 

@@ -112,12 +112,14 @@ class ChainReporter:
         *,
         source: str = SOURCE,
         clock: Callable[[], float] = time.time,
+        shard: str | None = None,
     ) -> None:
         self._emit = emit
         self._watcher = watcher
         self._metrics = metrics
         self._source = source
         self._clock = clock
+        self._shard = shard
         self._stored: OrderedDict[str, float] = OrderedDict()
 
     def received(self, env: Envelope, stored_at: datetime | None) -> None:
@@ -139,7 +141,7 @@ class ChainReporter:
     def untargeted(self, env: Envelope, decisions: Decisions) -> None:
         """Nothing was reconciled for ``env``: the chain ends with the ``untargeted`` event."""
         if self._emit is not None:
-            self._emit(untargeted(env, decisions, source=self._source))
+            self._emit(untargeted(env, decisions, source=self._source, shard=self._shard))
 
     def patched(self, patched: Patched, env: Envelope, decisions: Decisions | None = None) -> None:
         """``patched`` covered ``env``: its ``queued`` event, then its outcome followed.

@@ -223,6 +223,7 @@ class Reconciler:
             self.watcher,
             self.outcome_metrics,
             source=s.cdevents.source,
+            shard=s.shard,
         )
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
