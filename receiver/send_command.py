@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import json
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -121,6 +122,16 @@ def send_main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--header", action="append", metavar="NAME:VALUE", help="extra header (repeatable)"
     )
+    parser.add_argument(
+        "--explain",
+        type=float,
+        nargs="?",
+        const=60.0,
+        metavar="SECONDS",
+        help="then wait up to SECONDS (60) for the reconcilers and tell the delivery's story "
+        "(fluxrelay-reconciler explain; NATS flags from the FLUXRELAY_NATS_* variables)",
+    )
+    parser.add_argument("--nats-url", help="NATS for --explain (default $FLUXRELAY_NATS_URL)")
     args = parser.parse_args(argv)
     body, headers = build_request(args)
     request = urllib.request.Request(args.url, data=body, headers=headers, method="POST")  # noqa: S310
@@ -132,5 +143,24 @@ def send_main(argv: Sequence[str]) -> int:
     except urllib.error.URLError as e:
         print(f"fluxrelay-receiver send: {e.reason}", file=sys.stderr)
         return 1
-    print(f"{status} {answer.decode(errors='replace')}")
-    return 0 if status < 300 else 1
+    print(f"{status} {answer.decode(errors='replace')}", flush=True)
+    if status >= 300:
+        return 1
+    if args.explain is not None:
+        return _explain(answer, args.explain, args.nats_url)
+    return 0
+
+
+def _explain(answer: bytes, wait: float, nats_url: str | None) -> int:
+    """Hand the stored delivery to ``fluxrelay-reconciler explain``. The two commands ship in
+    one package but the receiver never imports the reconciler (import-linter contract), so
+    this runs it as a process, with this one's environment (its NATS credentials)."""
+    try:
+        event_id = str(json.loads(answer)["id"])
+    except (ValueError, KeyError, TypeError):
+        print("fluxrelay-receiver send: the answer names no stored event", file=sys.stderr)
+        return 1
+    command = [sys.executable, "-m", "reconciler", "explain", event_id, "--wait", str(wait)]
+    if nats_url:
+        command += ["--nats-url", nats_url]
+    return subprocess.run(command, check=False).returncode

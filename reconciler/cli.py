@@ -285,6 +285,13 @@ def explain_main(argv: list[str]) -> int:
         "--since", type=float, default=24.0, metavar="HOURS", help="how far back to read (24)"
     )
     parser.add_argument("--output", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="read again until the story has its end (outcomes, or why nothing) (0)",
+    )
     args = parser.parse_args(argv)
     if (args.id is None) == (args.receiver is None):
         parser.error("give a delivery or event id, or --receiver NS/NAME")
@@ -300,6 +307,7 @@ def explain_main(argv: list[str]) -> int:
             receiver=args.receiver,
             last=args.last,
             since=timedelta(hours=args.since),
+            wait=args.wait,
         )
     )
     text = explaining.render_json(stories) if args.output == "json" else explaining.render(stories)

@@ -68,7 +68,8 @@ log = logging.getLogger(__name__)
 
 STAGE = "reconciler"
 DONE_MEMORY = 10_000
-"""Messages whose finished targets are remembered (for redeliveries after partial failure)."""
+"""Messages whose patched targets are remembered, oldest out: a redelivery after a partial
+failure, or after an ack lost with its connection, patches only what is still missing."""
 
 
 class Reporter(Protocol):
@@ -463,10 +464,11 @@ class Consumer:
         }
         try:
             if error is None:
+                # The done memory keeps this delivery's targets (until it is evicted): an ack
+                # is fire-and-forget, and one lost with a NATS node brings the message back,
+                # which then patches nothing again (the soak counted such duplicates).
                 await msg.ack()
                 self.metrics.messages.labels("ack").inc()
-                if env is not None:
-                    self._done.pop(env["id"], None)
                 return
             delivered = msg.metadata.num_delivered
             if isinstance(error, TemporaryError) and delivered < self.settings.max_deliver:

@@ -421,6 +421,15 @@ def render_json(stories: Iterable[Story]) -> str:
     return json.dumps([s.as_data() for s in stories], indent=2, sort_keys=True)
 
 
+def settled(story: Story) -> bool:
+    """Whether a story has its end: nothing targeted, dead-lettered, or every request
+    followed to an outcome."""
+    steps = {step["step"] for step in story.timeline}
+    if steps & {"targeted nothing", "dead-lettered"}:
+        return True
+    return bool(story.requests) and all("outcome" in r for r in story.requests.values())
+
+
 async def explain(
     settings: ExplainSettings,
     ident: str | None,
@@ -428,9 +437,11 @@ async def explain(
     receiver: str | None = None,
     last: int = 5,
     since: timedelta = timedelta(hours=24),
+    wait: float = 0.0,
     connect: Callable[[], Any] | None = None,
 ) -> list[Story]:
-    """Connect with the services' NATS settings and read the stories."""
+    """Connect with the services' NATS settings and read the stories; with ``wait``, read
+    again each second until every story is :func:`settled` or ``wait`` seconds passed."""
     from runtime import natsconn
 
     nc: Client = await (
@@ -443,8 +454,13 @@ async def explain(
         )
     )
     try:
-        return await asyncio.wait_for(
-            find(nc, settings, ident, receiver=receiver, last=last, since=since), 120
-        )
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            stories = await asyncio.wait_for(
+                find(nc, settings, ident, receiver=receiver, last=last, since=since), 120
+            )
+            if all(settled(s) for s in stories) or asyncio.get_running_loop().time() > deadline:
+                return stories
+            await asyncio.sleep(1.0)
     finally:
         await nc.close()

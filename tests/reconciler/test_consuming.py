@@ -11,10 +11,14 @@ objects; consumer metrics.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
+
+import pytest
 
 from reconciler.consuming import Consumer
 from reconciler.decisions import Decisions
@@ -302,3 +306,67 @@ async def test_a_message_abandoned_on_its_last_delivery_is_dead_lettered_by_advi
     assert json.loads(data)["id"] == doc["id"]
     await advisories.unsubscribe()
     await sub.unsubscribe()
+
+
+async def test_a_redelivery_after_a_lost_ack_patches_nothing_again(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ack is fire-and-forget: lost with its connection (a NATS node killed), the server
+    redelivers after ack_wait. The done memory must still know the delivery's targets then
+    (it was dropped at the ack, and the long soak counted hundreds of such double patches)."""
+    from nats.aio.msg import Msg
+    from prometheus_client import CollectorRegistry
+
+    from reconciler.coalescing import Coalescer
+    from reconciler.consuming import Unreported
+    from reconciler.metrics import ReconcilerMetrics
+    from reconciler.targeting import Targets
+    from reconciler.throttling import Ticket
+
+    metrics = ReconcilerMetrics(CollectorRegistry())
+    ref = ObjectRef.of("GitRepository", "ns", "app")
+    patches: list[str] = []
+
+    async def patch(
+        ref: ObjectRef, envelopes: Sequence[Envelope], *, ticket: Ticket | None = None
+    ) -> Patched:
+        target = ref
+        patches.append(target.key)
+        return Patched(target, f"t{len(patches)}", tuple(e["id"] for e in envelopes))
+
+    class OneTarget:
+        async def targets(self, env: Envelope) -> Targets:
+            return Targets([ref])
+
+    real_ack = Msg.ack
+    dropped: list[int] = []
+
+    async def lossy_ack(self: Msg) -> None:
+        if not dropped:  # the first ack never reaches the server
+            dropped.append(self.metadata.sequence.stream)
+            return
+        await real_ack(self)
+
+    monkeypatch.setattr(Msg, "ack", lossy_ack)
+    settings = bus.consumer_settings(ack_wait=1.0)
+    consumer = Consumer(
+        bus.nc, settings, "lost-ack", OneTarget(), Coalescer(patch, 0.0, metrics), metrics,
+        reporter=Unreported(),
+    )  # fmt: skip
+    await bus.publish(make_envelope("ns", "hook"))
+    stop = asyncio.Event()
+    running = asyncio.create_task(consumer.run(stop))
+
+    async def settled() -> bool:
+        if not consumer.ready.is_set() or metrics.redeliveries._value.get() != 1:
+            return False
+        info = await bus.js.consumer_info(settings.stream, "lost-ack")
+        return bool(info.num_ack_pending == 0)
+
+    try:
+        await wait_for(settled, "redelivered once, then acknowledged")
+    finally:
+        stop.set()
+        await running
+        await consumer.drain(5)
+    assert dropped and patches == [ref.key]  # one patch for two deliveries of the message

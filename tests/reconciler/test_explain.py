@@ -8,6 +8,8 @@ settling requests) consume them and emit CDEvents to the server's CDEvents strea
   shard ``b``: ``explain <delivery id>``, run as the CLI in a subprocess, tells all three
   requests with their outcomes and MTTP, and each shard's view of the others, from one
   command, in text and JSON;
+- ``fluxrelay-receiver send --explain``: a signed test push, then its story once the shards
+  are done with it, from the one command an operator runs after configuring a webhook;
 - a push whose only named object does not exist: the story says why nothing happened
   (``not_found``) and that it was dead-lettered;
 - what the stores cannot say is said: an unknown id.
@@ -57,6 +59,10 @@ def push_body(repo: str) -> bytes:
     ).encode()
 
 
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("FLUXRELAY_")}
+
+
 def cli(nats_url: str, streams: explaining.ExplainSettings, *args: str) -> str:
     """The real command line, as an operator runs it."""
     result = subprocess.run(
@@ -68,7 +74,7 @@ def cli(nats_url: str, streams: explaining.ExplainSettings, *args: str) -> str:
             "--dead-stream", streams.dead_stream,
         ],
         check=False, capture_output=True, text=True, timeout=120, cwd=ROOT,
-        env={k: v for k, v in os.environ.items() if not k.startswith("FLUXRELAY_")},
+        env=_clean_env(),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -155,6 +161,26 @@ async def test_a_push_over_two_shards_is_explained_from_one_command(
 
             await wait_for(told, "three outcomes in the CDEvents stream", limit=120)
 
+            # The operator's one command after configuring a webhook: send a test push and
+            # wait for its story (the receiver's send hands over to the reconciler's explain).
+            sent = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "receiver", "send",
+                "--url", str(ingress.client.make_url(path_of("gh", namespace=ns))),
+                "--token", TOKEN, "--repo-url", "https://github.com/org/app",
+                "--explain", "90", "--nats-url", nats_server.url,
+                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env={**_clean_env(), "FLUXRELAY_STREAM": stream.name,
+                     "FLUXRELAY_STREAM_SUBJECT_PREFIX": stream.subject_prefix,
+                     "FLUXRELAY_DEAD_STREAM": stream.dead_name},
+            )  # fmt: skip
+            out, err = await asyncio.wait_for(sent.communicate(), 150)
+            assert sent.returncode == 0, err.decode()
+            story_text = out.decode()
+            assert story_text.startswith("202 "), story_text
+            for name in ("a-ok", "b-ok"):
+                assert f"=> Kustomization/{ns}/{name}: success" in story_text, story_text
+            assert f"=> Kustomization/{ns}/a-bad: failure" in story_text, story_text
+
     finally:
         # Stop the reconcilers while their nats-server still runs (the fixture stops the
         # server first): otherwise their clients reconnect against a dead server.
@@ -197,6 +223,8 @@ async def test_a_push_over_two_shards_is_explained_from_one_command(
     assert unknown.stored is None
     assert any("holds no delivery no-such-delivery" in u for u in unknown.unknown)
     last: list[dict[str, Any]] = json.loads(
-        cli(nats_server.url, streams, "--receiver", f"{ns}/gh", "--last", "1", "--output", "json")
+        cli(nats_server.url, streams, "--receiver", f"{ns}/gh", "--last", "2", "--output", "json")
     )
-    assert [s["delivery"]["delivery_id"] for s in last] == ["explain-gh"]
+    # the push above, then send's own test delivery; "lost" is another Receiver's
+    assert last[0]["delivery"]["delivery_id"] == "explain-gh"
+    assert len(last) == 2 and last[1]["delivery"]["receiver"] == f"{ns}/gh"
