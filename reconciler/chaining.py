@@ -18,7 +18,11 @@ incoming CDEvent (``cdevents`` provider)     not re-emitted: its producer publis
 any other delivery (no revision, artifact)  ``dev.cdeventsx.fluxrelay-webhook.received.0.1.0``
 reconcile requested (one patch)             ``pipelinerun.queued`` per delivery the patch
                                             carried (subject ``<Kind>/<ns>/<name>@<requestedAt>``,
-                                            ``pipelineName`` ``<Kind>/<ns>/<name>``)
+                                            ``pipelineName`` ``<Kind>/<ns>/<name>``; the
+                                            targeting decisions in ``customData.targeting``)
+nothing reconciled in a shard               ``dev.cdeventsx.fluxrelay-webhook.untargeted.0.1.0``
+                                            (subject: the delivery id; the shard, the first
+                                            reason and each decision in the content)
 Flux handled it and Ready settled           ``pipelinerun.finished`` outcome ``success``
                                             (Ready=True) or ``failure`` (Ready=False);
                                             ``error`` when not settled within the timeout or

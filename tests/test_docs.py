@@ -29,6 +29,7 @@ DOCUMENTS = (
     "docs/performance.md",
     "docs/reliability.md",
     "docs/threat-model.md",
+    "docs/troubleshooting.md",
     "docs/usage.md",
 )
 """The hand-written documents (docs/configuration.md is generated, deploy/README.md has its
@@ -37,19 +38,12 @@ OTHER_TOOLS_FLAGS = {"--strict-markers", "--version"}  # pytest's, nats-server's
 FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*[a-z0-9])(?![\w*-])")
 """A flag as written; a family such as ``--nats-*`` is none."""
 SCRIPT_FLAGS = {"--write", "--check"}  # scripts/reference.py
-SUBCOMMAND_FLAGS = SCRIPT_FLAGS | {
-    "--token",
-    "--name",
-    "--url",
-    "--provider",
-    "--payload",
-    "--event",
-    "--repo-url",
-    "--ref",
-    "--content-type",
-    "--header",
-    "--help",
-}
+SUBCOMMANDS = (
+    ("receiver", "send"),
+    ("receiver", "hook-path"),
+    ("reconciler", "explain"),
+)
+"""Subcommands the documents show; their flags are read from their own --help."""
 
 
 def test_the_configuration_reference_is_generated_from_the_clis() -> None:
@@ -74,12 +68,12 @@ BENCHMARKS = (
 )
 
 
-def bench_flags() -> set[str]:
-    """Flags the benchmark commands the documents give really take (from their --help)."""
+def help_flags(*commands: tuple[str, ...]) -> set[str]:
+    """Flags the commands the documents give really take (from their --help)."""
     flags: set[str] = set()
-    for module in BENCHMARKS:
+    for command in commands:
         out = subprocess.run(
-            [sys.executable, "-m", module, "--help"],
+            [sys.executable, "-m", *command, "--help"],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -92,7 +86,8 @@ def bench_flags() -> set[str]:
 @pytest.fixture(scope="module")
 def known_flags() -> set[str]:
     known = {o.flag for o in receiver_cli.OPTIONS} | {o.flag for o in reconciler_cli.OPTIONS}
-    return known | SUBCOMMAND_FLAGS | OTHER_TOOLS_FLAGS | bench_flags()
+    benches = [(module,) for module in BENCHMARKS]
+    return known | SCRIPT_FLAGS | OTHER_TOOLS_FLAGS | help_flags(*SUBCOMMANDS, *benches)
 
 
 @pytest.mark.parametrize("document", DOCUMENTS)
