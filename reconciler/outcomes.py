@@ -176,6 +176,7 @@ class OutcomeWatcher:
             existing.followers += 1
             self._followers += 1
             self._make_room(keep=existing)
+            self._metrics.followed.set(self._followers)
             return existing.future
         loop = asyncio.get_running_loop()
         waiter = _Waiter(

@@ -247,9 +247,11 @@ class Reconciler:
         assert self.targeter is not None and self.coalescer is not None
         assert self.reporter is not None
         self.nc = await self._connect()
-        coalescer = self.coalescer
+        consumer: Consumer | None = None
         backpressure = Backpressure(
-            pull_limits(self.settings), self.metrics, lambda: coalescer.objects_waiting
+            pull_limits(self.settings),
+            self.metrics,
+            lambda: consumer.objects_waiting if consumer is not None else 0,
         )
         self._spawn(backpressure.watch_memory(), "memory")
         consumer = Consumer(

@@ -5,6 +5,9 @@ leaves the system whole again when it returns (servers restarted on their stores
 cleared, sink fast again). What each one does:
 
 - ``nats-kill``: SIGKILL the single ``nats-server``, restart it on the same store and port.
+  On the 3-node cluster (the long soak runs every fault on one) it is the whole service that
+  dies: every node is SIGKILLed, all restart on their stores, and the fault ends once the
+  events stream has a leader and every replica is current again.
 - ``cluster-node``: SIGKILL the node of the 3-node cluster that leads the events stream (R3),
   restart it on its store, wait until every replica is current again.
 - ``reconciler-kill``: SIGKILL one reconciler replica while it holds unacked messages; the
@@ -45,12 +48,30 @@ class Fault:
 
 
 async def _nats_kill(system: SoakSystem, length: float, notes: Notes) -> None:
+    if system.cluster is not None:
+        await _cluster_kill(system, length, notes)
+        return
     assert system.single is not None
     server = system.single
     await asyncio.to_thread(server.kill)
     notes["killed"] = "nats-server (SIGKILL)"
     await asyncio.sleep(length)
     await asyncio.to_thread(server.start)
+
+
+async def _cluster_kill(system: SoakSystem, length: float, notes: Notes) -> None:
+    cluster = system.cluster
+    assert cluster is not None
+    for node in cluster.nodes:
+        await asyncio.to_thread(node.kill)
+    notes["killed"] = "every node of the cluster (SIGKILL)"
+    await asyncio.sleep(length)
+    t0 = time.monotonic()
+    for node in cluster.nodes:
+        await asyncio.to_thread(node.start)
+    await cluster.wait_meta_leader(within=60)
+    await cluster.wait_stream_current(EVENTS_STREAM, within=60)
+    notes["stream_current_after_restart_s"] = round(time.monotonic() - t0, 1)
 
 
 async def _cluster_node(system: SoakSystem, length: float, notes: Notes) -> None:

@@ -2,10 +2,12 @@
 
 One soak system (``system.py``: real kube-apiserver and nats-server, the receiver, two
 reconciler replicas, the Flux stand-in, the HTTP CDEvents sink) under signed load at
-``--rate`` for ``--duration`` seconds. Every ``--every`` seconds one JSON line: each process's
-RSS and, per reconciler, the gauges that follow in-memory state (sink outboxes, CDEvents sent,
-reconcile requests followed, messages pending and unacked). Written to find where the memory
-went (it was the sink outboxes: ``reconciler.sinks``); the RSS figures in
+``--rate`` for ``--duration`` seconds. Every ``--every`` seconds one JSON line
+(:func:`sample`, which ``long.py`` takes every 5 s too): each process's RSS (the NATS
+servers' as well) and pid, the durable's backlog, and per reconciler the gauges that follow
+in-memory state (sink outboxes, CDEvents sent, reconcile requests followed, messages pending,
+unacked and worked on). Written to find where the memory went (it was the sink outboxes:
+``reconciler.sinks``); the RSS figures in
 ``docs/reliability.md`` come from it::
 
     python -m bench.soak.memory --rate 500 --duration 240 [--outbox 200000]
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.soak.driving import Driver
-from bench.soak.observing import scrape
+from bench.soak.observing import process_rss, scrape
 from bench.soak.system import SoakSettings, SoakSystem
 from tests.support.kubeapi import KubeAPI
 
@@ -41,10 +43,16 @@ GAUGES = (
     "outcome_waiting",
     "consumer_pending",
     "consumer_ack_pending",
+    # Messages worked on at once, their bytes, and 1 while fetching is paused at a bound:
+    # newer reconcilers only (a name the page lacks is simply absent from the sample).
+    "in_flight",
+    "paused",
 )
+"""Prefixes (after ``fluxrelay_reconciler_``) of the reconciler metrics a sample keeps."""
 
 
-def _short(metrics: dict[str, float]) -> dict[str, float]:
+def gauges(metrics: dict[str, float]) -> dict[str, float]:
+    """The :data:`GAUGES` series of one scraped page, keyed without the common prefix."""
     prefix = "fluxrelay_reconciler_"
     return {
         k.removeprefix(prefix): v
@@ -54,16 +62,25 @@ def _short(metrics: dict[str, float]) -> dict[str, float]:
 
 
 async def sample(system: SoakSystem, driver: Driver, started: float) -> dict[str, Any]:
-    rss = await system.rss()
-    gauges = {
-        p.name: _short(await scrape(p.metrics_url)) for p in system.reconcilers if p.metrics_url
-    }
+    """One look at the system: ``t`` (s since ``started``), deliveries sent and accepted so
+    far, every process's pid (None while down; a new one is a restart) and RSS in MiB, the
+    durable's backlog (None while NATS cannot say) and each reconciler's :data:`GAUGES`."""
+    t = time.monotonic() - started
+    pids = system.pids()
+    rss = {name: process_rss(pid) for name, pid in pids.items()}
+    scraped = [p for p in system.reconcilers if p.metrics_url]
+    pages, backlog = await asyncio.gather(
+        asyncio.gather(*(scrape(p.metrics_url) for p in scraped if p.metrics_url)),
+        system.backlog(),
+    )
     return {
-        "t": round(time.monotonic() - started),
+        "t": round(t, 1),
         "sent": len(driver.deliveries),
-        "accepted": len(driver.accepted),
+        "accepted": sum(1 for d in driver.deliveries if d.accepted_at is not None),
+        "pids": pids,
         "rss_mib": {k: round(v / 2**20, 1) for k, v in rss.items() if v},
-        "reconcilers": gauges,
+        "backlog": backlog,
+        "reconcilers": {p.name: gauges(page) for p, page in zip(scraped, pages, strict=True)},
     }
 
 

@@ -6,7 +6,10 @@ every new ``reconcile.fluxcd.io/requestedAt`` value of every object with the tim
 an HTTP CDEvents sink (aiohttp, with a "slow" mode for the slow-sink fault) records every event
 POSTed to it; and :func:`read_cdevents_stream` reads back the JetStream stream the reconciler
 publishes CDEvents to. Watches resume from the last resourceVersion so no value is skipped;
-a relist (HTTP 410) is counted as a gap.
+a relist (HTTP 410) is counted as a gap. :func:`reconcile_states` reads where each object
+stands at the end (its last request and the one Flux handled), :func:`consumer_backlog` what
+the reconcilers' durable still has to ack, and :func:`process_rss` and :func:`scrape` what
+the processes hold.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -24,6 +28,7 @@ import aiohttp
 import nats
 from aiohttp import web
 from kubernetes_asyncio import client as k8s_client
+from nats.aio.client import Client
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +151,12 @@ class PatchWatcher:
 # ---------------------------------------------------------------------- CDEvents seen
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SeenEvent:
-    """One CDEvent as a consumer received it (fields the books need)."""
+    """One CDEvent as a consumer received it (fields the books need).
+
+    Slotted, with the few distinct strings interned: a long soak keeps millions of these.
+    """
 
     id: str
     type: str
@@ -168,14 +176,18 @@ def parse_event(doc: dict[str, Any], seen_at: float) -> SeenEvent:
     delivery = custom.get("deliveryId") if isinstance(custom, dict) else None
     return SeenEvent(
         id=str(context.get("id")),
-        type=str(context.get("type")),
+        type=sys.intern(str(context.get("type"))),
         chain_id=context.get("chainId"),
         delivery_id=delivery,
         run_id=subject.get("id") if "pipelinerun" in str(context.get("type")) else None,
-        pipeline=content.get("pipelineName"),
-        outcome=content.get("outcome"),
+        pipeline=_interned(content.get("pipelineName")),
+        outcome=_interned(content.get("outcome")),
         seen_at=seen_at,
     )
+
+
+def _interned(value: Any) -> str | None:
+    return sys.intern(value) if isinstance(value, str) else None
 
 
 class HttpSink:
@@ -245,6 +257,69 @@ async def read_cdevents_stream(servers: str, stream: str, within: float = 60.0) 
             await sub.unsubscribe()
     finally:
         await nc.close()
+    return out
+
+
+async def _ignore(error: Exception) -> None:
+    """A NATS error callback that drops the error (the caller answers None instead)."""
+
+
+async def consumer_backlog(servers: str, stream: str, durable: str) -> int | None:
+    """Messages of ``stream`` not yet acked by ``durable`` (pending + ack pending; None while
+    NATS or the consumer cannot be asked)."""
+    nc = Client()
+    try:
+        # One pass over the servers, quietly: with nats-py's defaults a client that is refused
+        # everywhere goes round the list for minutes, logging each refusal, and a sample
+        # taken while NATS is down would wait for it.
+        await nc.connect(
+            servers=servers.split(","),
+            connect_timeout=2,
+            allow_reconnect=False,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0,
+            error_cb=_ignore,
+        )
+    except Exception:
+        # A node that accepts the socket but not yet the handshake (one restarting) leaves
+        # nats-py's socket open unless the client is closed (a ResourceWarning otherwise).
+        with contextlib.suppress(Exception):
+            await nc.close()
+        return None
+    try:
+        info = await nc.jetstream(timeout=3).consumer_info(stream, durable)
+        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+    except Exception:
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+
+@dataclass(frozen=True)
+class ReconcileState:
+    """Where one object stands: the last reconcile request on it and the one Flux handled."""
+
+    requested_at: str | None  # annotation reconcile.fluxcd.io/requestedAt
+    handled_at: str | None  # status.lastHandledReconcileAt
+    delivery: str | None  # the envelope id the reconciler wrote with its last request
+
+
+async def reconcile_states(
+    api: k8s_client.ApiClient, namespace: str, group: str, version: str, plural: str, kind: str
+) -> dict[str, ReconcileState]:
+    """Every object of one kind in ``namespace`` by key (``Kind/namespace/name``)."""
+    custom = k8s_client.CustomObjectsApi(api)
+    listing = await custom.list_namespaced_custom_object(group, version, namespace, plural)
+    out: dict[str, ReconcileState] = {}
+    for obj in listing["items"]:
+        meta = obj.get("metadata") or {}
+        annotations = meta.get("annotations") or {}
+        out[f"{kind}/{namespace}/{meta.get('name', '')}"] = ReconcileState(
+            annotations.get(REQUESTED_AT),
+            (obj.get("status") or {}).get("lastHandledReconcileAt"),
+            annotations.get(DELIVERY_ANNOTATION),
+        )
     return out
 
 

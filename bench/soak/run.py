@@ -29,19 +29,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import nats
-
 from bench.soak.books import Window, reconcile
 from bench.soak.driving import Driver
 from bench.soak.faulting import FAULTS, Fault
-from bench.soak.observing import metric_sum, read_cdevents_stream, scrape
-from bench.soak.system import CDEVENTS_STREAM, EVENTS_STREAM, SoakSettings, SoakSystem
+from bench.soak.observing import read_cdevents_stream
+from bench.soak.system import CDEVENTS_STREAM, SoakSettings, SoakSystem
 from tests.support.kubeapi import KubeAPI
 
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
-DURABLE = "fluxrelay-reconciler"
 
 
 @dataclass(frozen=True)
@@ -59,45 +56,6 @@ class SoakOptions:
     junk_fraction: float = 0.02
     settings: SoakSettings = field(default_factory=SoakSettings)
     workdir: Path | None = None
-
-
-async def _consumer_backlog(servers: str) -> int | None:
-    """Messages not yet acked by the reconcilers' durable (None while unknown)."""
-    try:
-        nc = await nats.connect(
-            servers=servers.split(","), connect_timeout=2, allow_reconnect=False
-        )
-    except Exception:
-        return None
-    try:
-        info = await nc.jetstream(timeout=3).consumer_info(EVENTS_STREAM, DURABLE)
-        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
-    except Exception:
-        return None
-    finally:
-        with contextlib.suppress(Exception):
-            await nc.close()
-
-
-async def _outboxes(system: SoakSystem) -> float:
-    total = 0.0
-    for proc in system.reconcilers:
-        if proc.metrics_url and proc.pid is not None:
-            total += metric_sum(await scrape(proc.metrics_url), "fluxrelay_reconciler_sink_outbox")
-    return total
-
-
-async def settle(system: SoakSystem, options: SoakOptions) -> float:
-    """Wait until all is acked, no patch arrived for ``quiet`` s and outboxes are empty."""
-    assert system.watcher is not None
-    start = time.monotonic()
-    while time.monotonic() - start < options.settle_timeout:
-        backlog = await _consumer_backlog(system.nats_url)
-        quiet_for = time.monotonic() - max(system.watcher.last_seen(), start)
-        if backlog == 0 and quiet_for >= options.quiet and await _outboxes(system) == 0:
-            break
-        await asyncio.sleep(1.0)
-    return time.monotonic() - start
 
 
 async def _sample_rss(system: SoakSystem, peaks: dict[str, int], stop: asyncio.Event) -> None:
@@ -142,14 +100,14 @@ async def run_segment(kube: KubeAPI, fault: Fault, options: SoakOptions) -> dict
             load_end = time.monotonic()
             sent = len(driver.deliveries)
             await driver.settle(options.retry_deadline)
-            settled_s = await settle(system, options)
+            settled_s = await system.settle(options.settle_timeout, options.quiet)
             rss_after = await system.rss()
             system.check_processes()
 
             accepted = driver.accepted[: options.redeliver_max]
             patches_before = len(system.watcher.patches)
             await driver.redeliver(accepted)
-            await settle(system, options)
+            await system.settle(options.settle_timeout, options.quiet)
             redelivery_patches = len(system.watcher.patches) - patches_before
 
             nats_events = await read_cdevents_stream(system.nats_url, CDEVENTS_STREAM)

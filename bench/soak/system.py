@@ -6,7 +6,9 @@ streams), the fault proxy in front of the API server (the reconcilers' kubeconfi
 the Flux stand-in and the soak's own watch talk to the server directly, so the proxy's faults
 hit only fluxrelay), the receiver and two reconciler replicas as subprocesses (``python -m``,
 sharing one durable, so killing one leaves the other), and an HTTP CDEvents sink. It owns
-starting all of that, the handles the faults act on, and stopping everything it started.
+starting all of that, the handles the faults act on, what the soak asks of it while it runs
+(process ids, the durable's backlog, settling, the objects' reconcile state) and stopping
+everything it started.
 """
 
 from __future__ import annotations
@@ -27,7 +29,16 @@ from typing import Any, Literal
 from kubernetes_asyncio import client as k8s_client
 
 from bench.soak.driving import Hook
-from bench.soak.observing import HttpSink, PatchWatcher, process_rss
+from bench.soak.observing import (
+    HttpSink,
+    PatchWatcher,
+    ReconcileState,
+    consumer_backlog,
+    metric_sum,
+    process_rss,
+    reconcile_states,
+    scrape,
+)
 from receiver.config.hooks import hook_path
 from reconciler.settings import CDEventsSettings
 from reconciler.sinks import stream_config
@@ -43,22 +54,31 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS_STREAM = "FLUXRELAY_EVENTS"
 CDEVENTS_STREAM = "CDEVENTS"
+DURABLE = "fluxrelay-reconciler"  # the reconcilers' default durable (no --shard)
 
 
 @dataclass(frozen=True)
 class SoakSettings:
-    """Shape of one soak segment."""
+    """Shape of one soak segment.
+
+    Receiver ``r`` targets objects ``r .. r+targets-1`` (modulo ``objects``), so every object
+    is named by some Receiver only when ``receivers >= objects``. The reconciler flags below
+    are passed only when not None: None leaves the reconciler's own default, which is what a
+    run that claims "default flags" (``plan.py``) needs; the segmented soak and its CI version
+    keep explicit values.
+    """
 
     receivers: int = 20
     objects: int = 20
     targets: int = 2  # objects per delivery (receiver r targets objects r .. r+targets-1)
     nats: Literal["single", "cluster"] = "single"
     reconcilers: int = 2
-    ack_wait: float = 30.0
-    coalesce_window: float = 0.2
-    qps: int = 50
-    burst: int = 100
-    cdevents_outbox: int = 200_000
+    ack_wait: float | None = 30.0
+    coalesce_window: float | None = 0.2
+    qps: int | None = 50
+    burst: int | None = 100
+    cdevents_outbox: int | None = 200_000
+    log_format: str | None = "json"  # both services
     standin_delay: float = 0.0
 
 
@@ -299,8 +319,8 @@ class SoakSystem:
             "--nats-url", self.nats_url,
             "--listen", f"127.0.0.1:{self._hook_port}",
             "--metrics-listen", f"127.0.0.1:{metrics}",
-            "--log-format", "json",
             "--retry-after", "1",
+            *_flag("--log-format", self.settings.log_format),
         ]  # fmt: skip
         if self.settings.nats == "cluster":
             cmd += ["--stream-replicas", "3"]
@@ -318,15 +338,15 @@ class SoakSystem:
             "--nats-url", self.nats_url,
             "--kubeconfig", str(kubeconfig),
             "--metrics-listen", f"127.0.0.1:{metrics}",
-            "--log-format", "json",
-            "--ack-wait", str(s.ack_wait),
-            "--coalesce-window", str(s.coalesce_window),
-            "--qps", str(s.qps),
-            "--burst", str(s.burst),
             "--cdevents-nats",
             "--cdevents-stream", CDEVENTS_STREAM,
             "--cdevents-sink", f"{self.sink.url},name=http",
-            "--cdevents-outbox", str(s.cdevents_outbox),
+            *_flag("--log-format", s.log_format),
+            *_flag("--ack-wait", s.ack_wait),
+            *_flag("--coalesce-window", s.coalesce_window),
+            *_flag("--qps", s.qps),
+            *_flag("--burst", s.burst),
+            *_flag("--cdevents-outbox", s.cdevents_outbox),
         ]  # fmt: skip
         return Proc(
             f"reconciler-{index}",
@@ -340,6 +360,65 @@ class SoakSystem:
         for proc in [*self.reconcilers, *([self.receiver] if self.receiver else [])]:
             proc.check()
 
+    @property
+    def procs(self) -> list[Proc]:
+        """fluxrelay's processes: the receiver, then the reconcilers."""
+        return [*([self.receiver] if self.receiver else []), *self.reconcilers]
+
     async def rss(self) -> dict[str, int | None]:
-        procs = [*([self.receiver] if self.receiver else []), *self.reconcilers]
-        return {p.name: p.rss() for p in procs}
+        return {p.name: p.rss() for p in self.procs}
+
+    def pids(self) -> dict[str, int | None]:
+        """Every process of the system by name (fluxrelay's, then ``nats``/``nats-n1``..),
+        None while it is down; a new pid under a name is a restart."""
+        out = {p.name: p.pid for p in self.procs}
+        if self.single is not None:
+            proc = self.single.proc
+            out["nats"] = proc.pid if proc is not None and proc.poll() is None else None
+        if self.cluster is not None:
+            out |= {f"nats-{node.name}": node.pid for node in self.cluster.nodes}
+        return out
+
+    async def backlog(self) -> int | None:
+        """Messages of the events stream the reconcilers' durable has not acked yet."""
+        return await consumer_backlog(self.nats_url, EVENTS_STREAM, DURABLE)
+
+    async def outboxes(self) -> float:
+        """Events waiting in every live reconciler's CDEvents sink outboxes."""
+        total = 0.0
+        for proc in self.reconcilers:
+            if proc.metrics_url and proc.pid is not None:
+                metrics = await scrape(proc.metrics_url)
+                total += metric_sum(metrics, "fluxrelay_reconciler_sink_outbox")
+        return total
+
+    async def settle(self, within: float, quiet: float) -> float:
+        """Wait until all is acked, no patch arrived for ``quiet`` s and outboxes are empty
+        (at most ``within`` s); the seconds it took."""
+        assert self.watcher is not None
+        start = time.monotonic()
+        while time.monotonic() - start < within:
+            backlog = await self.backlog()
+            quiet_for = time.monotonic() - max(self.watcher.last_seen(), start)
+            if backlog == 0 and quiet_for >= quiet and await self.outboxes() == 0:
+                break
+            await asyncio.sleep(1.0)
+        return time.monotonic() - start
+
+    async def object_states(self) -> dict[str, ReconcileState]:
+        """Every object's last reconcile request and the one Flux (the stand-in) handled,
+        read from the API server directly (not through the fault proxy)."""
+        assert self._api is not None
+        return await reconcile_states(
+            self._api,
+            self.namespace,
+            GIT_REPOSITORY.group,
+            GIT_REPOSITORY.version,
+            GIT_REPOSITORY.plural,
+            GIT_REPOSITORY.kind,
+        )
+
+
+def _flag(name: str, value: object) -> list[str]:
+    """``[name, value]``, or nothing when ``value`` is None (the program's default)."""
+    return [] if value is None else [name, str(value)]

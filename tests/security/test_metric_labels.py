@@ -366,6 +366,11 @@ AUDITED_LABEL_ARGUMENTS = {
     "result",
     # reconciler: why a watch started over, runtime.informer.Restart ("gone" or "error").
     "why",
+    # reconciler: a known Receiver's namespace/name (the stored envelope names it, but an
+    # unknown one never gets this far: targeting retries it as unknown_receiver).
+    "receiver",
+    # reconciler: the first decision's reason, a reconciler.decisions constant.
+    "decisions.why_not",
 }
 """Every non-literal label value passed to prometheus_client in receiver/ and reconciler/.
 Nothing here comes from a request or a stored envelope; a new expression fails the test below
