@@ -10,6 +10,9 @@ settling requests) consume them and emit CDEvents to the server's CDEvents strea
   command, in text and JSON;
 - ``fluxrelay-receiver send --explain``: a signed test push, then its story once the shards
   are done with it, from the one command an operator runs after configuring a webhook;
+- one push per remaining reason (``match_labels``, ``filter_false`` with its expression,
+  ``cross_namespace``, automatic targeting's ``other_ref``, ``pinned`` and ``no_source``):
+  each story names it, in text and JSON;
 - a push whose only named object does not exist: the story says why nothing happened
   (``not_found``) and that it was dead-lettered;
 - what the stores cannot say is said: an unknown id.
@@ -32,7 +35,9 @@ from kubernetes_asyncio import client as k8s
 from reconciler import explaining
 from reconciler.kinds import SHARD_LABEL
 from reconciler.settings import CDEventsSettings
+from reconciler.targeting import TARGETING_ANNOTATION
 from tests.reconciler.conftest import Fleet, wait_for
+from tests.reconciler.test_indexing import git
 from tests.support.fluxobjects import flux_manifest
 from tests.support.fluxstandin import OUTCOME_LABEL, FluxStandIn
 from tests.support.ingress import dump_yaml, hmac_hex, path_of, receiver_docs, start_ingress
@@ -57,6 +62,77 @@ def push_body(repo: str) -> bytes:
             "commits": [],
         }
     ).encode()
+
+
+REASONS = {
+    "labels": "match_labels",
+    "cel": "filter_false",
+    "away": "cross_namespace",
+    "auto": "other_ref",
+}
+"""Receiver -> the reason its delivery reconciles nothing for (in shard ``a``; shard ``b``
+adds its own: ``shard`` or ``no_source``). ``auto`` also shows ``pinned``."""
+
+
+def reason_receivers(ns: str, api_version: str) -> list[dict[str, Any]]:
+    """One Receiver per remaining reason (not_found and shard are the push's and lost's)."""
+    kustomization = {"apiVersion": api_version, "kind": "Kustomization"}
+    docs = receiver_docs(
+        "labels", "github", namespace=ns,
+        resources=[{**kustomization, "name": "*", "matchLabels": {"team": "nobody"}}],
+    )  # fmt: skip
+    docs += receiver_docs("cel", "github", namespace=ns, resources=[{**kustomization,
+                          "name": "a-ok"}])  # fmt: skip
+    docs += receiver_docs(
+        "away", "github", namespace=ns,
+        resources=[{**kustomization, "name": "a-ok", "namespace": "elsewhere"}],
+    )  # fmt: skip
+    docs += receiver_docs("auto", "github", namespace=ns)
+    for doc in docs:
+        if doc["kind"] != "Receiver":
+            continue
+        if doc["metadata"]["name"] == "cel":
+            doc["spec"]["resourceFilter"] = "res.metadata.name == 'someone-else'"
+        if doc["metadata"]["name"] == "auto":
+            doc["spec"]["resources"] = []
+            doc["metadata"]["annotations"] = {TARGETING_ANNOTATION: "auto"}
+    return docs
+
+
+def auto_sources(ns: str) -> list[dict[str, Any]]:
+    """Sources of the pushed repository in shard a, none following the pushed branch."""
+    url = "https://github.com/org/auto"
+    labels = {SHARD_LABEL: "a"}
+    return [
+        git("dev", url, {"branch": "dev"}, namespace=ns, labels=labels),
+        git("pinned", url, {"commit": "c" * 40}, namespace=ns, labels=labels),
+    ]
+
+
+async def each_reason_is_named(streams: explaining.ExplainSettings) -> None:
+    """Each untargeted delivery's story names its reason, in text and in JSON."""
+    stories: list[explaining.Story] = []
+    for name, reason in REASONS.items():
+
+        async def told(name: str = name, reason: str = reason) -> bool:
+            # each shard tells its part when it is done (automatic targeting first waits
+            # for the index to list the sources)
+            stories[:] = await explaining.explain(streams, f"explain-{name}")
+            return f"reconciled nothing: {reason}" in explaining.render(stories)
+
+        await wait_for(told, f"{name}: {reason} told", limit=60)
+        data = json.loads(explaining.render_json(stories))
+        decisions = [
+            d["reason"]
+            for step in data[0]["timeline"]
+            if step["step"] == "targeted nothing"
+            for d in step["decisions"]
+        ]
+        assert reason in decisions, data
+    auto = explaining.render(await explaining.explain(streams, "explain-auto"))
+    assert "pinned (follows commit/digest" in auto, auto
+    assert "other_ref (follows branch dev, not refs/heads/main)" in auto, auto
+    assert "shard b reconciled nothing: no_source" in auto, auto
 
 
 def _clean_env() -> dict[str, str]:
@@ -105,6 +181,9 @@ async def test_a_push_over_two_shards_is_explained_from_one_command(
         resources=[{"apiVersion": named[0]["apiVersion"], "kind": "Kustomization",
                     "name": "nowhere"}],
     )  # fmt: skip
+    docs += reason_receivers(ns, named[0]["apiVersion"])
+    for source in auto_sources(ns):
+        kube.apply(source, namespace=ns)
     ingress = await start_ingress(nats_server.url, docs)
     try:
         receivers = tmp_path / "receivers.yaml"
@@ -123,12 +202,13 @@ async def test_a_push_over_two_shards_is_explained_from_one_command(
                     settings,
                     nats_url=nats_server.url,
                     shard=shard,
+                    allow_cross_namespace=False,
                     outcome_timeout=20.0,
                     cdevents=CDEventsSettings(nats=True, retry_initial=0.05, retry_max=0.5),
                 )
                 await fleet.start(settings)
             ids: dict[str, str] = {}
-            for name, repo in (("gh", "app"), ("lost", "gone")):
+            for name, repo in (("gh", "app"), ("lost", "gone"), *((r, "auto") for r in REASONS)):
                 body = push_body(repo)
                 for _ in range(5):  # a 503 (not stored yet, on a loaded machine) is retried, as
                     resp = await ingress.client.post(  # GitHub retries a delivery
@@ -160,6 +240,7 @@ async def test_a_push_over_two_shards_is_explained_from_one_command(
                 )
 
             await wait_for(told, "three outcomes in the CDEvents stream", limit=120)
+            await each_reason_is_named(streams)
 
             # The operator's one command after configuring a webhook: send a test push and
             # wait for its story (the receiver's send hands over to the reconciler's explain).
