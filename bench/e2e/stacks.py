@@ -207,9 +207,11 @@ class FluxRelay:
         burst: int,
         window: float,
         extra_args: tuple[str, ...] = (),
+        reconciler_env: dict[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
         self.extra_args = extra_args
+        self.reconciler_env = reconciler_env
         self.config = config
         self.kubeconfig = kubeconfig
         self.qps, self.burst, self.window = qps, burst, window
@@ -258,6 +260,7 @@ class FluxRelay:
                     *self.extra_args,
                 ],
                 self.workdir / "reconciler.log",
+                self.reconciler_env,
             )
             wait_ready(f"http://127.0.0.1:{reconciler_metrics}/readyz", self.reconciler)
         except BaseException:
