@@ -65,6 +65,8 @@ BENCHMARKS = (
     "bench.index.run",
     "bench.soak.run",
     "bench.soak.memory",
+    "bench.soak.long",
+    "bench.e2e.decisions",
 )
 
 
