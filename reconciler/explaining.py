@@ -198,8 +198,11 @@ async def find(
         # chain, which the CDEvents stream may hold for longer.
         story = Story({"id": ident})
         story.unknown.append(
-            f"{settings.stream} holds no delivery {ident} since {start:%Y-%m-%d %H:%M}Z "
-            "(aged out, never stored, or another id); what follows is from the other stores"
+            f"{settings.stream} holds no delivery {ident} since {start:%Y-%m-%d %H:%M}Z: "
+            "aged out, another id, or never stored because the receiver refused it (its "
+            "answer said why, e.g. 400 event_not_allowed for an event outside spec.events, "
+            "and fluxrelay_receiver_deliveries_total counts it); what follows is from the "
+            "other stores"
         )
         stories = [story]
     await _read_chains(js, settings, stories, start)

@@ -11,7 +11,8 @@ settling requests) consume them and emit CDEvents to the server's CDEvents strea
 - ``fluxrelay-receiver send --explain``: a signed test push, then its story once the shards
   are done with it, from the one command an operator runs after configuring a webhook;
 - one push per remaining reason (``match_labels``, ``filter_false`` with its expression,
-  ``cross_namespace``, automatic targeting's ``other_ref``, ``pinned`` and ``no_source``):
+  ``cross_namespace``, automatic targeting's ``other_ref``, ``pinned``, ``path_excluded``
+  and ``no_source``):
   each story names it, in text and JSON;
 - a push whose only named object does not exist: the story says why nothing happened
   (``not_found``) and that it was dead-lettered;
@@ -49,6 +50,7 @@ TOKEN = "s3cr3t-s3cr3t-s3cr3t"
 
 
 def push_body(repo: str) -> bytes:
+    """A push to ``repo`` changing ``docs/guide.md`` (the commit list is complete)."""
     return json.dumps(
         {
             "ref": "refs/heads/main",
@@ -59,7 +61,9 @@ def push_body(repo: str) -> bytes:
                 "html_url": f"https://github.com/org/{repo}",
                 "full_name": f"org/{repo}",
             },
-            "commits": [],
+            "commits": [
+                {"id": "b" * 40, "added": [], "modified": ["docs/guide.md"], "removed": []}
+            ],
         }
     ).encode()
 
@@ -69,9 +73,14 @@ REASONS = {
     "cel": "filter_false",
     "away": "cross_namespace",
     "auto": "other_ref",
+    "narrow": "path_excluded",
 }
 """Receiver -> the reason its delivery reconciles nothing for (in shard ``a``; shard ``b``
 adds its own: ``shard`` or ``no_source``). ``auto`` also shows ``pinned``."""
+
+
+REPOS = {"narrow": "narrow"}
+"""The repository a Receiver's push names when not ``auto``'s (whose sources follow it)."""
 
 
 def reason_receivers(ns: str, api_version: str) -> list[dict[str, Any]]:
@@ -88,12 +97,13 @@ def reason_receivers(ns: str, api_version: str) -> list[dict[str, Any]]:
         resources=[{**kustomization, "name": "a-ok", "namespace": "elsewhere"}],
     )  # fmt: skip
     docs += receiver_docs("auto", "github", namespace=ns)
+    docs += receiver_docs("narrow", "github", namespace=ns)
     for doc in docs:
         if doc["kind"] != "Receiver":
             continue
         if doc["metadata"]["name"] == "cel":
             doc["spec"]["resourceFilter"] = "res.metadata.name == 'someone-else'"
-        if doc["metadata"]["name"] == "auto":
+        if doc["metadata"]["name"] in ("auto", "narrow"):
             doc["spec"]["resources"] = []
             doc["metadata"]["annotations"] = {TARGETING_ANNOTATION: "auto"}
     return docs
@@ -106,6 +116,14 @@ def auto_sources(ns: str) -> list[dict[str, Any]]:
     return [
         git("dev", url, {"branch": "dev"}, namespace=ns, labels=labels),
         git("pinned", url, {"commit": "c" * 40}, namespace=ns, labels=labels),
+        git(
+            "apps-only",
+            "https://github.com/org/narrow",
+            {"branch": "main"},
+            namespace=ns,
+            labels=labels,
+            annotations={"fluxrelay.io/paths": "apps/**"},
+        ),
     ]
 
 
@@ -208,7 +226,12 @@ async def test_a_push_over_two_shards_is_explained_from_one_command(
                 )
                 await fleet.start(settings)
             ids: dict[str, str] = {}
-            for name, repo in (("gh", "app"), ("lost", "gone"), *((r, "auto") for r in REASONS)):
+            pushes = (
+                ("gh", "app"),
+                ("lost", "gone"),
+                *((r, REPOS.get(r, "auto")) for r in REASONS),
+            )
+            for name, repo in pushes:
                 body = push_body(repo)
                 for _ in range(5):  # a 503 (not stored yet, on a loaded machine) is retried, as
                     resp = await ingress.client.post(  # GitHub retries a delivery
