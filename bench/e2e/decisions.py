@@ -27,9 +27,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.e2e.run import PUSH, ROOT, Bench, git, latency, parse, start
-from bench.e2e.stacks import TOKEN, FluxRelay, Layout, receivers_config, start_cluster
-from tests.support.ingress import hmac_hex
+from bench.e2e.run import ROOT, Bench, git, latency, make_bench, parse, start
+from bench.e2e.stacks import FluxRelay, Layout, start_cluster
 
 TICKS = os.sysconf("SC_CLK_TCK")
 OFF_PATH = str(Path(__file__).resolve().parent / "nodecisions")
@@ -72,15 +71,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="fluxrelay-bench-decisions-"))
     kube = await asyncio.to_thread(start_cluster, layout)
     try:
-        config = workdir / "receivers.yaml"
-        config.write_text(receivers_config(layout))
-        body = PUSH.read_bytes()
-        headers = {
-            "Content-Type": "application/json",
-            "X-GitHub-Event": "push",
-            "X-Hub-Signature-256": "sha256=" + hmac_hex(TOKEN, body),
-        }
-        bench = Bench(opts, kube, layout, workdir, config, PUSH, headers)
+        bench = make_bench(opts, kube, layout, workdir)
         pairs: list[dict[str, Any]] = []
         costs: list[float] = []
         for i in range(args.pairs):

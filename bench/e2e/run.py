@@ -204,6 +204,18 @@ async def run_load(
     return [Delivery.from_json(d) for d in result["deliveries"]], int(result["not_sent"])
 
 
+def make_bench(opts: Options, kube: KubeAPI, layout: Layout, workdir: Path) -> Bench:
+    """The files every run reads (the Receivers, the signed push) in ``workdir``."""
+    config = workdir / "receivers.yaml"
+    config.write_text(receivers_config(layout))
+    headers = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": "push",
+        "X-Hub-Signature-256": "sha256=" + hmac_hex(TOKEN, PUSH.read_bytes()),
+    }
+    return Bench(opts, kube, layout, workdir, config, PUSH, headers)
+
+
 async def start(system: Any) -> Any:
     return await asyncio.to_thread(system.start)
 
@@ -443,15 +455,7 @@ async def bench_main(opts: Options) -> dict[str, Any]:
     setup_s = time.monotonic() - started
     results: dict[str, dict[str, list[Any]]] = {}
     try:
-        config = workdir / "receivers.yaml"
-        config.write_text(receivers_config(layout))
-        body = PUSH.read_bytes()
-        headers = {
-            "Content-Type": "application/json",
-            "X-GitHub-Event": "push",
-            "X-Hub-Signature-256": "sha256=" + hmac_hex(TOKEN, body),
-        }
-        bench = Bench(opts, kube, layout, workdir, config, PUSH, headers)
+        bench = make_bench(opts, kube, layout, workdir)
         for run in range(opts.runs):
             await one_run(bench, run, results)
     finally:
