@@ -57,7 +57,7 @@ from reconciler.errors import PermanentError, ReconcilerError, TemporaryError
 from reconciler.kinds import ObjectRef
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.patching import Patched
-from reconciler.pulling import BoundedPull, NoRoom
+from reconciler.pulling import BoundedPull, NoRoom, message_size
 from reconciler.settings import ConsumerSettings
 from reconciler.targeting import Targets
 from schemas import envelope as envelopes
@@ -66,7 +66,6 @@ from schemas.envelope import Envelope
 
 log = logging.getLogger(__name__)
 
-STAGE = "reconciler"
 DONE_MEMORY = 10_000
 """Messages whose patched targets are remembered, oldest out: a redelivery after a partial
 failure, or after an ack lost with its connection, patches only what is still missing."""
@@ -147,9 +146,7 @@ _NOTHING_DONE: frozenset[str] = frozenset()
 def _stored_size(msg: Msg) -> int:
     """What a pulled message is charged while its body is held: its bytes and headers as
     they decode, plus the routing size it keeps afterwards (``reconciler.backpressure``)."""
-    headers = msg.headers or {}
-    stored = len(msg.data) + sum(len(k) + len(v) for k, v in headers.items())
-    return DECODED_FACTOR * stored + ROUTED_BYTES
+    return DECODED_FACTOR * message_size(msg) + ROUTED_BYTES
 
 
 def consumer_config(settings: ConsumerSettings, durable: str) -> ConsumerConfig:

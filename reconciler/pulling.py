@@ -74,7 +74,7 @@ class BoundedPull:
         first, status = await self._request(1, max_bytes, wait)
         if not first:
             raise NoRoom if status == CONFLICT else TimeoutError
-        size = sum(_size(m) for m in first)
+        size = sum(message_size(m) for m in first)
         if batch > 1 and max_bytes > size:
             first += (await self._request(batch - 1, max_bytes - size, None))[0]
         return first
@@ -127,7 +127,8 @@ def _status(msg: Msg) -> str | None:
     return msg.headers.get(STATUS_HEADER)
 
 
-def _size(msg: Msg) -> int:
-    """What the server counts against ``max_bytes``: data and headers (approximately)."""
+def message_size(msg: Msg) -> int:
+    """What the server counts against ``max_bytes``: data and headers (approximately); the
+    consumer charges held messages by it too (``reconciler.backpressure``)."""
     headers = msg.headers or {}
     return len(msg.data) + sum(len(k) + len(v) + 4 for k, v in headers.items())
