@@ -84,6 +84,11 @@ class ReconcilerMetrics(MetricSet):
             "reconciler/decisions.py: not_found, match_labels, filter_false, shard, no_source...).",
             ["receiver", "reason"],
         )
+        self.cached_objects = self.gauge(
+            "fluxrelay_reconciler_cached_objects",
+            "Flux objects whose metadata targeting keeps, by kind (reconciler/metadata.py).",
+            ["kind"],
+        )
         self.in_flight = self.gauge(
             "fluxrelay_reconciler_in_flight",
             "Deliveries this replica holds (pulled, not yet settled).",

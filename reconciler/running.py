@@ -35,6 +35,7 @@ from reconciler.coalescing import Coalescer
 from reconciler.consuming import Consumer, Reporter, Unreported
 from reconciler.emitting import Emitter
 from reconciler.kinds import SHARD_LABEL
+from reconciler.metadata import MetadataCache
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.outcome_metrics import OutcomeMetrics
 from reconciler.outcomes import OutcomeWatcher
@@ -183,6 +184,7 @@ class Reconciler:
             allow_cross_namespace=s.allow_cross_namespace,
             cache_ttl=s.patch.object_cache_ttl,
             index_factory=self._index_factory or default_index_factory(self.api, s),
+            metadata=MetadataCache(self.api, self.metrics, namespace=s.namespace, shard=s.shard),
         )
         self._runner = web.AppRunner(
             create_metrics_app(Probes(self.metrics, self.checks)), access_log=None

@@ -9,9 +9,12 @@ defaulting to the Receiver's (cross-namespace references can be forbidden, like 
 ``filter`` (CEL, see ``filtering``). Sharding is applied to every candidate: with a shard key
 only objects labelled ``sharding.fluxcd.io/key=<key>``, without one only unlabelled objects.
 
-Lookups are cheap under bursts: a wildcard is one list call with a label selector (the
-shard requirement included, so the server filters), and concurrent deliveries for the same
-object or selector share one request whose answer is reused for a short TTL.
+Lookups read no API in the steady state: objects' metadata is kept by one metadata informer
+per kind named (``reconciler.metadata``), as notification-controller's cached client keeps
+it. Before a kind is listed, and for an object the cache does not hold, they read the API: a
+wildcard is then one list call with a label selector (the shard requirement included, so the
+server filters), and concurrent deliveries for the same object or selector share one request
+whose answer is reused for a short TTL.
 
 A Receiver annotated ``fluxrelay.io/targeting: auto`` also gets the Flux sources that follow
 the pushed repository and ref, from the source index (``reconciler.indexing``), built on
@@ -52,6 +55,7 @@ from reconciler.decisions import (
 from reconciler.errors import PermanentError, TemporaryError
 from reconciler.filtering import Filters, resource_view
 from reconciler.kinds import KINDS, SHARD_LABEL, ObjectRef, default_api_version
+from reconciler.metadata import MetadataCache
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.receivers import ReceiverBook
 from reconciler.throttling import ApiGate
@@ -173,6 +177,7 @@ class Targeter:
         allow_cross_namespace: bool,
         cache_ttl: float,
         index_factory: IndexFactory | None = None,
+        metadata: MetadataCache | None = None,
     ) -> None:
         self._custom = k8s.CustomObjectsApi(api)
         self._gate = gate
@@ -184,6 +189,7 @@ class Targeter:
         budget = gate.settings
         self._lookups = SharedLookups(cache_ttl, math.ceil(budget.qps * cache_ttl) + budget.burst)
         self._index_factory = index_factory
+        self.metadata = metadata
         self.index: SourceMatcher | None = None
         self._index_starting: asyncio.Task[None] | None = None
 
@@ -316,6 +322,9 @@ class Targeter:
         return refs
 
     async def _get(self, ref: ObjectRef) -> dict[str, Any]:
+        if self.metadata is not None and (held := self.metadata.get(ref)) is not None:
+            return held
+
         async def fetch() -> dict[str, Any]:
             async def request() -> dict[str, Any]:
                 obj: dict[str, Any] = await self._custom.get_namespaced_custom_object(
@@ -332,6 +341,10 @@ class Targeter:
     async def _list(
         self, probe: ObjectRef, match_labels: Mapping[str, Any]
     ) -> list[dict[str, Any]]:
+        if self.metadata is not None:
+            held = self.metadata.select(probe, match_labels)
+            if held is not None:
+                return [obj for obj in held if self._in_shard(obj)]
         selector = ",".join(
             [f"{k}={v}" for k, v in sorted(match_labels.items())] + [self._shard_requirement()]
         )
@@ -367,8 +380,9 @@ class Targeter:
         decisions: Decisions,
     ) -> list[ObjectRef]:
         """``spec.resourceFilter`` applied to indexed sources as to named resources. The index
-        keeps no metadata, so each source is read (shared and cached like any lookup): a
-        Receiver without a filter pays nothing; one deleted since it was indexed is skipped."""
+        keeps no metadata, so each source is looked up like a named resource (the metadata
+        cache, or a read): a Receiver without a filter pays nothing; one deleted since it was
+        indexed is skipped."""
         expression = str(receiver.resource_filter)
         claims = envelope.get("claims") or {}
         kept: list[ObjectRef] = []
@@ -398,6 +412,8 @@ class Targeter:
 
     async def close(self) -> None:
         await self._lookups.close()
+        if self.metadata is not None:
+            await self.metadata.close()
         if self._index_starting is not None and not self._index_starting.done():
             self._index_starting.cancel()
         if self.index is not None:

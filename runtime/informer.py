@@ -172,6 +172,62 @@ def custom_objects(
     return call
 
 
+_QUERY = {
+    "watch": "watch",
+    "resource_version": "resourceVersion",
+    "allow_watch_bookmarks": "allowWatchBookmarks",
+    "timeout_seconds": "timeoutSeconds",
+    "limit": "limit",
+    "_continue": "continue",
+}
+"""The list and watch keywords an informer passes, as query parameters."""
+
+_AS_METADATA = "application/json;as={};g=meta.k8s.io;v=v1,application/json"
+"""Accept header asking for objects as PartialObjectMetadata (a list: ...List), falling back to
+whole objects from a server that cannot convert (it then sends them whole; callers keep only
+``metadata`` either way)."""
+
+
+def metadata_objects(
+    api: k8s.ApiClient,
+    group: str,
+    version: str,
+    plural: str,
+    *,
+    namespace: str | None = None,
+    label_selector: str | None = None,
+) -> ListCall:
+    """The list call of a custom resource's metadata only (``PartialObjectMetadata``), as
+    client-go's metadata informers and controller-runtime's cache for metadata make it.
+
+    ``CustomObjectsApi`` always sends ``Accept: application/json``, so this asks through the
+    client's ``call_api`` with the Accept header that selects the metadata form: the server
+    then never sends a spec or a status, which keeps each event small whatever the objects
+    hold.
+    """
+    path = f"/apis/{group}/{version}/" + (
+        f"namespaces/{namespace}/{plural}" if namespace else plural
+    )
+
+    async def call(**kwargs: Any) -> Any:
+        query = [(_QUERY[k], v) for k, v in kwargs.items() if k in _QUERY and v is not None]
+        if label_selector:
+            query.append(("labelSelector", label_selector))
+        form = "PartialObjectMetadata" if kwargs.get("watch") else "PartialObjectMetadataList"
+        return await api.call_api(
+            path,
+            "GET",
+            query_params=query,
+            header_params={"Accept": _AS_METADATA.format(form)},
+            auth_settings=["BearerToken"],
+            _return_http_data_only=True,
+            _preload_content=kwargs.get("_preload_content", True),
+            _request_timeout=kwargs.get("_request_timeout"),
+        )
+
+    return call
+
+
 class Listing(Protocol):
     """What a caller does with one list: its pages as they arrive, then its end.
 

@@ -9,6 +9,7 @@ missing objects, and automatic targeting through the source index interface.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from kubernetes_asyncio import client as k8s_client
 
+from reconciler.decisions import NOT_FOUND, SHARD
 from reconciler.errors import TemporaryError
 from reconciler.kinds import (
     DEFAULT_API_VERSIONS,
@@ -25,6 +27,7 @@ from reconciler.kinds import (
     ObjectRef,
     default_api_version,
 )
+from reconciler.metadata import MetadataCache
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.receivers import ReceiverBook
 from reconciler.settings import PatchSettings
@@ -367,7 +370,7 @@ CASES = [
 
 
 def targeter(api: k8s_client.ApiClient, book: ReceiverBook, **kwargs: Any) -> Targeter:
-    metrics = ReconcilerMetrics()
+    metrics = kwargs.pop("metrics", None) or ReconcilerMetrics()
     return Targeter(
         api,
         ApiGate(PatchSettings(), metrics),
@@ -380,10 +383,30 @@ def targeter(api: k8s_client.ApiClient, book: ReceiverBook, **kwargs: Any) -> Ta
     )
 
 
+async def warm(cache: MetadataCache, refs: list[ObjectRef]) -> None:
+    """Start keeping each kind of ``refs`` and wait until all are listed."""
+    async with asyncio.timeout(30):
+        await asyncio.gather(*(cache.listed(ref) for ref in refs))
+
+
+def api_reads(metrics: ReconcilerMetrics, verb: str) -> float:
+    return sum(
+        sample.value
+        for family in metrics.registry.collect()
+        if family.name == "fluxrelay_reconciler_api_requests"
+        for sample in family.samples
+        if sample.name.endswith("_total") and sample.labels["verb"] == verb
+    )
+
+
+@pytest.mark.parametrize("lookups", ["api", "cache"])
 @pytest.mark.parametrize("case", CASES)
 async def test_explicit_targeting(
-    case: Case, world: str, kube_client: k8s_client.ApiClient
+    case: Case, lookups: str, world: str, kube_client: k8s_client.ApiClient
 ) -> None:
+    """Each case gives the same answer whether objects are read from the API (before their
+    kind is listed) or from the metadata cache; from the cache, only the objects it does not
+    hold (missing, or in another shard) are read, and a wildcard lists nothing."""
     namespace = world
     other = f"{OTHER_NS}-{namespace}"
     resources = [
@@ -392,11 +415,36 @@ async def test_explicit_targeting(
     manifest = receiver_manifest("hook", namespace, resources, resource_filter=case.resource_filter)
     book = ReceiverBook()
     book.replace([parse_receiver(manifest, "test")])
-    t = targeter(kube_client, book, shard=case.shard, allow_cross_namespace=case.cross_namespace)
+    metrics = ReconcilerMetrics()
+    cache = None
+    if lookups == "cache":
+        cache = MetadataCache(kube_client, metrics, shard=case.shard)
+        named = [
+            ObjectRef.of(
+                r["kind"], namespace, "-", r.get("apiVersion") or default_api_version(r["kind"])
+            )
+            for r in resources
+            if r.get("kind") in KINDS and (r.get("apiVersion") or default_api_version(r["kind"]))
+        ]
+        await warm(cache, named)
+    t = targeter(
+        kube_client,
+        book,
+        shard=case.shard,
+        allow_cross_namespace=case.cross_namespace,
+        metadata=cache,
+        metrics=metrics,
+    )
     try:
         result = await t.targets(validate(make_envelope(namespace, "hook", case.payload)))
     finally:
         await t.close()
+    if lookups == "cache":
+        assert api_reads(metrics, "list") == 0
+        fallbacks = [d for d in result.decisions.kept if d.reason in (NOT_FOUND, SHARD)]
+        assert api_reads(metrics, "get") == len(
+            [d for d in fallbacks if not d.target.endswith("/*")]
+        )
     got = sorted(
         f"{ref.kind}/{ref.name}" + ("@other" if ref.namespace == other else "")
         for ref in result.refs

@@ -1,0 +1,164 @@
+"""The metadata cache explicit targeting reads (reconciler.metadata), on the real kube-apiserver.
+
+notification-controller reads a Receiver's resources as ``PartialObjectMetadata`` through
+controller-runtime's cached client (``internal/server/receiver_handlers.go``: ``kubeClient``
+is ``mgr.GetClient()`` in ``main.go``), so its lookups cost no request once a kind is cached.
+These tests hold fluxrelay's cache to the same: the server sends metadata only, the cache
+follows creations, label changes and deletions, keeps to its shard, lets a version the server
+does not serve fall back to reads, and a burst of deliveries for a Receiver naming many
+objects reads nothing from the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from kubernetes_asyncio import client as k8s_client
+
+from reconciler.kinds import KINDS, SHARD_LABEL, ObjectRef
+from reconciler.metadata import MetadataCache
+from reconciler.metrics import ReconcilerMetrics
+from reconciler.receivers import ReceiverBook
+from runtime.informer import metadata_objects, read_events, read_json
+from schemas.envelope import validate
+from schemas.receivers import parse_receiver
+from tests.reconciler.conftest import flux_object, make_envelope, receiver_manifest, wait_for
+from tests.reconciler.test_targeting import api_reads, targeter
+from tests.support.kubeapi import KubeAPI
+
+KS = KINDS["Kustomization"]
+
+
+def gauge(metrics: ReconcilerMetrics, kind: str) -> float | None:
+    return metrics.registry.get_sample_value("fluxrelay_reconciler_cached_objects", {"kind": kind})
+
+
+async def test_the_server_sends_metadata_only(
+    kube: KubeAPI, kube_namespace: str, kube_client: k8s_client.ApiClient
+) -> None:
+    """Lists and watch events both come as PartialObjectMetadata: no spec, no status."""
+    kube.apply(flux_object("Kustomization", "apps", {"team": "red"}), namespace=kube_namespace)
+    call = metadata_objects(kube_client, KS.group, KS.version, KS.plural, namespace=kube_namespace)
+    listing = await read_json(await call(_preload_content=False))
+    assert listing["kind"] == "PartialObjectMetadataList"
+    [item] = listing["items"]
+    assert item["metadata"]["labels"] == {"team": "red"}
+    assert "spec" not in item and "status" not in item
+
+    kube.apply(flux_object("Kustomization", "apps", {"team": "blue"}), namespace=kube_namespace)
+    resp = await call(
+        watch=True,
+        resource_version=listing["metadata"]["resourceVersion"],
+        timeout_seconds=2,
+        _preload_content=False,
+    )
+    events = [event async for event in read_events(resp.content, 1 << 20)]
+    resp.release()
+    [modified] = [e for e in events if e["type"] == "MODIFIED"]
+    assert modified["object"]["kind"] == "PartialObjectMetadata"
+    assert modified["object"]["metadata"]["labels"] == {"team": "blue"}
+    assert "spec" not in modified["object"]
+
+
+async def test_the_cache_follows_the_cluster_within_its_shard(
+    kube: KubeAPI, kube_namespace: str, kube_client: k8s_client.ApiClient
+) -> None:
+    ns = kube_namespace
+    kube.apply(flux_object("Kustomization", "apps", {"team": "red"}), namespace=ns)
+    kube.apply(flux_object("Kustomization", "other", {SHARD_LABEL: "s1"}), namespace=ns)
+    metrics = ReconcilerMetrics()
+    cache = MetadataCache(kube_client, metrics, namespace=ns)
+    apps = ObjectRef.of("Kustomization", ns, "apps")
+    probe = ObjectRef.of("Kustomization", ns, "*")
+    try:
+        assert cache.get(apps) is None  # not listed yet: the caller reads the API
+        async with asyncio.timeout(30):
+            await cache.listed(apps)
+        entry = cache.get(apps)
+        assert entry is not None
+        assert entry["apiVersion"] == KS.api_version and entry["kind"] == "Kustomization"
+        assert entry["metadata"]["labels"] == {"team": "red"}
+        assert "managedFields" not in entry["metadata"] and "spec" not in entry
+        assert cache.get(ObjectRef.of("Kustomization", ns, "other")) is None  # shard s1
+        assert gauge(metrics, "Kustomization") == 1
+
+        def selected(labels: dict[str, Any]) -> list[str]:
+            return sorted(o["metadata"]["name"] for o in cache.select(probe, labels) or [])
+
+        kube.apply(flux_object("Kustomization", "apps", {"team": "blue"}), namespace=ns)
+        await wait_for(lambda: selected({"team": "blue"}) == ["apps"], "the label change")
+        assert selected({"team": "red"}) == []
+
+        kube.apply(flux_object("Kustomization", "late", {"team": "blue"}), namespace=ns)
+        await wait_for(lambda: selected({"team": "blue"}) == ["apps", "late"], "the creation")
+        assert gauge(metrics, "Kustomization") == 2
+
+        kube.request("DELETE", f"/apis/{KS.group}/{KS.version}/namespaces/{ns}/{KS.plural}/late")
+        await wait_for(
+            lambda: cache.get(ObjectRef.of("Kustomization", ns, "late")) is None, "the deletion"
+        )
+        assert gauge(metrics, "Kustomization") == 1
+    finally:
+        await cache.close()
+
+
+async def test_a_version_not_served_lists_empty_and_falls_back_to_reads(
+    kube: KubeAPI, kube_namespace: str, kube_client: k8s_client.ApiClient
+) -> None:
+    """Flux's Get fails for a version its CRD does not serve; so does the fallback read."""
+    ns = kube_namespace
+    kube.apply(flux_object("Kustomization", "apps"), namespace=ns)
+    resources = [{"apiVersion": f"{KS.group}/v9", "kind": "Kustomization", "name": "apps"}]
+    book = ReceiverBook()
+    book.replace([parse_receiver(receiver_manifest("hook", ns, resources), "test")])
+    metrics = ReconcilerMetrics()
+    cache = MetadataCache(kube_client, metrics, namespace=ns)
+    t = targeter(kube_client, book, metadata=cache, metrics=metrics)
+    try:
+        async with asyncio.timeout(30):
+            await cache.listed(ObjectRef.of("Kustomization", ns, "apps", f"{KS.group}/v9"))
+        result = await t.targets(validate(make_envelope(ns, "hook")))
+    finally:
+        await t.close()
+    assert result.refs == []
+    assert [e.reason for e in result.failures] == ["not_found"]
+    assert api_reads(metrics, "get") == 1
+
+
+async def test_a_burst_for_a_receiver_naming_many_objects_reads_no_api(
+    kube: KubeAPI, kube_namespace: str, kube_client: k8s_client.ApiClient
+) -> None:
+    """The soak's shape: one Receiver names many objects, deliveries arrive faster than the
+    API budget could read them. Once the kind is listed, 300 deliveries read nothing."""
+    ns = kube_namespace
+    names = [f"app-{i:02d}" for i in range(40)]
+    for name in names:
+        kube.apply(flux_object("Kustomization", name, {"tier": "web"}), namespace=ns)
+    resources: list[dict[str, Any]] = [
+        {"apiVersion": KS.api_version, "kind": "Kustomization", "name": name} for name in names
+    ]
+    resources.append(
+        {
+            "apiVersion": KS.api_version,
+            "kind": "Kustomization",
+            "name": "*",
+            "matchLabels": {"tier": "web"},
+        }
+    )
+    book = ReceiverBook()
+    book.replace([parse_receiver(receiver_manifest("hook", ns, resources), "test")])
+    metrics = ReconcilerMetrics()
+    cache = MetadataCache(kube_client, metrics)
+    t = targeter(kube_client, book, metadata=cache, metrics=metrics)
+    try:
+        async with asyncio.timeout(30):
+            await cache.listed(ObjectRef.of("Kustomization", ns, "-"))
+        results = await asyncio.gather(
+            *(t.targets(validate(make_envelope(ns, "hook"))) for _ in range(300))
+        )
+    finally:
+        await t.close()
+    assert all(sorted(r.name for r in result.refs) == names for result in results)
+    assert api_reads(metrics, "get") == 0
+    assert api_reads(metrics, "list") == 0
