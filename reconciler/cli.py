@@ -132,7 +132,7 @@ OPTIONS: tuple[Option, ...] = (
            "seconds one API request may take (default 10)",
            _patch("request_timeout", positive(float)), metavar="SECONDS"),
     Option("--object-cache-ttl", "FLUXRELAY_OBJECT_CACHE_TTL",
-           "seconds a looked-up target object is reused (default 10)",
+           "seconds a target read from the API (not in the metadata cache) is reused (default 10)",
            _patch("object_cache_ttl", positive(float)), metavar="SECONDS"),
     Option("--stream", "FLUXRELAY_STREAM", "events stream (default FLUXRELAY_EVENTS)",
            _consumer("stream"), metavar="NAME"),

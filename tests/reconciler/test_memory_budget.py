@@ -189,7 +189,43 @@ async def measured_entry_costs() -> dict[str, float]:
     events = [p.build(V0_5_1) for p in planned if p is not None]
     extensions = [p.extensions for p in planned if p is not None]
     costs["outbox"] = _per_entry(lambda i: sink.offer(events[i], extensions[i]))
+    costs["metadata"] = metadata_cost()
     return costs
+
+
+def metadata_cost() -> float:
+    """One object the metadata cache keeps, as the API server sends it (PartialObjectMetadata
+    of a Kustomization Flux has handled: finalizer, labels, the reconcile annotation), parsed
+    from JSON as the informer parses it."""
+    from reconciler.metadata import _Collection
+
+    raw = json.dumps(
+        {
+            "kind": "PartialObjectMetadata",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": {
+                "name": "NAME",
+                "namespace": "apps",
+                "uid": "0b7c6a0e-3c1e-4a51-9d7b-2f8e1c5d4a3b",
+                "resourceVersion": "123456789",
+                "generation": 3,
+                "creationTimestamp": "2026-12-05T10:00:00Z",
+                "labels": {
+                    "app.kubernetes.io/part-of": "platform",
+                    "kustomize.toolkit.fluxcd.io/name": "flux-system",
+                    "kustomize.toolkit.fluxcd.io/namespace": "flux-system",
+                    "team": "red",
+                },
+                "annotations": {"reconcile.fluxcd.io/requestedAt": "2026-12-05T10:00:00.1Z"},
+                "finalizers": ["finalizers.fluxcd.io"],
+                "managedFields": [{"manager": "kustomize-controller", "fieldsV1": {"f:s": {}}}],
+            },
+        }
+    )
+    collection = _Collection("Kustomization", "kustomize.toolkit.fluxcd.io/v1")
+    return _per_entry(
+        lambda i: collection.put(json.loads(raw.replace("NAME", f"app-{i:05d}")))
+    )
 
 
 async def request_cost() -> float:
@@ -223,6 +259,7 @@ BUDGET_ROWS = {
     "Done memory": "done",
     "Emitted-id memory": "emitted",
     "CDEvents outbox": "outbox",
+    "Targeted objects' metadata": "metadata",
 }
 
 
