@@ -19,6 +19,18 @@ With an ``admit`` (``ApiGate.admit``) a batch also keeps gathering while it wait
 API rate limit: the admission ticket it gets is handed to the patch, which spends it instead
 of waiting for a token again, so under a saturated budget an object's pending patch carries
 every delivery that arrived before it could be sent.
+
+With ``requested_at`` (``MetadataCache.requested_at``) a batch is not patched at all when the
+object's ``reconcile.fluxcd.io/requestedAt``, as the watch last showed it, was set after every
+delivery in the batch was stored: that request (another replica's, as replicas of one durable
+each get deliveries for every object, or a ``flux reconcile``) already makes Flux fetch after
+those pushes, and a second one would only make it reconcile again. Each delivery then gets that
+request's value (``Patched.covered``), so its outcome is followed as if it had been its own. It
+is checked before waiting for the rate limit and again once admitted (the admission's token is
+then refunded). Stored times are JetStream's and request times the requester's clock, so a
+request must be ``COVER_MARGIN`` newer than the newest delivery, and not from the future by
+more than that: clocks within a second of each other (any NTP-synced cluster) never skip a
+needed patch; worse skew only loses the saving or, past the margin, can skip one.
 """
 
 from __future__ import annotations
@@ -34,7 +46,7 @@ from typing import Protocol
 
 from reconciler.kinds import ObjectRef
 from reconciler.metrics import ReconcilerMetrics
-from reconciler.patching import Patched
+from reconciler.patching import Patched, parse_rfc3339
 from reconciler.throttling import Ticket
 from schemas.envelope import Envelope
 
@@ -51,6 +63,12 @@ class Patch(Protocol):
 
 Admit = Callable[[], Awaitable[Ticket]]
 """Waits for the API rate limit and returns the admission (``ApiGate.admit``)."""
+RequestedAt = Callable[[ObjectRef], str | None]
+"""The object's ``requestedAt`` annotation as last seen, ``None`` when not known."""
+
+COVER_MARGIN = 1.0
+"""Seconds a request must postdate a batch's newest stored delivery to cover it (clock skew
+between the NATS servers and the replicas), and may lie in the future."""
 
 
 @dataclass
@@ -59,6 +77,9 @@ class _Batch:
     envelopes: dict[str, Envelope] = field(default_factory=dict)
     waiters: list[asyncio.Future[Patched]] = field(default_factory=list)
     closed: bool = False
+    newest_stored: float | None = 0.0
+    """Unix time the newest delivery was stored; ``None`` once one has no stored time (then
+    no other request can be known to cover the batch)."""
 
 
 class Coalescer:
@@ -71,9 +92,11 @@ class Coalescer:
         metrics: ReconcilerMetrics,
         *,
         admit: Admit | None = None,
+        requested_at: RequestedAt | None = None,
     ) -> None:
         self._patch = patch
         self._admit = admit
+        self._requested_at = requested_at
         """The batch keeps gathering until it returns (see the module docstring); without
         it the patch waits for the rate limit itself, with the batch already closed."""
         self.window = window
@@ -96,8 +119,12 @@ class Coalescer:
         """Objects with deliveries waiting for a patch (gathering or being patched)."""
         return len(self._flushing)
 
-    async def submit(self, ref: ObjectRef, envelope: Envelope) -> Patched:
-        """Wait until a patch covering ``envelope`` is done; raise its error if it failed."""
+    async def submit(
+        self, ref: ObjectRef, envelope: Envelope, stored_at: float | None = None
+    ) -> Patched:
+        """Wait until a patch covering ``envelope`` is done; raise its error if it failed.
+
+        ``stored_at``: Unix time JetStream stored it (lets a newer request cover it)."""
         batch = self._open.get(ref.key)
         if batch is None or batch.closed:
             batch = _Batch(ref)
@@ -110,6 +137,10 @@ class Coalescer:
         else:
             self._metrics.coalesced.inc()
         batch.envelopes[envelope["id"]] = envelope
+        if stored_at is None or batch.newest_stored is None:
+            batch.newest_stored = None
+        else:
+            batch.newest_stored = max(batch.newest_stored, stored_at)
         waiter: asyncio.Future[Patched] = asyncio.get_running_loop().create_future()
         batch.waiters.append(waiter)
         # Each delivery has its own waiter, so a cancelled delivery cancels only its own
@@ -142,7 +173,13 @@ class Coalescer:
             left = self._wait_left(key)
             if left > 0:
                 await asyncio.sleep(left)
-            ticket = await self._admit() if self._admit is not None else None
+            covering = self._covering(batch)
+            ticket = None
+            if covering is None and self._admit is not None:
+                ticket = await self._admit()
+                covering = self._covering(batch)
+                if covering is not None:
+                    ticket.refund()
             batch.closed = True
             if len(self._last_start) > 4096:
                 self._prune()
@@ -150,7 +187,11 @@ class Coalescer:
             if self._open.get(key) is batch:
                 del self._open[key]
             try:
-                result = await self._patch(batch.ref, list(batch.envelopes.values()), ticket=ticket)
+                if covering is not None:
+                    result = self._covered(batch, covering)
+                else:
+                    envelopes = list(batch.envelopes.values())
+                    result = await self._patch(batch.ref, envelopes, ticket=ticket)
             except asyncio.CancelledError:
                 for waiter in batch.waiters:
                     waiter.cancel()
@@ -165,6 +206,28 @@ class Coalescer:
                         waiter.set_result(result)
         if key not in self._open and not lock.locked():
             self._locks.pop(key, None)
+
+    def _covering(self, batch: _Batch) -> str | None:
+        """The object's current request, if it postdates every delivery of ``batch``."""
+        if self._requested_at is None or batch.newest_stored is None:
+            return None
+        value = self._requested_at(batch.ref)
+        at = parse_rfc3339(value) if value else None
+        if at is None:
+            return None
+        if batch.newest_stored + COVER_MARGIN <= at <= time.time() + COVER_MARGIN:
+            return value
+        return None
+
+    def _covered(self, batch: _Batch, requested_at: str) -> Patched:
+        self._metrics.covered.inc(len(batch.envelopes))
+        log.debug(
+            "%d delivery(ies) covered by the request at %s",
+            len(batch.envelopes),
+            requested_at,
+            extra={"object": batch.ref.key},
+        )
+        return Patched(batch.ref, requested_at, tuple(batch.envelopes), covered=True)
 
     async def close(self) -> None:
         """Cancel batches still waiting (their messages are redelivered, never acked)."""

@@ -381,10 +381,12 @@ class Consumer:
         done = self._done.get(env["id"], _NOTHING_DONE)
         todo = [ref for ref in targets.refs if ref.key not in done]
 
+        stored = stored_at.timestamp() if stored_at is not None else None
+
         async def patch_and_report(ref: ObjectRef) -> Patched:
             # Reported as soon as this target is patched, not after the message's slowest
             # target: the stage latencies and the outcome's patch time are this patch's.
-            patched = await self.coalescer.submit(ref, env)
+            patched = await self.coalescer.submit(ref, env, stored)
             try:
                 self.reporter.patched(patched, env, targets.decisions)
             except Exception:

@@ -30,7 +30,7 @@ from typing import Any
 
 from kubernetes_asyncio import client as k8s
 
-from reconciler.kinds import SHARD_LABEL, ObjectRef
+from reconciler.kinds import REQUESTED_AT, SHARD_LABEL, ObjectRef
 from reconciler.metrics import ReconcilerMetrics
 from runtime.informer import Informer, InformerSettings, metadata_objects
 
@@ -123,6 +123,19 @@ class MetadataCache:
         if collection is None:
             return None
         return collection.objects.get((ref.namespace, ref.name))
+
+    def requested_at(self, ref: ObjectRef) -> str | None:
+        """The object's ``reconcile.fluxcd.io/requestedAt`` as last seen, when its kind is kept
+        already (this never starts keeping one: the coalescer asks about every object it
+        patches, explicit targeting decides which kinds are kept)."""
+        collection = self._collections.get((ref.group, ref.version, ref.plural))
+        if collection is None or not collection.listed.is_set():
+            return None
+        obj = collection.objects.get((ref.namespace, ref.name))
+        if obj is None:
+            return None
+        value = (obj["metadata"].get("annotations") or {}).get(REQUESTED_AT)
+        return value if isinstance(value, str) else None
 
     def select(self, probe: ObjectRef, match_labels: Mapping[str, Any]) -> list[JSON] | None:
         """The objects in ``probe``'s namespace whose labels include ``match_labels`` (as a

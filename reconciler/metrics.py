@@ -78,6 +78,11 @@ class ReconcilerMetrics(MetricSet):
             "fluxrelay_reconciler_coalesced_deliveries",
             "Deliveries folded into a patch another delivery for the same object caused.",
         )
+        self.covered = self.counter(
+            "fluxrelay_reconciler_covered_deliveries",
+            "Deliveries not patched: the object's requestedAt was set after they were stored "
+            "(by another replica, or anyone), so that request covers them.",
+        )
         self.untargeted = self.counter(
             "fluxrelay_reconciler_untargeted",
             "Deliveries that reconciled no object, by Receiver and the first reason (see "

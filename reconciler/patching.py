@@ -14,9 +14,11 @@ it covered); the consumer hands it to the reporter, so nothing here knows who re
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from kubernetes_asyncio import client as k8s
@@ -41,12 +43,33 @@ class Patched:
     requested_at: str
     envelope_ids: tuple[str, ...]
     """Every delivery the patch carried (coalesced), in the order they joined it."""
+    covered: bool = False
+    """No patch was sent: ``requested_at`` is a request someone else (another replica) made
+    after every one of these deliveries was stored (``reconciler.coalescing``)."""
 
 
 def rfc3339_nano(ns: int) -> str:
     """``2025-01-02T03:04:05.123456789Z`` for a Unix time in nanoseconds."""
     seconds, fraction = divmod(ns, 1_000_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{fraction:09d}Z"
+
+
+_RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)")
+
+
+def parse_rfc3339(value: str) -> float | None:
+    """Unix seconds of an RFC 3339 time with up to nanoseconds (what fluxrelay and the flux
+    CLI write into ``requestedAt``, UTC or with an offset); ``None`` for anything else (Flux
+    accepts any string there)."""
+    found = _RFC3339.fullmatch(value)
+    if found is None:
+        return None
+    base, fraction, zone = found.groups()
+    try:
+        stamp = datetime.fromisoformat(base + ("+00:00" if zone == "Z" else zone))
+    except ValueError:
+        return None
+    return stamp.timestamp() + (int(fraction) / 10 ** len(fraction) if fraction else 0.0)
 
 
 class RequestClock:

@@ -174,7 +174,14 @@ class Reconciler:
         if self.reporter is None:
             self.reporter = await self._start_reporting()
         patcher = Patcher(self.api, gate, self.metrics)
-        self.coalescer = Coalescer(patcher.patch, s.coalesce_window, self.metrics, admit=gate.admit)
+        metadata = MetadataCache(self.api, self.metrics, namespace=s.namespace, shard=s.shard)
+        self.coalescer = Coalescer(
+            patcher.patch,
+            s.coalesce_window,
+            self.metrics,
+            admit=gate.admit,
+            requested_at=metadata.requested_at,
+        )
         self.targeter = Targeter(
             self.api,
             gate,
@@ -184,7 +191,7 @@ class Reconciler:
             allow_cross_namespace=s.allow_cross_namespace,
             cache_ttl=s.patch.object_cache_ttl,
             index_factory=self._index_factory or default_index_factory(self.api, s),
-            metadata=MetadataCache(self.api, self.metrics, namespace=s.namespace, shard=s.shard),
+            metadata=metadata,
         )
         self._runner = web.AppRunner(
             create_metrics_app(Probes(self.metrics, self.checks)), access_log=None

@@ -162,9 +162,10 @@ class Ticket:
     let two requests through on one token.
     """
 
-    __slots__ = ("_spent",)
+    __slots__ = ("_bucket", "_spent")
 
-    def __init__(self) -> None:
+    def __init__(self, bucket: TokenBucket | None = None) -> None:
+        self._bucket = bucket
         self._spent = False
 
     def spend(self) -> None:
@@ -172,6 +173,14 @@ class Ticket:
         if self._spent:
             raise RuntimeError("admission ticket already spent")
         self._spent = True
+
+    def refund(self) -> None:
+        """The request turned out not to be needed: its token goes back to the bucket it came
+        from, for another request (the coalescer, when another replica's request covers a
+        batch)."""
+        self.spend()
+        if self._bucket is not None:
+            self._bucket.put_back()
 
 
 class ApiGate:
@@ -201,7 +210,7 @@ class ApiGate:
     async def admit(self) -> Ticket:
         """Wait for a rate-limit token and hand it over as a ticket for one later call."""
         await self.bucket.acquire()
-        return Ticket()
+        return Ticket(self.bucket)
 
     async def call(
         self,

@@ -70,6 +70,11 @@ class TokenBucket:
         self._tokens -= 1.0
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
+    def put_back(self) -> None:
+        """Return a token taken and not used (never above ``burst``)."""
+        self._refill()
+        self._tokens = min(float(self.burst), self._tokens + 1.0)
+
     async def acquire(self) -> None:
         """Reserve a token and sleep until it is due."""
         wait = self.reserve()

@@ -2,21 +2,24 @@
 server's view of a burst is in test_consuming): one patch per object per window carrying
 every envelope id, separate objects separately, errors reach every delivery of the batch,
 patches of one object never overlap and deliveries arriving during a patch form the next; a
-batch waiting for admission keeps gathering and its patch carries the admission ticket."""
+batch waiting for admission keeps gathering and its patch carries the admission ticket; a
+request someone else made after a batch's deliveries were stored covers the batch."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 import pytest
 
-from reconciler.coalescing import Coalescer
+from reconciler.coalescing import COVER_MARGIN, Coalescer
 from reconciler.errors import TemporaryError
 from reconciler.kinds import ObjectRef
 from reconciler.metrics import ReconcilerMetrics
-from reconciler.patching import Patched
+from reconciler.patching import Patched, rfc3339_nano
 from reconciler.throttling import Ticket
+from runtime.tokenbucket import TokenBucket
 from schemas.envelope import Envelope, validate
 from tests.reconciler.conftest import make_envelope
 
@@ -168,3 +171,94 @@ async def test_a_batch_waiting_for_the_rate_limit_keeps_gathering() -> None:
     assert len(patch.calls[0][1]) == 10
     assert admitted == 1
     assert patch.tickets == [issued], "the patch spends the admission, not a token of its own"
+
+
+# ------------------------------------------------------------------------------- covering
+# Another replica's request (seen through the metadata cache) made after every delivery of a
+# batch was stored covers the batch: nothing is sent, each delivery gets that request.
+
+
+def stamp(unix: float) -> str:
+    return rfc3339_nano(int(unix * 1e9))
+
+
+class Requests:
+    """What ``MetadataCache.requested_at`` would answer, per object."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+
+    def __call__(self, ref: ObjectRef) -> str | None:
+        return self.values.get(ref.key)
+
+
+@pytest.mark.parametrize(
+    ("request_after_store", "covered"),
+    [
+        pytest.param(5.0, True, id="made-after-the-newest-delivery-was-stored"),
+        pytest.param(COVER_MARGIN / 2, False, id="within-the-clock-margin"),
+        pytest.param(-5.0, False, id="made-before-it-was-stored"),
+        pytest.param(3600.0, False, id="from-the-future"),
+    ],
+)
+async def test_a_newer_request_covers_a_batch(request_after_store: float, covered: bool) -> None:
+    patch = Recording()
+    requests = Requests()
+    metrics = ReconcilerMetrics()
+    coalescer = Coalescer(patch, 0.0, metrics, requested_at=requests)
+    stored = time.time() - 10.0
+    docs = envs(3)
+    requests.values[A.key] = stamp(stored + request_after_store)
+    results = await asyncio.gather(
+        *(coalescer.submit(A, d, stored - i) for i, d in enumerate(docs))
+    )
+    if covered:
+        assert patch.calls == []
+        assert {(r.requested_at, r.covered) for r in results} == {(requests.values[A.key], True)}
+        assert results[0].envelope_ids == tuple(d["id"] for d in docs)
+        assert metrics.covered._value.get() == 3
+    else:
+        assert len(patch.calls) == 1
+        assert not any(r.covered for r in results)
+        assert metrics.covered._value.get() == 0
+
+
+@pytest.mark.parametrize("value", ["not a time", "", "2026-12-06T01:12:15"])
+async def test_a_request_that_is_not_an_rfc3339_time_covers_nothing(value: str) -> None:
+    patch = Recording()
+    requests = Requests()
+    requests.values[A.key] = value
+    coalescer = Coalescer(patch, 0.0, ReconcilerMetrics(), requested_at=requests)
+    await coalescer.submit(A, envs(1)[0], time.time() - 10.0)
+    assert len(patch.calls) == 1
+
+
+async def test_a_batch_with_a_delivery_of_unknown_store_time_is_patched() -> None:
+    patch = Recording()
+    requests = Requests()
+    requests.values[A.key] = stamp(time.time())
+    coalescer = Coalescer(patch, 0.0, ReconcilerMetrics(), requested_at=requests)
+    a, b = envs(2)
+    await asyncio.gather(coalescer.submit(A, a, time.time() - 10.0), coalescer.submit(A, b))
+    assert patch.calls == [(A, [a["id"], b["id"]])]
+
+
+async def test_a_request_landing_while_the_batch_waits_for_the_rate_limit_refunds_the_token() -> (
+    None
+):
+    """The wait for a token is when another replica's patch lands: once admitted the batch
+    looks again, and the token it no longer needs goes back to the bucket."""
+    patch = Recording()
+    requests = Requests()
+    bucket = TokenBucket(rate=1.0, burst=1)
+    stored = time.time() - 10.0
+
+    async def admit() -> Ticket:
+        await bucket.acquire()
+        requests.values[A.key] = stamp(stored + 5.0)  # the other replica's patch, meanwhile
+        return Ticket(bucket)
+
+    coalescer = Coalescer(patch, 0.0, ReconcilerMetrics(), admit=admit, requested_at=requests)
+    result = await coalescer.submit(A, envs(1)[0], stored)
+    assert result.covered and patch.calls == []
+    assert bucket.take() == 0.0, "the refunded token is there for the next request"

@@ -223,9 +223,7 @@ def metadata_cost() -> float:
         }
     )
     collection = _Collection("Kustomization", "kustomize.toolkit.fluxcd.io/v1")
-    return _per_entry(
-        lambda i: collection.put(json.loads(raw.replace("NAME", f"app-{i:05d}")))
-    )
+    return _per_entry(lambda i: collection.put(json.loads(raw.replace("NAME", f"app-{i:05d}"))))
 
 
 async def request_cost() -> float:

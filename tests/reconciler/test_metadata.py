@@ -6,20 +6,26 @@ is ``mgr.GetClient()`` in ``main.go``), so its lookups cost no request once a ki
 These tests hold fluxrelay's cache to the same: the server sends metadata only, the cache
 follows creations, label changes and deletions, keeps to its shard, lets a version the server
 does not serve fall back to reads, and a burst of deliveries for a Receiver naming many
-objects reads nothing from the API.
+objects reads nothing from the API. The coalescer reads the same cache to let another
+replica's request cover deliveries stored before it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from kubernetes_asyncio import client as k8s_client
 
+from reconciler.coalescing import Coalescer
 from reconciler.kinds import KINDS, SHARD_LABEL, ObjectRef
 from reconciler.metadata import MetadataCache
 from reconciler.metrics import ReconcilerMetrics
+from reconciler.patching import Patcher
 from reconciler.receivers import ReceiverBook
+from reconciler.settings import PatchSettings
+from reconciler.throttling import ApiGate
 from runtime.informer import metadata_objects, read_events, read_json
 from schemas.envelope import validate
 from schemas.receivers import parse_receiver
@@ -162,3 +168,45 @@ async def test_a_burst_for_a_receiver_naming_many_objects_reads_no_api(
     assert all(sorted(r.name for r in result.refs) == names for result in results)
     assert api_reads(metrics, "get") == 0
     assert api_reads(metrics, "list") == 0
+
+
+async def test_another_replicas_request_seen_by_the_watch_covers_older_deliveries(
+    kube: KubeAPI, kube_namespace: str, kube_client: k8s_client.ApiClient
+) -> None:
+    """Two replicas of one durable each get deliveries for every object. Replica B's patch
+    (here: the same merge patch, sent by a Patcher) reaches replica A's cache through the
+    watch, and A's batch of deliveries stored before it is not patched again; a delivery
+    stored after it is."""
+    ns = kube_namespace
+    kube.apply(flux_object("Kustomization", "apps"), namespace=ns)
+    ref = ObjectRef.of("Kustomization", ns, "apps")
+    metrics = ReconcilerMetrics()
+    cache = MetadataCache(kube_client, metrics, namespace=ns)
+    gate = ApiGate(PatchSettings(), metrics)
+    patcher = Patcher(kube_client, gate, metrics)
+    coalescer = Coalescer(
+        patcher.patch, 0.0, metrics, admit=gate.admit, requested_at=cache.requested_at
+    )
+    try:
+        async with asyncio.timeout(30):
+            await cache.listed(ref)
+        before = time.time() - 2.0  # stored, then replica B requested a reconcile:
+        other = await Patcher(kube_client, gate, ReconcilerMetrics()).patch(
+            ref, [validate(make_envelope(ns, "hook"))]
+        )
+        await wait_for(lambda: cache.requested_at(ref) == other.requested_at, "B's request")
+        covered = await coalescer.submit(ref, validate(make_envelope(ns, "hook")), before)
+        assert covered.covered and covered.requested_at == other.requested_at
+        assert (
+            metrics.registry.get_sample_value(
+                "fluxrelay_reconciler_patches_total", {"kind": "Kustomization", "result": "ok"}
+            )
+            is None
+        )
+
+        # a delivery stored after B's request (within the clock margin) needs its own
+        own = await coalescer.submit(ref, validate(make_envelope(ns, "hook")), time.time())
+        assert not own.covered and own.requested_at != other.requested_at
+    finally:
+        await coalescer.close()
+        await cache.close()
