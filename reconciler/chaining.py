@@ -263,15 +263,20 @@ def queued(
     *,
     source: str = SOURCE,
     decisions: Decisions | None = None,
+    covered: bool = False,
 ) -> Planned:
     """``pipelinerun.queued``: a reconcile of ``ref`` was requested for this delivery (with
-    the delivery's targeting decisions: what else was considered and why not)."""
+    the delivery's targeting decisions: what else was considered and why not). ``covered``:
+    the request is one someone else (another replica) made after the delivery was stored, so
+    this process sent none for it (``reconciler.coalescing``); customData says so."""
     id_ = event_id(env["id"], "queued", ref.key)
     opts = _options(env, source, id_, [path_link(ingest_id(env))])
     opts["timestamp"] = _timestamp_of(requested_at)
     custom: dict[str, Any] = {"requestedAt": requested_at, "deliveryId": env["delivery_id"]}
     if decisions is not None:
         custom["targeting"] = decisions.as_data()
+    if covered:
+        custom["covered"] = True
     opts["custom_data"] = custom
 
     def build(release: SpecRelease) -> Event:

@@ -20,17 +20,20 @@ API rate limit: the admission ticket it gets is handed to the patch, which spend
 of waiting for a token again, so under a saturated budget an object's pending patch carries
 every delivery that arrived before it could be sent.
 
-With ``requested_at`` (``MetadataCache.requested_at``) a batch is not patched at all when the
-object's ``reconcile.fluxcd.io/requestedAt``, as the watch last showed it, was set after every
-delivery in the batch was stored: that request (another replica's, as replicas of one durable
-each get deliveries for every object, or a ``flux reconcile``) already makes Flux fetch after
-those pushes, and a second one would only make it reconcile again. Each delivery then gets that
-request's value (``Patched.covered``), so its outcome is followed as if it had been its own. It
-is checked before waiting for the rate limit and again once admitted (the admission's token is
-then refunded). Stored times are JetStream's and request times the requester's clock, so a
-request must be ``COVER_MARGIN`` newer than the newest delivery, and not from the future by
-more than that: clocks within a second of each other (any NTP-synced cluster) never skip a
-needed patch; worse skew only loses the saving or, past the margin, can skip one.
+With ``requested_at`` (``MetadataCache.requested_at``) a delivery in a batch is not patched
+for when the object's ``reconcile.fluxcd.io/requestedAt``, as the watch last showed it, was
+set after that delivery was stored: that request (another replica's, as replicas of one
+durable each get deliveries for every object, or a ``flux reconcile``) already makes Flux
+fetch after its push, and a second one would only make it reconcile again. It leaves the
+batch with that request's value (``Patched.covered``), so its outcome is followed as if it had
+been its own; a batch left empty sends nothing. The case that matters most is a redelivery
+(a message nak'd because another of its targets failed, taken by the other replica, whose
+done memory does not know it). It is checked before waiting for the rate limit and again once
+admitted (a token no longer needed is refunded). Stored times are JetStream's and request
+times the requester's clock, so a request must be ``COVER_MARGIN`` newer than the delivery,
+and not from the future by more than that: clocks within a second of each other (any
+NTP-synced cluster) never skip a needed patch; worse skew only loses the saving or, past the
+margin, can skip one.
 """
 
 from __future__ import annotations
@@ -75,11 +78,14 @@ between the NATS servers and the replicas), and may lie in the future."""
 class _Batch:
     ref: ObjectRef
     envelopes: dict[str, Envelope] = field(default_factory=dict)
-    waiters: list[asyncio.Future[Patched]] = field(default_factory=list)
+    waiters: dict[str, list[asyncio.Future[Patched]]] = field(default_factory=dict)
+    """Per envelope id (a delivery submitted twice waits twice)."""
+    stored: dict[str, float] = field(default_factory=dict)
+    """Unix time each delivery was stored, where known (only those can be covered)."""
     closed: bool = False
-    newest_stored: float | None = 0.0
-    """Unix time the newest delivery was stored; ``None`` once one has no stored time (then
-    no other request can be known to cover the batch)."""
+
+    def futures(self) -> list[asyncio.Future[Patched]]:
+        return [w for waiting in self.waiters.values() for w in waiting]
 
 
 class Coalescer:
@@ -137,12 +143,10 @@ class Coalescer:
         else:
             self._metrics.coalesced.inc()
         batch.envelopes[envelope["id"]] = envelope
-        if stored_at is None or batch.newest_stored is None:
-            batch.newest_stored = None
-        else:
-            batch.newest_stored = max(batch.newest_stored, stored_at)
+        if stored_at is not None:
+            batch.stored[envelope["id"]] = stored_at
         waiter: asyncio.Future[Patched] = asyncio.get_running_loop().create_future()
-        batch.waiters.append(waiter)
+        batch.waiters.setdefault(envelope["id"], []).append(waiter)
         # Each delivery has its own waiter, so a cancelled delivery cancels only its own
         # (the batch skips waiters already done); no shield, one future less per delivery.
         return await waiter
@@ -173,61 +177,66 @@ class Coalescer:
             left = self._wait_left(key)
             if left > 0:
                 await asyncio.sleep(left)
-            covering = self._covering(batch)
+            self._cover(batch)
             ticket = None
-            if covering is None and self._admit is not None:
+            if batch.envelopes and self._admit is not None:
                 ticket = await self._admit()
-                covering = self._covering(batch)
-                if covering is not None:
+                self._cover(batch)  # deliveries joined, another request landed meanwhile
+                if not batch.envelopes:
                     ticket.refund()
             batch.closed = True
-            if len(self._last_start) > 4096:
-                self._prune()
-            self._last_start[key] = time.monotonic()
             if self._open.get(key) is batch:
                 del self._open[key]
-            try:
-                if covering is not None:
-                    result = self._covered(batch, covering)
-                else:
-                    envelopes = list(batch.envelopes.values())
-                    result = await self._patch(batch.ref, envelopes, ticket=ticket)
-            except asyncio.CancelledError:
-                for waiter in batch.waiters:
-                    waiter.cancel()
-                raise
-            except Exception as e:
-                for waiter in batch.waiters:
-                    if not waiter.done():
-                        waiter.set_exception(e)
-            else:
-                for waiter in batch.waiters:
-                    if not waiter.done():
-                        waiter.set_result(result)
+            if batch.envelopes:  # else every delivery was covered: nothing to send
+                if len(self._last_start) > 4096:
+                    self._prune()
+                self._last_start[key] = time.monotonic()
+                await self._send(batch, ticket)
         if key not in self._open and not lock.locked():
             self._locks.pop(key, None)
 
-    def _covering(self, batch: _Batch) -> str | None:
-        """The object's current request, if it postdates every delivery of ``batch``."""
-        if self._requested_at is None or batch.newest_stored is None:
-            return None
+    async def _send(self, batch: _Batch, ticket: Ticket | None) -> None:
+        """Patch for the deliveries left in ``batch`` and settle each with the result."""
+        try:
+            result = await self._patch(batch.ref, list(batch.envelopes.values()), ticket=ticket)
+        except asyncio.CancelledError:
+            for waiter in batch.futures():
+                waiter.cancel()
+            raise
+        except Exception as e:
+            for waiter in batch.futures():
+                if not waiter.done():
+                    waiter.set_exception(e)
+        else:
+            for waiter in batch.futures():
+                if not waiter.done():
+                    waiter.set_result(result)
+
+    def _cover(self, batch: _Batch) -> None:
+        """Settle, and take out of ``batch``, the deliveries the object's current request
+        (made by anyone) postdates; see the module docstring."""
+        if self._requested_at is None or not batch.stored:
+            return
         value = self._requested_at(batch.ref)
         at = parse_rfc3339(value) if value else None
-        if at is None:
-            return None
-        if batch.newest_stored + COVER_MARGIN <= at <= time.time() + COVER_MARGIN:
-            return value
-        return None
-
-    def _covered(self, batch: _Batch, requested_at: str) -> Patched:
-        self._metrics.covered.inc(len(batch.envelopes))
+        if value is None or at is None or at > time.time() + COVER_MARGIN:
+            return
+        covered = tuple(i for i, stored in batch.stored.items() if stored + COVER_MARGIN <= at)
+        if not covered:
+            return
+        result = Patched(batch.ref, value, covered, covered=True)
+        for envelope_id in covered:
+            del batch.envelopes[envelope_id], batch.stored[envelope_id]
+            for waiter in batch.waiters.pop(envelope_id):
+                if not waiter.done():
+                    waiter.set_result(result)
+        self._metrics.covered.inc(len(covered))
         log.debug(
             "%d delivery(ies) covered by the request at %s",
-            len(batch.envelopes),
-            requested_at,
+            len(covered),
+            value,
             extra={"object": batch.ref.key},
         )
-        return Patched(batch.ref, requested_at, tuple(batch.envelopes), covered=True)
 
     async def close(self) -> None:
         """Cancel batches still waiting (their messages are redelivered, never acked)."""
@@ -237,7 +246,7 @@ class Coalescer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for batch in self._open.values():
-            for waiter in batch.waiters:
+            for waiter in batch.futures():
                 if not waiter.done():
                     waiter.cancel()
         self._open.clear()

@@ -156,11 +156,21 @@ class ChainReporter:
         if stored is not None:
             self._metrics.stage.labels("stored_patched").observe(max(patched_at - stored, 0))
         if self._emit is not None:
-            self._emit(queued(env, ref, requested_at, source=self._source, decisions=decisions))
+            self._emit(
+                queued(
+                    env,
+                    ref,
+                    requested_at,
+                    source=self._source,
+                    decisions=decisions,
+                    covered=patched.covered,
+                )
+            )
         if self._watcher is None or not _reports_handling(ref):
             return
         future = self._watcher.follow(ref, requested_at, patched_at)
-        if patched.envelope_ids[:1] == (env["id"],):
+        if patched.envelope_ids[:1] == (env["id"],) and not patched.covered:
+            # the request's own stage latencies are its maker's, not a covered delivery's
             future.add_done_callback(
                 lambda f: None if f.cancelled() else self._on_request_outcome(f.result())
             )

@@ -17,8 +17,10 @@ For each delivery answered 202 and each object it targets:
 - **lost**: neither. Promise 1 is ``lost == 0``.
 
 Duplicates: a delivery whose confirmed reconcile requests on one object number more than one
-(a redelivered message patched twice: allowed by at-least-once, counted). Patches no ``queued``
-event explains are counted apart. Latency of a delivery: first send to the moment its
+(a redelivered message patched twice: allowed by at-least-once, counted). A ``queued`` event
+marked ``covered`` names a request someone else made after the delivery was stored (no patch
+was sent for it): it confirms the delivery but is never counted as a second request. Patches
+no ``queued`` event explains are counted apart. Latency of a delivery: first send to the moment its
 confirming patch was seen on the last of its objects (the slowest target).
 """
 
@@ -129,11 +131,12 @@ def reconcile(
     http_unique, http_repeats = _unique(http_events)
     # (delivery id, object key) -> requestedAt values the reconciler says it requested
     claimed: dict[tuple[str, str], set[str]] = defaultdict(set)
+    covering: dict[tuple[str, str], set[str]] = defaultdict(set)  # requests others made
     explained: set[tuple[str, str]] = set()
     for event in [*nats_events, *http_events]:  # repeats too: a re-request keeps its event id
         if event.type.startswith(QUEUED) and event.delivery_id and event.run_id:
             obj, _, requested_at = event.run_id.rpartition("@")
-            claimed[(event.delivery_id, obj)].add(requested_at)
+            (covering if event.covered else claimed)[(event.delivery_id, obj)].add(requested_at)
             explained.add((obj, requested_at))
 
     landed: dict[str, dict[str, float]] = {
@@ -161,12 +164,15 @@ def reconcile(
         for obj in d.hook.targets:
             books.targets += 1
             on_object = landed.get(obj, {})
+            own = claimed.get((d.delivery_id, obj), set())
             confirming = sorted(
-                on_object[v] for v in claimed.get((d.delivery_id, obj), ()) if v in on_object
+                on_object[v]
+                for v in own | covering.get((d.delivery_id, obj), set())
+                if v in on_object
             )
             if confirming:
                 books.confirmed += 1
-                books.duplicates += len(confirming) - 1
+                books.duplicates += max(0, sum(1 for v in own if v in on_object) - 1)
                 if slowest is not None:
                     slowest = max(slowest, confirming[0] - d.first_sent)
                 continue

@@ -166,6 +166,7 @@ class SeenEvent:
     pipeline: str | None  # pipelinerun pipelineName: the object key
     outcome: str | None
     seen_at: float
+    covered: bool = False  # a queued event whose request another replica made (customData)
 
 
 def parse_event(doc: dict[str, Any], seen_at: float) -> SeenEvent:
@@ -183,6 +184,7 @@ def parse_event(doc: dict[str, Any], seen_at: float) -> SeenEvent:
         pipeline=_interned(content.get("pipelineName")),
         outcome=_interned(content.get("outcome")),
         seen_at=seen_at,
+        covered=isinstance(custom, dict) and custom.get("covered") is True,
     )
 
 

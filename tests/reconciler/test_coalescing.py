@@ -209,9 +209,7 @@ async def test_a_newer_request_covers_a_batch(request_after_store: float, covere
     stored = time.time() - 10.0
     docs = envs(3)
     requests.values[A.key] = stamp(stored + request_after_store)
-    results = await asyncio.gather(
-        *(coalescer.submit(A, d, stored - i) for i, d in enumerate(docs))
-    )
+    results = await asyncio.gather(*(coalescer.submit(A, d, stored) for d in docs))
     if covered:
         assert patch.calls == []
         assert {(r.requested_at, r.covered) for r in results} == {(requests.values[A.key], True)}
@@ -233,14 +231,27 @@ async def test_a_request_that_is_not_an_rfc3339_time_covers_nothing(value: str) 
     assert len(patch.calls) == 1
 
 
-async def test_a_batch_with_a_delivery_of_unknown_store_time_is_patched() -> None:
+async def test_only_the_deliveries_a_request_postdates_leave_the_batch() -> None:
+    """The redelivery case: a message nak'd because another of its targets failed comes back
+    (here with one stored later, and one whose store time is not known); the request made
+    since it was stored covers it, the others are patched for."""
     patch = Recording()
     requests = Requests()
-    requests.values[A.key] = stamp(time.time())
-    coalescer = Coalescer(patch, 0.0, ReconcilerMetrics(), requested_at=requests)
-    a, b = envs(2)
-    await asyncio.gather(coalescer.submit(A, a, time.time() - 10.0), coalescer.submit(A, b))
-    assert patch.calls == [(A, [a["id"], b["id"]])]
+    now = time.time()
+    requests.values[A.key] = stamp(now - 5.0)
+    metrics = ReconcilerMetrics()
+    coalescer = Coalescer(patch, 0.0, metrics, requested_at=requests)
+    old, fresh, unknown = envs(3)
+    results = await asyncio.gather(
+        coalescer.submit(A, old, now - 60.0),
+        coalescer.submit(A, fresh, now - 1.0),
+        coalescer.submit(A, unknown),
+    )
+    assert patch.calls == [(A, [fresh["id"], unknown["id"]])]
+    assert results[0].covered and results[0].requested_at == requests.values[A.key]
+    assert results[0].envelope_ids == (old["id"],)
+    assert results[1] == results[2] and not results[1].covered
+    assert metrics.covered._value.get() == 1
 
 
 async def test_a_request_landing_while_the_batch_waits_for_the_rate_limit_refunds_the_token() -> (

@@ -241,3 +241,14 @@ async def test_resource_filter_applies_to_automatic_targets(
     assert decisions[f"GitRepository/{ns}/ops"].reason == FILTER_FALSE
     assert decisions[f"GitRepository/{ns}/ops"].detail == "res.metadata.labels.team == 'web'"
     assert f"GitRepository/{ns}/ops" not in reporter.patched_with
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_a_covered_request_says_so_in_the_queued_event(release: SpecRelease) -> None:
+    """A delivery another replica's request covered (reconciler.coalescing) gets its queued
+    event like any other, marked ``covered``: it sent no patch of its own."""
+    env: Envelope = envelopes.validate(make_envelope("ns", "hook"))
+    ref = ObjectRef.of("GitRepository", "ns", "web")
+    at = "2025-01-01T00:00:01.123456789Z"
+    assert built(queued(env, ref, at, covered=True), release)["customData"]["covered"] is True
+    assert "covered" not in built(queued(env, ref, at), release)["customData"]
