@@ -32,7 +32,7 @@ from kubernetes_asyncio import client as k8s
 
 from reconciler.kinds import REQUESTED_AT, SHARD_LABEL, ObjectRef
 from reconciler.metrics import ReconcilerMetrics
-from runtime.informer import Informer, InformerSettings, metadata_objects
+from runtime.informer import Informer, InformerSettings, custom_objects
 
 log = logging.getLogger(__name__)
 
@@ -185,13 +185,14 @@ class MetadataCache:
 
     async def _run(self, key: Gvr, collection: _Collection) -> None:
         group, version, plural = key
-        call = metadata_objects(
+        call = custom_objects(
             self._api,
             group,
             version,
             plural,
             namespace=self._namespace,
             label_selector=self.selector,
+            metadata_only=True,
         )
 
         def on_event(event: str, obj: JSON) -> None:

@@ -157,8 +157,18 @@ def custom_objects(
     *,
     namespace: str | None = None,
     label_selector: str | None = None,
+    metadata_only: bool = False,
 ) -> ListCall:
-    """The list call of a custom resource, in one namespace or (``None``) all of them."""
+    """The list call of a custom resource, in one namespace or (``None``) all of them.
+
+    ``metadata_only``: ask for ``PartialObjectMetadata``, as client-go's metadata informers
+    and controller-runtime's cache for metadata do. ``CustomObjectsApi`` always sends
+    ``Accept: application/json``, so that goes through the client's ``call_api`` with the
+    Accept header that selects the metadata form: the server then never sends a spec or a
+    status, which keeps each event small whatever the objects hold.
+    """
+    if metadata_only:
+        return _metadata_call(api, group, version, plural, namespace, label_selector)
     custom = k8s.CustomObjectsApi(api)
     selector: dict[str, Any] = {"label_selector": label_selector} if label_selector else {}
 
@@ -184,27 +194,17 @@ _QUERY = {
 
 _AS_METADATA = "application/json;as={};g=meta.k8s.io;v=v1,application/json"
 """Accept header asking for objects as PartialObjectMetadata (a list: ...List), falling back to
-whole objects from a server that cannot convert (it then sends them whole; callers keep only
-``metadata`` either way)."""
+whole objects from a server that cannot convert (callers keep only ``metadata`` either way)."""
 
 
-def metadata_objects(
+def _metadata_call(
     api: k8s.ApiClient,
     group: str,
     version: str,
     plural: str,
-    *,
-    namespace: str | None = None,
-    label_selector: str | None = None,
+    namespace: str | None,
+    label_selector: str | None,
 ) -> ListCall:
-    """The list call of a custom resource's metadata only (``PartialObjectMetadata``), as
-    client-go's metadata informers and controller-runtime's cache for metadata make it.
-
-    ``CustomObjectsApi`` always sends ``Accept: application/json``, so this asks through the
-    client's ``call_api`` with the Accept header that selects the metadata form: the server
-    then never sends a spec or a status, which keeps each event small whatever the objects
-    hold.
-    """
     path = f"/apis/{group}/{version}/" + (
         f"namespaces/{namespace}/{plural}" if namespace else plural
     )

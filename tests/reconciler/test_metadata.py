@@ -26,7 +26,7 @@ from reconciler.patching import Patcher
 from reconciler.receivers import ReceiverBook
 from reconciler.settings import PatchSettings
 from reconciler.throttling import ApiGate
-from runtime.informer import metadata_objects, read_events, read_json
+from runtime.informer import custom_objects, read_events, read_json
 from schemas.envelope import validate
 from schemas.receivers import parse_receiver
 from tests.reconciler.conftest import flux_object, make_envelope, receiver_manifest, wait_for
@@ -45,7 +45,9 @@ async def test_the_server_sends_metadata_only(
 ) -> None:
     """Lists and watch events both come as PartialObjectMetadata: no spec, no status."""
     kube.apply(flux_object("Kustomization", "apps", {"team": "red"}), namespace=kube_namespace)
-    call = metadata_objects(kube_client, KS.group, KS.version, KS.plural, namespace=kube_namespace)
+    call = custom_objects(
+        kube_client, KS.group, KS.version, KS.plural, namespace=kube_namespace, metadata_only=True
+    )
     listing = await read_json(await call(_preload_content=False))
     assert listing["kind"] == "PartialObjectMetadataList"
     [item] = listing["items"]
