@@ -9,7 +9,8 @@ waiting; deliveries arriving within ``window`` of the last patch gather into one
 is patched when the window has passed. Patches for one object never overlap: while one is in
 flight (waiting for the rate limit, retrying) the next batch keeps gathering, so a slow API
 server means more coalescing, not more requests. Under a burst an object is thus patched at
-most once per window, and the last patch always carries the newest deliveries.
+most once per window, and the last request always comes after the newest delivery was
+stored (its patch carries it, or it covers it: below).
 
 Every delivery waits for the patch that covered it and gets its outcome (success with the
 ``requestedAt`` value, or the error), so a message is acked only when its own patch is done;

@@ -87,6 +87,7 @@ import pytest
 from nats.js import JetStreamContext
 
 from reconciler.backpressure import REASONS
+from reconciler.coalescing import COVER_MARGIN
 from reconciler.kinds import DELIVERY_ANNOTATION, KINDS, REQUESTED_AT
 from reconciler.settings import DURABLE_BASE, ConsumerSettings, ReconcilerSettings
 from reconciler.targeting import TARGETING_ANNOTATION
@@ -621,7 +622,9 @@ async def test_a_storm_for_one_object_is_held_in_jetstream_and_loses_nothing(
 ) -> None:
     """20,000 deliveries in 10 s for one GitRepository (explicit Receiver): at most
     ``--max-in-flight`` in flight, pulling paused on it while JetStream holds the rest, every
-    delivery acked, and the object's last patch carries the newest delivery."""
+    delivery acked, and the object's last request made after the newest delivery was stored:
+    its patch carries it, or (``reconciler.coalescing``, covering) postdates it by the clock
+    margin."""
     max_in_flight = 200
     kube.apply(flux_object("GitRepository", "app"), namespace=kube_namespace)
     target = {"apiVersion": KINDS["GitRepository"].api_version, "kind": "GitRepository"}
@@ -639,8 +642,12 @@ async def test_a_storm_for_one_object_is_held_in_jetstream_and_loses_nothing(
     stored = await bus.js.get_msg(bus.stream.name, last.seq)
     assert stored.time is not None
     annotations = annotations_by_name(kube, kube_namespace)["app"]
-    assert annotations[DELIVERY_ANNOTATION] == last.doc["id"], "the newest delivery was patched"
-    assert parse_rfc3339(annotations[REQUESTED_AT]) >= stored.time.timestamp()
+    requested = parse_rfc3339(annotations[REQUESTED_AT])
+    assert requested >= stored.time.timestamp()
+    assert (
+        annotations[DELIVERY_ANNOTATION] == last.doc["id"]
+        or requested >= stored.time.timestamp() + COVER_MARGIN
+    ), "the newest delivery was patched for, or covered by the last request"
     assert_paused_on_a_backlog(run, "in_flight")
     assert_bounds(
         run,
@@ -696,9 +703,10 @@ async def test_a_storm_over_ten_thousand_objects_is_held_in_jetstream_and_loses_
     """20,000 pushes in 10 s over 10,000 GitRepositories found by automatic targeting: objects
     waiting at most ``--max-objects-waiting`` plus one pull, pulling paused on it while
     JetStream holds the rest, every push acked, and every object patched with its newest
-    push."""
+    push. The bound is set below its default (qps x ack-wait = 1,500) so that it is reached
+    whatever this machine's speed: a CI run peaked at 1,239 objects waiting, never pausing."""
     namespace = many_objects_namespace
-    max_objects = DEFAULT_OBJECTS_WAITING
+    max_objects = 800
     urls = [f"https://github.com/storm/repo-{n:05d}" for n in range(OBJECTS)]
     objects = [
         flux_object("GitRepository", f"repo-{n:05d}", spec={"url": url, "ref": {"branch": "main"}})

@@ -347,6 +347,7 @@ AUDITED_LABEL_ARGUMENTS = {
     "outcome.ref.kind",
     "waiter.ref.kind",
     "scope.kind",
+    "collection.kind",  # metadata.MetadataCache: kinds looked up after the KINDS check
     # reconciler: error reasons are code constants (plus api_<HTTP status of the API server>).
     "reason",
     "getattr(e, 'reason', 'error')",
