@@ -57,6 +57,11 @@ class Delivery:
     answers: Counter[str] = field(default_factory=Counter)
 
 
+RETRIED = frozenset({0, 429, 500, 502, 503, 504})
+"""Answers a sender tries again (0: no answer, the connection failed or timed out)."""
+REDELIVERY_ATTEMPTS = 5
+
+
 @dataclass
 class Driver:
     """Sends deliveries at ``rate`` per second to ``hooks`` (round robin)."""
@@ -164,7 +169,7 @@ class Driver:
                 record.accepted_at = time.monotonic()
                 record.envelope_id = str(doc.get("id"))
                 return
-            if status not in (0, 429, 500, 502, 503, 504):
+            if status not in RETRIED:
                 return  # a refusal: not retried (the books count it)
             await asyncio.sleep(min(max(retry_after, 0.2), 5.0))
 
@@ -187,9 +192,14 @@ class Driver:
         """Send accepted deliveries again, same id, body and signature (a provider's retry)."""
 
         async def one(record: Delivery) -> None:
-            status, doc, _ = await self._post(
-                record.hook.url, PUSH, self._headers(record.hook, record.delivery_id)
-            )
+            # Retried like the first send (a provider retries a failed connection or a 503);
+            # the answer that ends it is the one judged.
+            headers = self._headers(record.hook, record.delivery_id)
+            for _ in range(REDELIVERY_ATTEMPTS):
+                status, doc, retry_after = await self._post(record.hook.url, PUSH, headers)
+                if status not in RETRIED:
+                    break
+                await asyncio.sleep(min(max(retry_after, 0.2), 5.0))
             same = doc.get("id") == record.envelope_id
             dup = bool(doc.get("duplicate"))
             self.redelivered[
