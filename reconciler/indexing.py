@@ -22,7 +22,7 @@ from typing import Any
 from kubernetes_asyncio import client as k8s_client
 
 from reconciler.decisions import Decisions
-from reconciler.kinds import KINDS, SHARD_LABEL, ObjectRef
+from reconciler.kinds import KINDS, ObjectRef, shard_selector
 from reconciler.sourcetable import ObjKey, SourceTable
 from runtime.informer import Informer, InformerSettings, custom_objects
 
@@ -55,7 +55,7 @@ class SourceIndex:
     ) -> None:
         self._api = api
         self._namespace = namespace
-        self._selector = f"{SHARD_LABEL}={shard}" if shard else f"!{SHARD_LABEL}"
+        self._selector = shard_selector(shard)
         self._settings = settings or IndexSettings()
         self.table = SourceTable()
         self._listed: set[str] = set()

@@ -83,6 +83,14 @@ def default_api_version(kind: str) -> str | None:
 
 
 SHARD_LABEL = "sharding.fluxcd.io/key"
+
+
+def shard_selector(shard: str | None) -> str:
+    """The label selector of a shard's objects, as Flux shards: with a key only objects
+    labelled with it, without one only unlabelled objects (filtered by the API server)."""
+    return f"{SHARD_LABEL}={shard}" if shard else f"!{SHARD_LABEL}"
+
+
 REQUESTED_AT = "reconcile.fluxcd.io/requestedAt"
 """The annotation Flux compares with ``status.lastHandledReconcileAt``."""
 DELIVERY_ANNOTATION = "fluxrelay.io/delivery"

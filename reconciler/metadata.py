@@ -30,7 +30,7 @@ from typing import Any
 
 from kubernetes_asyncio import client as k8s
 
-from reconciler.kinds import REQUESTED_AT, SHARD_LABEL, ObjectRef
+from reconciler.kinds import REQUESTED_AT, ObjectRef, shard_selector
 from reconciler.metrics import ReconcilerMetrics
 from runtime.informer import Informer, InformerSettings, custom_objects
 
@@ -110,7 +110,7 @@ class MetadataCache:
         self._api = api
         self._metrics = metrics
         self._namespace = namespace
-        self.selector = f"{SHARD_LABEL}={shard}" if shard else f"!{SHARD_LABEL}"
+        self.selector = shard_selector(shard)
         # A version the server does not serve lists as empty (lookups then read from the
         # API, whose 404 says "not found") and is looked for again every minute.
         self._settings = settings or InformerSettings(page_size=500, not_served_retry_s=60.0)

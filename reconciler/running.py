@@ -34,7 +34,7 @@ from reconciler.backpressure import Backpressure, Limits
 from reconciler.coalescing import Coalescer
 from reconciler.consuming import Consumer, Reporter, Unreported
 from reconciler.emitting import Emitter
-from reconciler.kinds import SHARD_LABEL
+from reconciler.kinds import shard_selector
 from reconciler.metadata import MetadataCache
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.outcome_metrics import OutcomeMetrics
@@ -218,7 +218,7 @@ class Reconciler:
                 self.outcome_metrics,
                 timeout=s.outcome_timeout,
                 max_followed=s.max_followed,
-                label_selector=f"{SHARD_LABEL}={s.shard}" if s.shard else f"!{SHARD_LABEL}",
+                label_selector=shard_selector(s.shard),
                 per_namespace=s.namespace is not None,
             )
         if s.cdevents.enabled:
