@@ -141,6 +141,10 @@ OPTIONS: tuple[Option, ...] = (
            "dead-letter stream (default FLUXRELAY_DEAD)",
            _consumer("dead_stream"), metavar="NAME"),
     dead_subject_prefix(CONSUMER),
+    Option("--done-bucket", "FLUXRELAY_DONE_BUCKET",
+           "key-value bucket sharing what a nak'd message already patched, created when "
+           "missing (default FLUXRELAY_DONE; empty: not shared)",
+           _consumer("done_bucket"), metavar="NAME"),
     Option("--durable", "FLUXRELAY_DURABLE",
            "durable consumer name (default fluxrelay-reconciler[-<shard>])",
            _consumer("durable"), metavar="NAME"),

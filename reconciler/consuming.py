@@ -21,8 +21,9 @@ cannot be stored the message is nak'ed, so nothing is dropped silently.
 Replicas of one shard share one durable (the server spreads messages between them); a
 crashed replica's unacked messages come back after ``ack_wait``. Long work is kept alive with
 ``in_progress`` (one sweep over the messages held, not a task per message). Targets patched
-for a message are remembered for a while, so a redelivery (after a partial failure) patches
-only what is still missing.
+for a message are remembered (``reconciler.done``: by this replica, and shared through a
+key-value bucket when the message goes back), so a redelivery after a partial failure
+patches only what is still missing, whichever replica takes it.
 
 What a replica holds is bounded (``reconciler.backpressure``): it pulls only the room left
 under its bounds, and once a message is targeted its body is dropped (the decoded payload
@@ -37,7 +38,6 @@ import contextlib
 import json
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -53,6 +53,7 @@ from reconciler.backpressure import DECODED_FACTOR, ROUTED_BYTES, Backpressure, 
 from reconciler.coalescing import Coalescer
 from reconciler.deadletters import DeadLetters
 from reconciler.decisions import Decisions
+from reconciler.done import DoneMemory, open_bucket
 from reconciler.errors import PermanentError, ReconcilerError, TemporaryError
 from reconciler.kinds import ObjectRef
 from reconciler.metrics import ReconcilerMetrics
@@ -65,10 +66,6 @@ from schemas import natsbinding
 from schemas.envelope import Envelope
 
 log = logging.getLogger(__name__)
-
-DONE_MEMORY = 10_000
-"""Messages whose patched targets are remembered, oldest out: a redelivery after a partial
-failure, or after an ack lost with its connection, patches only what is still missing."""
 
 
 class Reporter(Protocol):
@@ -140,9 +137,6 @@ def decode(headers: Mapping[str, str] | None, data: bytes) -> Envelope:
         raise PermanentError(f"invalid envelope: {e}", reason="invalid_envelope") from e
 
 
-_NOTHING_DONE: frozenset[str] = frozenset()
-
-
 def _stored_size(msg: Msg) -> int:
     """What a pulled message is charged while its body is held: its bytes and headers as
     they decode, plus the routing size it keeps afterwards (``reconciler.backpressure``)."""
@@ -193,7 +187,7 @@ class Consumer:
         self._sub: BoundedPull | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._held: dict[int, Held] = {}
-        self._done: OrderedDict[str, set[str]] = OrderedDict()
+        self.done = DoneMemory(metrics)
         self.ready = asyncio.Event()
         self.backpressure = backpressure or Backpressure(
             Limits(
@@ -213,6 +207,7 @@ class Consumer:
         """Create or update the durable, then bind a pull subscription to it."""
         config = consumer_config(self.settings, self.durable)
         await self.js.add_consumer(self.settings.stream, config)
+        await self._bind_done()
         self.backpressure.max_message = self.nc.max_payload
         if self._sub is None:
             limits = self.backpressure.limits
@@ -231,6 +226,23 @@ class Consumer:
             self.settings.stream,
             self.durable,
         )
+
+    async def _bind_done(self) -> None:
+        """Bind the shared done memory; without it (no permission, a server that refuses
+        the bucket) redeliveries fall back to this replica's memory, said once."""
+        if self.done.bucket is not None or not self.settings.done_bucket:
+            return
+        try:
+            self.done.bucket = await open_bucket(
+                self.js, self.settings.done_bucket, self.settings.stream
+            )
+        except (NatsError, JetStreamError, TimeoutError) as e:
+            log.warning(
+                "no shared done memory (bucket %s: %s): a message redelivered to another "
+                "replica may patch its done targets again",
+                self.settings.done_bucket,
+                e,
+            )
 
     async def ensure_until_ready(self, stop: asyncio.Event) -> None:
         delay = 0.2
@@ -346,7 +358,7 @@ class Consumer:
         env: Envelope | None = None
         try:
             env = decode(msg.headers, msg.data)
-            await self.process(env, msg.metadata.timestamp, held)
+            await self.process(env, msg.metadata.timestamp, held, delivered)
         except ReconcilerError as e:
             error = e
         except asyncio.CancelledError:
@@ -360,11 +372,16 @@ class Consumer:
         await self.settle(msg, env, error)
 
     async def process(
-        self, env: Envelope, stored_at: datetime | None, held: Held | None = None
+        self,
+        env: Envelope,
+        stored_at: datetime | None,
+        held: Held | None = None,
+        delivered: int = 1,
     ) -> None:
         """Received -> targeted -> patched -> reported; raise the error that decides the
         message's fate (``stored_at``: when JetStream stored the message; ``held``: its
-        bookkeeping, whose body is dropped once targeted)."""
+        bookkeeping, whose body is dropped once targeted; ``delivered``: its delivery
+        count)."""
         try:
             self.reporter.received(env, stored_at)
         except Exception:
@@ -378,7 +395,7 @@ class Consumer:
         if held is not None:
             self._targeted(held)
             self._drop_body(held)
-        done = self._done.get(env["id"], _NOTHING_DONE)
+        done = await self.done.recall(env["id"], delivered)
         todo = [ref for ref in targets.refs if ref.key not in done]
 
         stored = stored_at.timestamp() if stored_at is not None else None
@@ -413,10 +430,15 @@ class Consumer:
             elif isinstance(result, BaseException):
                 raise result
             else:
-                self._remember(env["id"], ref)
+                self.done.remember(env["id"], ref.key)
         if not targets.refs:  # reported even when an entry's failure dead-letters it below
             self._untargeted(env, targets)
         if temporary:
+            # Before the nak, so whichever replica takes the redelivery knows what is done.
+            patched = (
+                ref.key for ref, r in zip(todo, results, strict=True) if isinstance(r, Patched)
+            )
+            await self.done.share(env["id"], (*done, *patched))
             worst = max(temporary, key=lambda e: e.delay)
             raise TemporaryError(
                 f"{len(temporary)} of {len(todo)} target(s) not patched yet: {worst}",
@@ -440,12 +462,6 @@ class Consumer:
             self.reporter.untargeted(env, decisions)
         except Exception:
             log.exception("reporting an untargeted delivery failed", extra={"event_id": env["id"]})
-
-    def _remember(self, envelope_id: str, ref: ObjectRef) -> None:
-        self._done.setdefault(envelope_id, set()).add(ref.key)
-        self._done.move_to_end(envelope_id)
-        while len(self._done) > DONE_MEMORY:
-            self._done.popitem(last=False)
 
     def _targeted(self, held: Held) -> None:
         if held.targeting:

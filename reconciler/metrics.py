@@ -29,6 +29,12 @@ class ReconcilerMetrics(MetricSet):
             "fluxrelay_reconciler_redeliveries",
             "Messages received that had been delivered before (num_delivered > 1).",
         )
+        self.done_shared = self.counter(
+            "fluxrelay_reconciler_done_shared",
+            "The shared done memory of nak'd messages (reconciler.done) by result: shared "
+            "(put before a nak), recalled or absent (read for a redelivery), too_large, failed.",
+            ["result"],
+        )
         self.consumer_pending = self.gauge(
             "fluxrelay_reconciler_consumer_pending",
             "Consumer lag: stored messages not yet delivered to this durable (num_pending).",

@@ -31,6 +31,10 @@ class ConsumerSettings:
     """Stream of dead letters (created by the receiver)."""
     dead_subject_prefix: str = subjects.DEAD_PREFIX
     """Dead letters go to ``<prefix>.reconciler.<reason>``."""
+    done_bucket: str = subjects.DONE_BUCKET
+    """Key-value bucket where a replica shares the targets it patched for a message it
+    nak'd, so the replica that takes the redelivery patches only the rest
+    (``reconciler.done``); created when missing. Empty: not shared."""
     durable: str | None = None
     """Durable name; ``fluxrelay-reconciler`` or ``fluxrelay-reconciler-<shard>`` when unset.
     Replicas of one shard share it (work sharing), shards have their own."""

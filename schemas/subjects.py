@@ -15,6 +15,9 @@ EVENTS_PREFIX = "fluxrelay.events"
 DEAD_STREAM = "FLUXRELAY_DEAD"
 """Default stream for dead letters: unparseable ingress bodies and poison messages."""
 DEAD_PREFIX = "fluxrelay.dead"
+DONE_BUCKET = "FLUXRELAY_DONE"
+"""Default key-value bucket where the reconciler shares the targets it patched for a message
+it nak'd (``reconciler.done``); its stream is ``KV_FLUXRELAY_DONE``."""
 CDEVENTS_STREAM = "CDEVENTS"
 """Default stream for emitted CDEvents; subjects equal the CloudEvent type."""
 CDEVENTS_SUBJECTS = ("dev.cdevents.>", "dev.cdeventsx.>")

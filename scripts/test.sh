@@ -25,6 +25,7 @@ OLD_NATS_TESTS=(
   tests/receiver/test_nats_outage.py
   tests/receiver/test_log_shutdown.py
   tests/reconciler/test_consuming.py
+  tests/reconciler/test_done.py
   tests/reconciler/test_pulling.py
   tests/reconciler/test_faults.py::test_a_reconciler_killed_mid_batch_loses_nothing
   tests/deploy/test_nats_config.py

@@ -5,6 +5,7 @@ reconcilers wired exactly as the CLI wires them (``reconciler.running.Reconciler
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,6 +18,7 @@ import pytest
 import yaml
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from receiver.publishing import ensure_streams
 from receiver.settings import StreamSettings
@@ -112,12 +114,18 @@ class Bus:
     nc: Client
     js: JetStreamContext
 
+    @property
+    def done_bucket(self) -> str:
+        """This bus's own done-memory bucket (``reconciler.done``)."""
+        return "DONE_" + self.stream.name.removeprefix("EV_")
+
     def consumer_settings(self, **overrides: Any) -> ConsumerSettings:
         base = ConsumerSettings(
             stream=self.stream.name,
             subject_prefix=self.stream.subject_prefix,
             dead_stream=self.stream.dead_name,
             dead_subject_prefix=self.stream.dead_subject_prefix,
+            done_bucket=self.done_bucket,
             fetch_timeout=0.3,
             ack_wait=10.0,
             max_deliver=5,
@@ -161,9 +169,12 @@ async def bus(nats_session: NatsServer) -> AsyncIterator[Bus]:
     nc = await nats.connect(nats_session.url)
     js = nc.jetstream()
     await ensure_streams(js, stream)
-    yield Bus(nats_session.url, stream, nc, js)
+    bus = Bus(nats_session.url, stream, nc, js)
+    yield bus
     for name in (stream.name, stream.dead_name):
         await js.delete_stream(name)
+    with contextlib.suppress(NotFoundError):  # made by the first consumer started on the bus
+        await js.delete_stream(f"KV_{bus.done_bucket}")
     await nc.close()
 
 

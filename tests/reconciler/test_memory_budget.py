@@ -16,7 +16,6 @@ import functools
 import gc
 import json
 import tracemalloc
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from reconciler.backpressure import ROUTED_BYTES
 from reconciler.coalescing import Coalescer
 from reconciler.consuming import Consumer, Unreported
+from reconciler.done import DoneMemory
 from reconciler.errors import TemporaryError
 from reconciler.kinds import ObjectRef
 from reconciler.metrics import ReconcilerMetrics
@@ -173,9 +173,8 @@ async def measured_entry_costs() -> dict[str, float]:
     stored_at = datetime.now(UTC)
     costs["stored"] = _per_entry(lambda i: reporter.received(envs[i], stored_at))
 
-    consumer = Consumer.__new__(Consumer)
-    consumer._done = OrderedDict()
-    costs["done"] = _per_entry(lambda i: consumer._remember(envs[i]["id"], ref))
+    done = DoneMemory(ReconcilerMetrics(CollectorRegistry()))
+    costs["done"] = _per_entry(lambda i: done.remember(envs[i]["id"], ref.key))
 
     emitter = Emitter([], registry_metrics)
     planned = [ingest(env) for env in envs]

@@ -78,6 +78,7 @@ CDEVENTS_TOKEN = "perm-cdevents-token-5e71aa"
 EVENTS = subjects.EVENTS_STREAM
 DEAD = subjects.DEAD_STREAM
 CDEVENTS = subjects.CDEVENTS_STREAM
+DONE = subjects.DONE_BUCKET
 DURABLE = "fluxrelay-reconciler"
 WAIT = 30.0
 QUIET = 0.3
@@ -503,6 +504,11 @@ async def test_receiver_and_reconciler_do_their_jobs_with_their_own_users(
         js = rec.nc.jetstream(timeout=5)
         assert (await js.get_msg(EVENTS, 1)).data
         assert (await js.consumer_info(EVENTS, DURABLE)).name == DURABLE
+        # The done memory of a nak'd message (reconciler.done): the bucket the reconciler
+        # created at start, written before a nak and read for a redelivery.
+        done = await js.key_value(DONE)
+        await done.put("0123abcd", b'["GitRepository/ns/fleet"]')
+        assert (await done.get("0123abcd")).value == b'["GitRepository/ns/fleet"]'
         await rec.nc.subscribe(f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{EVENTS}.{DURABLE}")
         await rec.nc.flush()
         assert not rec.errors
@@ -646,6 +652,13 @@ RECONCILER_REFUSED_REQUESTS = [
     ),
     pytest.param(f"{API}.CONSUMER.DELETE.{EVENTS}.{DURABLE}", b"", id="delete-consumer"),
     pytest.param("fluxrelay.dead.ingress.forged", b"x", id="forge-ingress-dead-letter"),
+    pytest.param(f"{API}.STREAM.PURGE.KV_{DONE}", b"", id="purge-done-memory"),
+    pytest.param(f"{API}.STREAM.DELETE.KV_{DONE}", b"", id="delete-done-memory"),
+    pytest.param(
+        f"{API}.STREAM.UPDATE.KV_{DONE}",
+        json.dumps({"name": f"KV_{DONE}", "subjects": [f"$KV.{DONE}.>"], "max_bytes": 1}).encode(),
+        id="shrink-done-memory",
+    ),
 ]
 
 
