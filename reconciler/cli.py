@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -52,6 +53,19 @@ CONSUMER, PATCH, CDEVENTS = "consumer", "patch", "cdevents"
 
 def _patch(key: str, parse: Callable[[str], Any]) -> Apply:
     return into(key, parse, PATCH)
+
+
+_LABEL_VALUE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
+
+
+def _shard_key(raw: str) -> str | None:
+    """A shard key is a label value (it goes into label selectors); empty is no shard, as an
+    empty ``FLUXRELAY_SHARD`` in a manifest means."""
+    if not raw:
+        return None
+    if not _LABEL_VALUE.match(raw):
+        raise ValueError(f"not a Kubernetes label value: {raw!r}")
+    return raw
 
 
 def _consumer(key: str, parse: Callable[[str], Any] = str) -> Apply:
@@ -105,8 +119,9 @@ OPTIONS: tuple[Option, ...] = (
            into("namespace"), metavar="NS"),
     LABEL_SELECTOR,
     Option("--shard", "FLUXRELAY_SHARD",
-           "act only on objects labelled sharding.fluxcd.io/key=KEY (default: only unlabelled)",
-           into("shard"), metavar="KEY"),
+           "act only on objects labelled sharding.fluxcd.io/key=KEY, a label value (default, "
+           "or empty: only unlabelled)",
+           into("shard", _shard_key), metavar="KEY"),
     Option("--no-cross-namespace-refs", "FLUXRELAY_NO_CROSS_NAMESPACE_REFS",
            "refuse Receiver resources in another namespace than the Receiver's",
            into("allow_cross_namespace", lambda raw: not boolean(raw)), is_bool=True),

@@ -8,21 +8,20 @@ Two memories answer "which of this delivery's targets were patched for already?"
   oldest out. It answers for a redelivery that comes back to the same replica soon enough.
 - **shared**: when a message goes back with some targets patched, their keys are put in a
   JetStream key-value bucket under the envelope id, which whichever replica takes the
-  redelivery reads. Without it, another replica (or this one, once the entry was pushed out
-  by a burst of new deliveries) patched those targets a second time: the 30-minute soak
-  counted 113 such double requests after an API outage, all from deliveries nak'd because
-  one of their two targets failed.
+  redelivery reads. Without it, another replica (or this one, once a burst of new deliveries
+  pushed the entry out) patched those targets a second time: the 30-minute soak counted 113
+  double requests after an API outage, where deliveries with two targets were nak'd
+  because one of them could not be patched.
 
-Only a redelivery reads the bucket (``num_delivered > 1`` and nothing known locally), and
-only a partial failure writes it, so the steady state costs nothing. It is best effort: a
-bucket that cannot be reached costs a double request, which at-least-once delivery allows,
-never a skipped one (a target is only recorded after its patch was accepted). Entries expire
-after :data:`SHARED_TTL`, and the bucket is bounded in bytes (:data:`SHARED_MAX_BYTES`): a
-full bucket refuses new entries (the key-value store's discard policy), which costs the
-same.
+Only a redelivery reads the bucket (``num_delivered > 1``), and only a partial failure
+writes it, so the steady state costs nothing. It is best effort: a bucket that cannot be
+reached costs a double request, which at-least-once delivery allows, never a skipped one
+(a target is recorded only once its patch was accepted). Entries expire after
+:data:`SHARED_TTL`, and the bucket is bounded in bytes (:data:`SHARED_MAX_BYTES`): a full
+bucket refuses new entries (the key-value store's discard policy), which costs the same.
 
-The bucket is the key-value store nats-py provides (``js.create_key_value``), created by the
-first replica that needs it, with the events stream's replica count; nothing in it is
+The bucket is nats-py's key-value store (``js.create_key_value``), created at start by the
+first replica that finds it missing, as replicated as the events stream; nothing in it is
 secret (envelope ids and object keys, which the CDEvents carry too).
 """
 
@@ -103,31 +102,30 @@ class DoneMemory:
         return len(self._local)
 
     async def recall(self, envelope_id: str, num_delivered: int) -> frozenset[str] | set[str]:
-        """The targets patched for this delivery so far: what this replica remembers, else,
-        for a redelivery, what the replica that nak'd it shared."""
-        known = self._local.get(envelope_id)
-        if known is not None:
-            return known
+        """The targets patched for this delivery so far: what this replica remembers and, for
+        a redelivery, what the replica that last nak'd it shared (read even when this replica
+        remembers some: with three targets, each replica may have done a different one)."""
+        known = self._local.get(envelope_id, _NOTHING)
         if num_delivered <= 1 or self.bucket is None or not _KEY.match(envelope_id):
-            return _NOTHING
+            return known
         try:
             entry = await self.bucket.get(envelope_id)
         except KeyNotFoundError:
             self.metrics.done_shared.labels("absent").inc()
-            return _NOTHING
+            return known
         except (NatsError, JetStreamError, TimeoutError) as e:
             self.metrics.done_shared.labels("failed").inc()
             log.debug("cannot read what was done for %s: %s", envelope_id, e)
-            return _NOTHING
+            return known
         try:
             keys = json.loads(entry.value or b"[]")
             recalled = {k for k in keys if isinstance(k, str)}
         except (ValueError, TypeError):  # not ours (the bucket is writable by the reconciler)
             self.metrics.done_shared.labels("failed").inc()
-            return _NOTHING
+            return known
         self.metrics.done_shared.labels("recalled").inc()
         self._store(envelope_id, recalled)
-        return recalled
+        return recalled | known
 
     def remember(self, envelope_id: str, key: str) -> None:
         """``key`` was patched for this delivery (its patch was accepted)."""

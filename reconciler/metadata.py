@@ -55,24 +55,35 @@ def trimmed(obj: Mapping[str, Any], kind: str, api_version: str) -> JSON:
 
 @dataclass(eq=False)
 class _Collection:
-    """The objects of one group/version/plural, keyed by (namespace, name)."""
+    """The objects of one group/version/plural, by namespace then name: a label selection
+    (a Receiver's ``matchLabels``) looks at one namespace's objects, not the cluster's."""
 
     kind: str
     api_version: str
-    objects: dict[tuple[str, str], JSON] = field(default_factory=dict)
+    namespaces: dict[str, dict[str, JSON]] = field(default_factory=dict)
+    size: int = 0
     listed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+
+    def get(self, namespace: str, name: str) -> JSON | None:
+        return self.namespaces.get(namespace, {}).get(name)
 
     def put(self, obj: Mapping[str, Any]) -> None:
         meta = obj.get("metadata") or {}
         name = meta.get("name")
         if isinstance(name, str):
-            key = (str(meta.get("namespace") or ""), name)
-            self.objects[key] = trimmed(obj, self.kind, self.api_version)
+            names = self.namespaces.setdefault(str(meta.get("namespace") or ""), {})
+            self.size += name not in names
+            names[name] = trimmed(obj, self.kind, self.api_version)
 
     def drop(self, obj: Mapping[str, Any]) -> None:
         meta = obj.get("metadata") or {}
-        self.objects.pop((str(meta.get("namespace") or ""), str(meta.get("name"))), None)
+        namespace = str(meta.get("namespace") or "")
+        names = self.namespaces.get(namespace, {})
+        if names.pop(str(meta.get("name")), None) is not None:
+            self.size -= 1
+            if not names:
+                del self.namespaces[namespace]
 
 
 @dataclass(eq=False)
@@ -90,7 +101,8 @@ class _Listing:
             self.fresh.put(item)
 
     def done(self) -> None:
-        self.collection.objects = self.fresh.objects if self.fresh is not None else {}
+        fresh = self.fresh or _Collection(self.collection.kind, self.collection.api_version)
+        self.collection.namespaces, self.collection.size = fresh.namespaces, fresh.size
         self.collection.listed.set()
         self.cache._count(self.collection)
 
@@ -122,7 +134,7 @@ class MetadataCache:
         collection = self._collection(ref)
         if collection is None:
             return None
-        return collection.objects.get((ref.namespace, ref.name))
+        return collection.get(ref.namespace, ref.name)
 
     def requested_at(self, ref: ObjectRef) -> str | None:
         """The object's ``reconcile.fluxcd.io/requestedAt`` as last seen, when its kind is kept
@@ -131,7 +143,7 @@ class MetadataCache:
         collection = self._collections.get((ref.group, ref.version, ref.plural))
         if collection is None or not collection.listed.is_set():
             return None
-        obj = collection.objects.get((ref.namespace, ref.name))
+        obj = collection.get(ref.namespace, ref.name)
         if obj is None:
             return None
         value = (obj["metadata"].get("annotations") or {}).get(REQUESTED_AT)
@@ -145,9 +157,7 @@ class MetadataCache:
             return None
         wanted = {str(k): str(v) for k, v in match_labels.items()}
         found = []
-        for (namespace, _), obj in collection.objects.items():
-            if namespace != probe.namespace:
-                continue
+        for obj in collection.namespaces.get(probe.namespace, {}).values():
             labels = obj["metadata"].get("labels") or {}
             if all(labels.get(k) == v for k, v in wanted.items()):
                 found.append(obj)
@@ -160,7 +170,7 @@ class MetadataCache:
         await self._collections[(ref.group, ref.version, ref.plural)].listed.wait()
 
     def __len__(self) -> int:
-        return sum(len(c.objects) for c in self._collections.values())
+        return sum(c.size for c in self._collections.values())
 
     async def close(self) -> None:
         tasks = [c.task for c in self._collections.values() if c.task is not None]
@@ -213,4 +223,4 @@ class MetadataCache:
         await informer.run()
 
     def _count(self, collection: _Collection) -> None:
-        self._metrics.cached_objects.labels(collection.kind).set(len(collection.objects))
+        self._metrics.cached_objects.labels(collection.kind).set(collection.size)

@@ -54,7 +54,7 @@ from reconciler.decisions import (
 )
 from reconciler.errors import PermanentError, TemporaryError
 from reconciler.filtering import Filters, resource_view
-from reconciler.kinds import KINDS, SHARD_LABEL, ObjectRef, default_api_version
+from reconciler.kinds import KINDS, SHARD_LABEL, ObjectRef, default_api_version, shard_selector
 from reconciler.metadata import MetadataCache
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.receivers import ReceiverBook
@@ -242,12 +242,9 @@ class Targeter:
 
     def _in_shard(self, obj: Mapping[str, Any]) -> bool:
         labels = (obj.get("metadata") or {}).get("labels") or {}
-        if self.shard is None:
+        if not self.shard:
             return SHARD_LABEL not in labels
         return bool(labels.get(SHARD_LABEL) == self.shard)
-
-    def _shard_requirement(self) -> str:
-        return f"{SHARD_LABEL}={self.shard}" if self.shard is not None else f"!{SHARD_LABEL}"
 
     async def _explicit(
         self,
@@ -346,7 +343,7 @@ class Targeter:
             if held is not None:
                 return [obj for obj in held if self._in_shard(obj)]
         selector = ",".join(
-            [f"{k}={v}" for k, v in sorted(match_labels.items())] + [self._shard_requirement()]
+            [f"{k}={v}" for k, v in sorted(match_labels.items())] + [shard_selector(self.shard)]
         )
         what = f"{probe.kind}/{probe.namespace}?{selector}"
 

@@ -42,6 +42,7 @@ import itertools
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -349,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     for slot in slots:
         print(f"planned: {slot.fault} at {slot.start:.0f} s for {slot.length:g} s", flush=True)
+    # pkill (SIGTERM) ends the run as Ctrl-C does: the servers and processes it started are
+    # stopped on the way out instead of being left behind.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     git = git_state()
     kube = KubeAPI()
     kube.start()

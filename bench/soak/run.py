@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -276,6 +277,9 @@ def main() -> int:
         ),
         workdir=args.workdir,
     )
+    # pkill (SIGTERM) ends the run as Ctrl-C does: the servers and processes it started are
+    # stopped on the way out instead of being left behind.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     kube = KubeAPI()
     kube.start()
     started = time.monotonic()

@@ -45,6 +45,12 @@ def settings(argv: list[str], env: dict[str, str] | None = None) -> Any:
         ),
         pytest.param([], {"FLUXRELAY_SHARD": "b"}, lambda s: s.shard == "b", id="env"),
         pytest.param(
+            [],
+            {"FLUXRELAY_SHARD": ""},
+            lambda s: (s.shard, s.durable) == (None, "fluxrelay-reconciler"),
+            id="empty-shard-is-no-shard",
+        ),
+        pytest.param(
             ["--shard", "flag"],
             {"FLUXRELAY_SHARD": "env"},
             lambda s: s.shard == "flag",
@@ -108,6 +114,9 @@ def test_options(argv: list[str], env: dict[str, str], check: Any) -> None:
     ("argv", "message"),
     [
         pytest.param(["--qps", "0"], "--qps"),
+        pytest.param(["--shard", "a,team=b"], "--shard"),
+        pytest.param(["--shard", "a-"], "--shard"),
+        pytest.param(["--shard", "x" * 64], "--shard"),
         pytest.param(["--burst", "many"], "--burst"),
         pytest.param(["--backoff", "1,-2"], "--backoff"),
         pytest.param(["--metrics-listen", "nope"], "HOST:PORT"),

@@ -166,6 +166,11 @@ async def test_what_the_bucket_holds_is_checked_before_it_is_believed(bus: Bus) 
         assert await fresh.recall("listed", 2) == {A.key}
         assert await fresh.recall("listed", 1) == {A.key}  # now known locally
         assert await fresh.recall("never-put", 2) == frozenset()
+        # Three targets, two replicas: each may know a different one; both count.
+        fresh.remember("mixed", A.key)
+        await done.bucket.put("mixed", json.dumps([B.key]).encode())
+        assert await fresh.recall("mixed", 3) == {A.key, B.key}
+        assert await fresh.recall("mixed", 1) == {A.key, B.key}
         assert await fresh.recall("a key with spaces", 2) == frozenset()
         assert replica.count("absent") == 1
 

@@ -212,3 +212,51 @@ async def test_another_replicas_request_seen_by_the_watch_covers_older_deliverie
     finally:
         await coalescer.close()
         await cache.close()
+
+
+def test_a_label_selection_looks_at_one_namespace_only() -> None:
+    """A wildcard Receiver's delivery selects among its namespace's objects: with 20,000
+    objects of the kind elsewhere in the cluster it looks at the three in its own (objects
+    are kept by namespace; the first version scanned the whole kind for every delivery,
+    time in proportion to the cluster's size). No API server: a listed collection is put in
+    place, as a complete list leaves it."""
+    from reconciler.metadata import _Collection
+
+    def obj(namespace: str, name: str, team: str) -> dict[str, Any]:
+        return {"metadata": {"namespace": namespace, "name": name, "labels": {"team": team}}}
+
+    collection = _Collection(KS.kind, f"{KS.group}/{KS.version}")
+    for i in range(20_000):
+        collection.put(obj(f"tenant-{i % 500}", f"app-{i}", "red"))
+    for name, team in (("a", "red"), ("b", "red"), ("c", "blue")):
+        collection.put(obj("apps", name, team))
+    collection.listed.set()
+    unused: Any = None
+    cache = MetadataCache(unused, ReconcilerMetrics())
+    cache._collections[(KS.group, KS.version, KS.plural)] = collection
+    probe = ObjectRef.of("Kustomization", "apps", "*")
+
+    looked_at: list[str] = []
+    real_get = dict.get
+
+    class Counting(dict[str, Any]):
+        def get(self, key: str, default: Any = None) -> Any:
+            looked_at.append(key)
+            return real_get(self, key, default)
+
+    for names in collection.namespaces.values():
+        for name, held in names.items():
+            names[name] = {
+                "metadata": {**held["metadata"], "labels": Counting(held["metadata"]["labels"])}
+            }
+    selected = cache.select(probe, {"team": "red"})
+    assert selected is not None
+    assert sorted(o["metadata"]["name"] for o in selected) == ["a", "b"]
+    assert len(looked_at) == 3  # one label read per object of the namespace, none elsewhere
+    assert len(cache) == 20_003
+    collection.put(obj("apps", "a", "blue"))  # an update is not a second object
+    assert len(cache) == 20_003
+    for name in ("a", "b", "c", "never-held"):
+        collection.drop(obj("apps", name, "red"))
+    assert cache.select(probe, {"team": "red"}) == [] and len(cache) == 20_000
+    assert "apps" not in collection.namespaces
