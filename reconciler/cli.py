@@ -55,7 +55,7 @@ def _patch(key: str, parse: Callable[[str], Any]) -> Apply:
     return into(key, parse, PATCH)
 
 
-_LABEL_VALUE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
+_LABEL_VALUE = re.compile(r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 
 
 def _shard_key(raw: str) -> str | None:
@@ -63,7 +63,7 @@ def _shard_key(raw: str) -> str | None:
     empty ``FLUXRELAY_SHARD`` in a manifest means."""
     if not raw:
         return None
-    if not _LABEL_VALUE.match(raw):
+    if not _LABEL_VALUE.fullmatch(raw):
         raise ValueError(f"not a Kubernetes label value: {raw!r}")
     return raw
 

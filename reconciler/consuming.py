@@ -53,7 +53,7 @@ from reconciler.backpressure import DECODED_FACTOR, ROUTED_BYTES, Backpressure, 
 from reconciler.coalescing import Coalescer
 from reconciler.deadletters import DeadLetters
 from reconciler.decisions import Decisions
-from reconciler.done import DoneMemory, open_bucket
+from reconciler.done import DoneMemory, Stored, open_bucket
 from reconciler.errors import PermanentError, ReconcilerError, TemporaryError
 from reconciler.kinds import ObjectRef
 from reconciler.metrics import ReconcilerMetrics
@@ -187,7 +187,12 @@ class Consumer:
         self._sub: BoundedPull | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._held: dict[int, Held] = {}
-        self.done = DoneMemory(metrics)
+        bucket = settings.done_bucket
+        self.done = DoneMemory(
+            metrics,
+            durable,
+            (lambda: open_bucket(self.js, bucket, settings.stream)) if bucket else None,
+        )
         self.ready = asyncio.Event()
         self.backpressure = backpressure or Backpressure(
             Limits(
@@ -207,7 +212,7 @@ class Consumer:
         """Create or update the durable, then bind a pull subscription to it."""
         config = consumer_config(self.settings, self.durable)
         await self.js.add_consumer(self.settings.stream, config)
-        await self._bind_done()
+        await self.done.bind()  # at start, so a missing permission shows at once
         self.backpressure.max_message = self.nc.max_payload
         if self._sub is None:
             limits = self.backpressure.limits
@@ -226,23 +231,6 @@ class Consumer:
             self.settings.stream,
             self.durable,
         )
-
-    async def _bind_done(self) -> None:
-        """Bind the shared done memory; without it (no permission, a server that refuses
-        the bucket) redeliveries fall back to this replica's memory, said once."""
-        if self.done.bucket is not None or not self.settings.done_bucket:
-            return
-        try:
-            self.done.bucket = await open_bucket(
-                self.js, self.settings.done_bucket, self.settings.stream
-            )
-        except (NatsError, JetStreamError, TimeoutError) as e:
-            log.warning(
-                "no shared done memory (bucket %s: %s): a message redelivered to another "
-                "replica may patch its done targets again",
-                self.settings.done_bucket,
-                e,
-            )
 
     async def ensure_until_ready(self, stop: asyncio.Event) -> None:
         delay = 0.2
@@ -358,7 +346,8 @@ class Consumer:
         env: Envelope | None = None
         try:
             env = decode(msg.headers, msg.data)
-            await self.process(env, msg.metadata.timestamp, held, delivered)
+            stored = Stored(msg.metadata.sequence.stream, env["id"])
+            await self.process(env, msg.metadata.timestamp, held, stored, delivered)
         except ReconcilerError as e:
             error = e
         except asyncio.CancelledError:
@@ -376,12 +365,13 @@ class Consumer:
         env: Envelope,
         stored_at: datetime | None,
         held: Held | None = None,
+        message: Stored | None = None,
         delivered: int = 1,
     ) -> None:
         """Received -> targeted -> patched -> reported; raise the error that decides the
         message's fate (``stored_at``: when JetStream stored the message; ``held``: its
-        bookkeeping, whose body is dropped once targeted; ``delivered``: its delivery
-        count)."""
+        bookkeeping, whose body is dropped once targeted; ``message``: its sequence, for the
+        done memory; ``delivered``: its delivery count)."""
         try:
             self.reporter.received(env, stored_at)
         except Exception:
@@ -395,7 +385,8 @@ class Consumer:
         if held is not None:
             self._targeted(held)
             self._drop_body(held)
-        done = await self.done.recall(env["id"], delivered)
+        message = message or Stored(0, env["id"])
+        done = await self.done.recall(message, delivered)
         todo = [ref for ref in targets.refs if ref.key not in done]
 
         stored = stored_at.timestamp() if stored_at is not None else None
@@ -430,7 +421,7 @@ class Consumer:
             elif isinstance(result, BaseException):
                 raise result
             else:
-                self.done.remember(env["id"], ref.key)
+                self.done.remember(message, ref.key)
         if not targets.refs:  # reported even when an entry's failure dead-letters it below
             self._untargeted(env, targets)
         if temporary:
@@ -438,7 +429,7 @@ class Consumer:
             patched = (
                 ref.key for ref, r in zip(todo, results, strict=True) if isinstance(r, Patched)
             )
-            await self.done.share(env["id"], (*done, *patched))
+            await self.done.share(message, (*done, *patched))
             worst = max(temporary, key=lambda e: e.delay)
             raise TemporaryError(
                 f"{len(temporary)} of {len(todo)} target(s) not patched yet: {worst}",

@@ -116,6 +116,7 @@ def test_options(argv: list[str], env: dict[str, str], check: Any) -> None:
         pytest.param(["--qps", "0"], "--qps"),
         pytest.param(["--shard", "a,team=b"], "--shard"),
         pytest.param(["--shard", "a-"], "--shard"),
+        pytest.param(["--shard", "abc\n"], "--shard", id="shard-trailing-newline"),
         pytest.param(["--shard", "x" * 64], "--shard"),
         pytest.param(["--burst", "many"], "--burst"),
         pytest.param(["--backoff", "1,-2"], "--backoff"),

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry
 
+from reconciler import done as done_module
 from reconciler.coalescing import Coalescer
 from reconciler.consuming import Consumer, Unreported
-from reconciler.done import SHARED_TTL, DoneMemory
+from reconciler.done import SHARED_MAX_BYTES, SHARED_TTL, DoneMemory, Stored, open_bucket
 from reconciler.errors import TemporaryError
 from reconciler.kinds import ObjectRef
 from reconciler.metrics import ReconcilerMetrics
@@ -28,7 +30,7 @@ from reconciler.settings import ConsumerSettings
 from reconciler.targeting import Targets
 from reconciler.throttling import Ticket
 from schemas.envelope import Envelope
-from tests.reconciler.conftest import Bus, make_envelope, wait_for
+from tests.reconciler.conftest import Bus, make_envelope, message_headers, wait_for
 
 A = ObjectRef.of("GitRepository", "ns", "a")
 B = ObjectRef.of("GitRepository", "ns", "b")
@@ -137,42 +139,96 @@ async def test_the_bucket_is_created_bounded_and_expiring(bus: Bus) -> None:
     async with replica.running():
         pass
     info = await bus.js.stream_info(f"KV_{bus.done_bucket}")
-    events = await bus.js.stream_info(settings.stream)
     assert info.config.max_age == SHARED_TTL
-    assert info.config.max_bytes and info.config.max_bytes > 0
+    assert info.config.max_bytes == SHARED_MAX_BYTES
     assert info.config.max_msgs_per_subject == 1
-    assert info.config.num_replicas == (events.config.num_replicas or 1)
+    assert info.config.allow_direct
     # A second replica binds the bucket it finds.
     again = Replica(bus, settings, fail=None)
     async with again.running():
         assert again.consumer.done.bucket is not None
 
 
+async def test_a_new_message_with_an_envelope_id_seen_before_is_patched_in_full(
+    bus: Bus,
+) -> None:
+    """The envelope id is not unique to a message: a generic webhook's delivery id is its
+    body's digest, and the same body sent after the stream's duplicate window is stored
+    again under the same id. It must be patched for again (a memory keyed by envelope id
+    alone skipped every target and acked it: a lost request)."""
+    settings = bus.consumer_settings()
+    replica = Replica(bus, settings, fail=None)
+    doc = make_envelope("ns", "hook")
+    async with replica.running():
+        await bus.publish(doc)
+        await wait_for(lambda: settled(bus, settings), "the first message acknowledged")
+        later = message_headers(doc) | {"Nats-Msg-Id": "after-the-duplicate-window"}
+        await bus.publish(doc, headers=later)
+        await wait_for(lambda: len(replica.patched) == 4, "the second message patched")
+        await wait_for(lambda: settled(bus, settings), "the second message acknowledged")
+    assert sorted(replica.patched) == sorted([A.key, B.key] * 2)
+
+
 async def test_what_the_bucket_holds_is_checked_before_it_is_believed(bus: Bus) -> None:
-    """The bucket is the reconciler's to write, but a value that is not a list of keys (or a
-    key the store cannot hold) is ignored: the redelivery then patches everything again."""
+    """An entry counts for the message it names: the same sequence with another envelope id
+    (a stream recreated since) or under another durable (a shard, which takes the same
+    message through its own durable) is not believed, nor is a value share() does not
+    write. Each of those costs a second request at most."""
     settings = bus.consumer_settings()
     replica = Replica(bus, settings, fail=None)
     async with replica.running():
-        done = replica.consumer.done
-        assert done.bucket is not None
-        await done.bucket.put("garbage", b"{not json")
-        assert await DoneMemory(replica.metrics).recall("garbage", 2) == frozenset()
-        fresh = DoneMemory(replica.metrics)
-        fresh.bucket = done.bucket
-        assert await fresh.recall("garbage", 2) == frozenset()
+        bucket = replica.consumer.done.bucket
+        assert bucket is not None
+
+        def memory(durable: str) -> DoneMemory:
+            m = DoneMemory(replica.metrics, durable)
+            m.bucket = bucket
+            return m
+
+        one, shard = memory("done"), memory("done-s1")
+        await bucket.put("done.1", b"{not json")
+        assert await one.recall(Stored(1, "e1"), 2) == frozenset()
         assert replica.count("failed") == 1
-        await done.bucket.put("listed", json.dumps([A.key, 7]).encode())
-        assert await fresh.recall("listed", 2) == {A.key}
-        assert await fresh.recall("listed", 1) == {A.key}  # now known locally
-        assert await fresh.recall("never-put", 2) == frozenset()
+
+        await one.share(Stored(2, "e2"), [A.key])
+        assert await memory("done").recall(Stored(2, "e2"), 2) == {A.key}
+        assert await memory("done").recall(Stored(2, "e2"), 1) == frozenset()  # first delivery
+        assert await memory("done").recall(Stored(2, "another"), 2) == frozenset()
+        assert await shard.recall(Stored(2, "e2"), 2) == frozenset()
+        assert await one.recall(Stored(3, "e3"), 2) == frozenset()
+        assert replica.count("absent") == 3
+
         # Three targets, two replicas: each may know a different one; both count.
-        fresh.remember("mixed", A.key)
-        await done.bucket.put("mixed", json.dumps([B.key]).encode())
-        assert await fresh.recall("mixed", 3) == {A.key, B.key}
-        assert await fresh.recall("mixed", 1) == {A.key, B.key}
-        assert await fresh.recall("a key with spaces", 2) == frozenset()
-        assert replica.count("absent") == 1
+        mixed = Stored(4, "e4")
+        one.remember(mixed, A.key)
+        await memory("done").share(mixed, [B.key])
+        assert await one.recall(mixed, 3) == {A.key, B.key}
+        assert await one.recall(mixed, 1) == {A.key, B.key}  # now known locally
+
+
+async def test_a_bucket_that_could_not_be_bound_is_bound_later(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NATS hiccup at start must not leave the replica without the shared memory for the
+    rest of its life: binding is tried again (every BIND_RETRY s) when a redelivery needs it."""
+    settings = bus.consumer_settings()
+    attempts: list[int] = []
+
+    async def opener() -> KeyValue:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise NatsTimeoutError
+        return await open_bucket(bus.js, bus.done_bucket, settings.stream)
+
+    metrics = ReconcilerMetrics(CollectorRegistry())
+    memory = DoneMemory(metrics, "done", opener)
+    assert await memory.bind() is None
+    assert await memory.bind() is None and len(attempts) == 1  # not before BIND_RETRY
+    monkeypatch.setattr(done_module, "BIND_RETRY", 0.0)
+    memory._bind_after = 0.0
+    await memory.share(Stored(9, "e9"), [A.key])
+    assert memory.bucket is not None and len(attempts) == 2
+    assert await DoneMemory(metrics, "done", opener).recall(Stored(9, "e9"), 2) == {A.key}
 
 
 @pytest.mark.parametrize("targets", [1, 2_000])
@@ -181,8 +237,7 @@ async def test_a_large_done_set_is_not_shared(bus: Bus, targets: int) -> None:
     replica = Replica(bus, settings, fail=None)
     async with replica.running():
         done = replica.consumer.done
-        await done.share(
-            "wide", (f"Kustomization/some-namespace/app-{i:05}" for i in range(targets))
-        )
+        wide = (f"Kustomization/some-namespace/app-{i:05}" for i in range(targets))
+        await done.share(Stored(1, "wide"), wide)
     expected = "shared" if targets == 1 else "too_large"
     assert replica.count(expected) == 1

@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 from reconciler.backpressure import ROUTED_BYTES
 from reconciler.coalescing import Coalescer
 from reconciler.consuming import Consumer, Unreported
-from reconciler.done import DoneMemory
+from reconciler.done import DoneMemory, Stored
 from reconciler.errors import TemporaryError
 from reconciler.kinds import ObjectRef
 from reconciler.metrics import ReconcilerMetrics
@@ -174,7 +174,7 @@ async def measured_entry_costs() -> dict[str, float]:
     costs["stored"] = _per_entry(lambda i: reporter.received(envs[i], stored_at))
 
     done = DoneMemory(ReconcilerMetrics(CollectorRegistry()))
-    costs["done"] = _per_entry(lambda i: done.remember(envs[i]["id"], ref.key))
+    costs["done"] = _per_entry(lambda i: done.remember(Stored(i, envs[i]["id"]), ref.key))
 
     emitter = Emitter([], registry_metrics)
     planned = [ingest(env) for env in envs]
