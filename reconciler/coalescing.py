@@ -27,12 +27,10 @@ set after that delivery was stored: that request (another replica's, as replicas
 durable each get deliveries for every object, or a ``flux reconcile``) already makes Flux
 fetch after its push, and a second one would only make it reconcile again. It leaves the
 batch with that request's value (``Patched.covered``), so its outcome is followed as if it had
-been its own; a batch left empty sends nothing. It is checked before waiting for the rate
-limit, again once admitted (a token no longer needed is refunded), and whenever the watch
-sees the object's request change (:meth:`Coalescer.requested`): replicas that share objects
-then settle each other's waiting deliveries as each request lands, instead of at their own
-next patch, so a delivery waits for the next request on its object by any replica, and a
-replica holds about half as many. Stored times are JetStream's and request
+been its own; a batch left empty sends nothing. The case that matters most is a redelivery
+(a message nak'd because another of its targets failed, taken by the other replica, whose
+done memory does not know it). It is checked before waiting for the rate limit and again once
+admitted (a token no longer needed is refunded). Stored times are JetStream's and request
 times the requester's clock, so a request must be ``COVER_MARGIN`` newer than the delivery,
 and not from the future by more than that: clocks within a second of each other (any
 NTP-synced cluster) never skip a needed patch; worse skew only loses the saving or, past the
@@ -153,13 +151,6 @@ class Coalescer:
         # Each delivery has its own waiter, so a cancelled delivery cancels only its own
         # (the batch skips waiters already done); no shield, one future less per delivery.
         return await waiter
-
-    def requested(self, key: str) -> None:
-        """The object ``key``'s request changed (the watch saw it): settle what it covers in
-        the batch gathering for it, if any (one not yet being sent)."""
-        batch = self._open.get(key)
-        if batch is not None and not batch.closed:
-            self._cover(batch)
 
     def _wait_left(self, key: str) -> float:
         last = self._last_start.get(key)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,11 +51,6 @@ def trimmed(obj: Mapping[str, Any], kind: str, api_version: str) -> JSON:
         "kind": kind,
         "metadata": {k: v for k, v in meta.items() if k != "managedFields"},
     }
-
-
-def _requested_at(obj: Mapping[str, Any]) -> str | None:
-    value = ((obj.get("metadata") or {}).get("annotations") or {}).get(REQUESTED_AT)
-    return value if isinstance(value, str) else None
 
 
 @dataclass(eq=False)
@@ -132,9 +127,6 @@ class MetadataCache:
         # API, whose 404 says "not found") and is looked for again every minute.
         self._settings = settings or InformerSettings(page_size=500, not_served_retry_s=60.0)
         self._collections: dict[Gvr, _Collection] = {}
-        self.on_requested: Callable[[str], None] | None = None
-        """Told the key (``ObjectRef.key``) of each kept object whose requestedAt the watch
-        saw change: the coalescer settles the deliveries that request covers at once."""
 
     def get(self, ref: ObjectRef) -> JSON | None:
         """The object's metadata, or ``None`` when this cache cannot say (not listed yet, not
@@ -152,7 +144,10 @@ class MetadataCache:
         if collection is None or not collection.listed.is_set():
             return None
         obj = collection.get(ref.namespace, ref.name)
-        return _requested_at(obj) if obj is not None else None
+        if obj is None:
+            return None
+        value = (obj["metadata"].get("annotations") or {}).get(REQUESTED_AT)
+        return value if isinstance(value, str) else None
 
     def select(self, probe: ObjectRef, match_labels: Mapping[str, Any]) -> list[JSON] | None:
         """The objects in ``probe``'s namespace whose labels include ``match_labels`` (as a
@@ -214,14 +209,7 @@ class MetadataCache:
             if event == "DELETED":
                 collection.drop(obj)
             else:
-                meta = obj.get("metadata") or {}
-                namespace, name = str(meta.get("namespace") or ""), str(meta.get("name"))
-                held = collection.get(namespace, name)
-                before = _requested_at(held) if held is not None else None
                 collection.put(obj)
-                after = _requested_at(obj)
-                if after is not None and after != before and self.on_requested is not None:
-                    self.on_requested(f"{collection.kind}/{namespace}/{name}")
             self._count(collection)
 
         informer = Informer(

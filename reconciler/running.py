@@ -182,7 +182,6 @@ class Reconciler:
             admit=gate.admit,
             requested_at=metadata.requested_at,
         )
-        metadata.on_requested = self.coalescer.requested
         self.targeter = Targeter(
             self.api,
             gate,

@@ -273,35 +273,3 @@ async def test_a_request_landing_while_the_batch_waits_for_the_rate_limit_refund
     result = await coalescer.submit(A, envs(1)[0], stored)
     assert result.covered and patch.calls == []
     assert bucket.take() == 0.0, "the refunded token is there for the next request"
-
-
-async def test_a_request_the_watch_sees_settles_the_waiting_deliveries_at_once() -> None:
-    """Replicas share objects: the other replica's request, as the watch shows it, settles
-    the deliveries it postdates while they wait (here behind this replica's own patch in
-    flight), not at this replica's next patch; one stored after it stays for that patch."""
-    hold = asyncio.Event()
-    patch = Recording(hold=hold)
-    requests = Requests()
-    coalescer = Coalescer(patch, 0.0, ReconcilerMetrics(), requested_at=requests)
-    now = time.time()
-    first = asyncio.create_task(coalescer.submit(A, envs(1)[0], now - 30.0))
-    await patch.started.wait()
-    older, newer = envs(2)
-    waiting = [
-        asyncio.create_task(coalescer.submit(A, older, now - 20.0)),
-        asyncio.create_task(coalescer.submit(A, newer, now)),
-    ]
-    await asyncio.sleep(0.01)
-    requests.values[B.key] = stamp(now - 10.0)
-    coalescer.requested(B.key)  # another object's request: nothing here
-    coalescer.requested(A.key)  # no request on A known yet: nothing either
-    await asyncio.sleep(0)
-    assert not any(task.done() for task in waiting)
-    requests.values[A.key] = stamp(now - 10.0)  # another replica's request, stored since
-    coalescer.requested(A.key)
-    await asyncio.sleep(0)
-    assert waiting[0].done() and waiting[0].result().covered
-    assert not waiting[1].done() and not first.done()
-    hold.set()
-    await asyncio.gather(first, *waiting)
-    assert [ids for _, ids in patch.calls] == [[patch.calls[0][1][0]], [newer["id"]]]

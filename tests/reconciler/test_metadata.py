@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from kubernetes_asyncio import client as k8s_client
@@ -23,13 +22,12 @@ from reconciler.coalescing import Coalescer
 from reconciler.kinds import KINDS, SHARD_LABEL, ObjectRef
 from reconciler.metadata import MetadataCache
 from reconciler.metrics import ReconcilerMetrics
-from reconciler.patching import Patched, Patcher
+from reconciler.patching import Patcher
 from reconciler.receivers import ReceiverBook
 from reconciler.settings import PatchSettings
-from reconciler.throttling import ApiGate, Ticket
+from reconciler.throttling import ApiGate
 from runtime.informer import custom_objects, read_events, read_json
-from runtime.tokenbucket import TokenBucket
-from schemas.envelope import Envelope, validate
+from schemas.envelope import validate
 from schemas.receivers import parse_receiver
 from tests.reconciler.conftest import flux_object, make_envelope, receiver_manifest, wait_for
 from tests.reconciler.test_targeting import api_reads, targeter
@@ -211,70 +209,6 @@ async def test_another_replicas_request_seen_by_the_watch_covers_older_deliverie
         # a delivery stored after B's request (within the clock margin) needs its own
         own = await coalescer.submit(ref, validate(make_envelope(ns, "hook")), time.time())
         assert not own.covered and own.requested_at != other.requested_at
-    finally:
-        await coalescer.close()
-        await cache.close()
-
-
-async def test_a_request_the_watch_sees_settles_a_delivery_still_waiting(
-    kube: KubeAPI, kube_namespace: str, kube_client: k8s_client.ApiClient
-) -> None:
-    """The cache tells the coalescer of each change of an object's request (not of other
-    changes), so a delivery waiting for the API budget is settled by another replica's
-    request as soon as the watch shows it, without a patch of its own."""
-    ns = kube_namespace
-    kube.apply(flux_object("Kustomization", "apps", {"team": "red"}), namespace=ns)
-    ref = ObjectRef.of("Kustomization", ns, "apps")
-    metrics = ReconcilerMetrics()
-    cache = MetadataCache(kube_client, metrics, namespace=ns)
-    sent: list[str] = []
-
-    async def patch(
-        ref: ObjectRef, envelopes: Sequence[Envelope], *, ticket: Ticket | None = None
-    ) -> Patched:
-        sent.append(ref.key)
-        raise AssertionError("the waiting delivery was patched for")
-
-    budget = asyncio.Event()
-    bucket = TokenBucket(rate=1.0, burst=1)
-
-    async def admit() -> Ticket:
-        await budget.wait()  # the budget is spent until the test says otherwise
-        return Ticket(bucket)
-
-    coalescer = Coalescer(patch, 0.0, metrics, admit=admit, requested_at=cache.requested_at)
-    told: list[str] = []
-
-    def on_requested(key: str) -> None:
-        told.append(key)
-        coalescer.requested(key)
-
-    cache.on_requested = on_requested
-    try:
-        async with asyncio.timeout(30):
-            await cache.listed(ref)
-        kube.apply(flux_object("Kustomization", "apps", {"team": "blue"}), namespace=ns)
-        await wait_for(
-            lambda: (cache.get(ref) or {})["metadata"]["labels"] == {"team": "blue"}, "labels"
-        )
-        assert told == []  # a label change is not a request
-
-        waiting = asyncio.create_task(
-            coalescer.submit(ref, validate(make_envelope(ns, "hook")), time.time() - 5.0)
-        )
-        await asyncio.sleep(0.05)
-        assert not waiting.done()
-        gate = ApiGate(PatchSettings(), metrics)
-        other = await Patcher(kube_client, gate, ReconcilerMetrics()).patch(
-            ref, [validate(make_envelope(ns, "hook"))]
-        )  # replica B's request
-        async with asyncio.timeout(30):
-            settled = await waiting
-        assert settled.covered and settled.requested_at == other.requested_at
-        assert told == [ref.key]
-        budget.set()
-        await asyncio.sleep(0.05)
-        assert sent == []
     finally:
         await coalescer.close()
         await cache.close()
