@@ -122,22 +122,22 @@ async def _api_down(system: SoakSystem, length: float, notes: Notes) -> None:
 
 
 async def _storm(system: SoakSystem, length: float, notes: Notes) -> None:
-    before = system.proxy.count(forwarded=False)
-    system.proxy.fail(429, times=None, retry_after=1)
+    before = (await system.proxy.counts())["answered"]
+    await system.proxy.fail(429, retry_after=1)
     try:
         await asyncio.sleep(length)
     finally:
-        system.proxy.clear_faults()
-    notes["answered_429"] = system.proxy.count(forwarded=False) - before
+        await system.proxy.clear_faults()
+    notes["answered_429"] = (await system.proxy.counts())["answered"] - before
 
 
 async def _slow_sink(system: SoakSystem, length: float, notes: Notes) -> None:
-    system.sink.slow_seconds = SLOW_SINK_SECONDS
+    await system.sink.slow(SLOW_SINK_SECONDS)
     notes["sink"] = f"{SLOW_SINK_SECONDS:.0f} s per POST"
     try:
         await asyncio.sleep(length)
     finally:
-        system.sink.slow_seconds = 0.0
+        await system.sink.slow(0.0)
 
 
 async def _all_together(system: SoakSystem, length: float, notes: Notes) -> None:

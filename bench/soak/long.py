@@ -224,7 +224,7 @@ async def run_long(kube: KubeAPI, options: LongOptions) -> dict[str, Any]:
                 await faults
         system.check_processes()
         nats_events = await read_cdevents_stream(system.nats_url, CDEVENTS_STREAM, within=1800)
-        http_events = list(system.sink.events)
+        http_events = await system.sink.events()
         patches = dict(system.watcher.by_object)
         load_end = started + times["load_end_s"]
         phases = phase_windows(windows, started, load_end, options.slope_window)

@@ -26,7 +26,6 @@ from typing import Any
 
 import aiohttp
 import nats
-from aiohttp import web
 from kubernetes_asyncio import client as k8s_client
 from nats.aio.client import Client
 
@@ -190,48 +189,6 @@ def parse_event(doc: dict[str, Any], seen_at: float) -> SeenEvent:
 
 def _interned(value: Any) -> str | None:
     return sys.intern(value) if isinstance(value, str) else None
-
-
-class HttpSink:
-    """An HTTP CDEvents sink (binary mode: the CDEvent JSON is the body) with a slow mode."""
-
-    def __init__(self) -> None:
-        self.events: list[SeenEvent] = []
-        self.posts = 0
-        self.slow_seconds = 0.0
-        self._runner: web.AppRunner | None = None
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/events"
-
-    async def start(self) -> HttpSink:
-        app = web.Application(client_max_size=8 * 1024 * 1024)
-        app.router.add_post("/events", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        self.posts += 1
-        if self.slow_seconds > 0:
-            await asyncio.sleep(self.slow_seconds)
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            return web.Response(status=400)
-        self.events.append(parse_event(doc, time.monotonic()))
-        return web.Response(status=202)
 
 
 async def read_cdevents_stream(servers: str, stream: str, within: float = 60.0) -> list[SeenEvent]:

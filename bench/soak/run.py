@@ -116,7 +116,7 @@ async def run_segment(kube: KubeAPI, fault: Fault, options: SoakOptions) -> dict
                 driver.deliveries,
                 dict(system.watcher.by_object),
                 nats_events,
-                list(system.sink.events),
+                await system.sink.events(),
                 Window(load_start, fault_start, fault_end, load_end),
             )
             stop_sampling.set()
@@ -142,7 +142,7 @@ async def run_segment(kube: KubeAPI, fault: Fault, options: SoakOptions) -> dict
                 crashes={p.name: p.unexpected_exits for p in procs if p.unexpected_exits},
                 killed_by_fault={p.name: p.killed_by_us for p in procs if p.killed_by_us},
                 watch_gaps=system.watcher.gaps,
-                proxy_requests=len(system.proxy.requests),
+                proxy_requests=(await system.proxy.counts())["requests"],
             )
     return result
 

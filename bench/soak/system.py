@@ -16,11 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
-import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,19 +27,18 @@ from kubernetes_asyncio import client as k8s_client
 
 from bench.soak.driving import Hook
 from bench.soak.observing import (
-    HttpSink,
     PatchWatcher,
     ReconcileState,
     consumer_backlog,
     metric_sum,
-    process_rss,
     reconcile_states,
     scrape,
 )
+from bench.soak.processes import Proc
+from bench.soak.sidecars import ProxyProcess, SinkProcess
 from receiver.config.hooks import hook_path
 from reconciler.settings import CDEventsSettings
 from reconciler.sinks import stream_config
-from tests.support.faultproxy import FaultProxy
 from tests.support.fluxstandin import GIT_REPOSITORY, FluxStandIn
 from tests.support.ingress import dump_yaml, receiver_docs
 from tests.support.kubeapi import KubeAPI
@@ -51,7 +47,6 @@ from tests.support.natsd import NatsServer, free_port
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[2]
 EVENTS_STREAM = "FLUXRELAY_EVENTS"
 CDEVENTS_STREAM = "CDEVENTS"
 DURABLE = "fluxrelay-reconciler"  # the reconcilers' default durable (no --shard)
@@ -82,83 +77,6 @@ class SoakSettings:
     standin_delay: float = 0.0
 
 
-class Proc:
-    """One fluxrelay process: started, killed, restarted; knows whether it died on its own."""
-
-    def __init__(
-        self,
-        name: str,
-        cmd: list[str],
-        log_path: Path,
-        ready_url: str,
-        metrics_url: str | None = None,
-    ) -> None:
-        self.name = name
-        self.metrics_url = metrics_url
-        self.cmd = cmd
-        self.log_path = log_path
-        self.ready_url = ready_url
-        self.popen: subprocess.Popen[bytes] | None = None
-        self.killed_by_us = 0
-        self.unexpected_exits: list[int] = []
-
-    @property
-    def pid(self) -> int | None:
-        return self.popen.pid if self.popen is not None and self.popen.poll() is None else None
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as out:
-            self.popen = subprocess.Popen(
-                self.cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL, cwd=ROOT
-            )
-
-    async def wait_ready(self, within: float = 60.0) -> None:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            if self.popen is None or self.popen.poll() is not None:
-                raise RuntimeError(f"{self.name} exited before ready; see {self.log_path}")
-            if await asyncio.to_thread(_ok, self.ready_url):
-                return
-            await asyncio.sleep(0.2)
-        raise RuntimeError(f"{self.name} not ready after {within}s; see {self.log_path}")
-
-    def check(self) -> None:
-        """Note an exit we did not cause (a crash)."""
-        if self.popen is not None and self.popen.poll() is not None:
-            self.unexpected_exits.append(self.popen.returncode)
-            self.popen = None
-
-    def kill(self) -> None:
-        self.check()
-        if self.popen is not None:
-            self.popen.kill()
-            self.popen.wait()
-            self.killed_by_us += 1
-            self.popen = None
-
-    def stop(self) -> None:
-        self.check()
-        if self.popen is not None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(30)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-            self.popen = None
-
-    def rss(self) -> int | None:
-        return process_rss(self.pid)
-
-
-def _ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as rsp:  # loopback only
-            return bool(rsp.status == 200)
-    except OSError:
-        return False
-
-
 class SoakSystem:
     """Everything one soak segment runs; ``async with SoakSystem(...) as system``."""
 
@@ -169,8 +87,8 @@ class SoakSystem:
         self.namespace = f"soak-{uuid.uuid4().hex[:8]}"
         self.single: NatsServer | None = None
         self.cluster: NatsCluster | None = None
-        self.proxy = FaultProxy(kube.url, kube.ca_file)
-        self.sink = HttpSink()
+        self.proxy = ProxyProcess(kube.url, kube.ca_file, workdir)
+        self.sink = SinkProcess(workdir)
         self.receiver: Proc | None = None
         self.reconcilers: list[Proc] = []
         self.hooks: list[Hook] = []
