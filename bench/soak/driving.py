@@ -76,13 +76,20 @@ class Driver:
     junk: Counter[str] = field(default_factory=Counter)
     redelivered: Counter[str] = field(default_factory=Counter)
     stalls: int = 0  # ticks where the in-flight bound held the sender back
+    connections: int = 256
     _session: aiohttp.ClientSession | None = None
+    _slots: asyncio.Semaphore | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _sending: bool = False
 
     async def __aenter__(self) -> Driver:
+        # A send waits for one of ``connections`` slots before its clock starts: the timeout
+        # is the receiver's answer, not the sender's own queue. (Waiting in aiohttp's pool
+        # counted against ``total``: when the driver fell behind, queued sends timed out,
+        # were sent again and queued again, and the offered rate collapsed.)
+        self._slots = asyncio.Semaphore(self.connections)
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=256),
+            connector=aiohttp.TCPConnector(limit=self.connections),
             timeout=aiohttp.ClientTimeout(total=15),
         )
         return self
@@ -146,9 +153,9 @@ class Driver:
         self, url: str, body: bytes, headers: dict[str, str]
     ) -> tuple[int, dict[str, object], float]:
         """(status, JSON body or {}, Retry-After seconds); status 0 on a connection error."""
-        assert self._session is not None
+        assert self._session is not None and self._slots is not None
         try:
-            async with self._session.post(url, data=body, headers=headers) as rsp:
+            async with self._slots, self._session.post(url, data=body, headers=headers) as rsp:
                 doc: dict[str, object] = {}
                 with contextlib.suppress(aiohttp.ContentTypeError, ValueError):
                     doc = await rsp.json()

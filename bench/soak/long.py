@@ -62,7 +62,7 @@ from bench.soak.phases import phase_books, phase_windows
 from bench.soak.plan import FaultWindow, LongOptions, Slot, schedule
 from bench.soak.plotting import plot
 from bench.soak.system import CDEVENTS_STREAM, SoakSystem
-from bench.soak.verdicts import backlog_trend, checks, restarts, rss_summary
+from bench.soak.verdicts import backlog_trend, checks, cpu_summary, restarts, rss_summary
 from tests.support.kubeapi import KubeAPI
 
 log = logging.getLogger(__name__)
@@ -271,6 +271,7 @@ async def run_long(kube: KubeAPI, options: LongOptions) -> dict[str, Any]:
             backlog_trend=backlog_trend(
                 samples, times["load_end_s"] - options.slope_window, times["load_end_s"]
             ),
+            cpu_percent=cpu_summary(samples, 0.0, times["load_end_s"]),
         )
     result["checks"] = [asdict(c) for c in checks(result, options)]
     result["passed"] = all(c["passed"] for c in result["checks"])
@@ -371,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, summary in result["rss"].items():
         print(f"{name}: peak {summary['peak_mib']} MiB, trend {summary['trend']}")
     print(f"backlog over the slope window, messages/min: {result['backlog_trend']}")
+    print(f"CPU under load, % of a core: {result['cpu_percent']}")
     for phase in result["books"]["phases"]:
         print(
             f"phase {phase['phase']}: accepted {phase['accepted']}, lost {phase['lost']}, "

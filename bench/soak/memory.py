@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.soak.driving import Driver
-from bench.soak.observing import process_rss, scrape
+from bench.soak.observing import machine_cpu_seconds, process_cpu_seconds, process_rss, scrape
 from bench.soak.system import SoakSettings, SoakSystem
 from tests.support.kubeapi import KubeAPI
 
@@ -64,10 +64,14 @@ def gauges(metrics: dict[str, float]) -> dict[str, float]:
 async def sample(system: SoakSystem, driver: Driver, started: float) -> dict[str, Any]:
     """One look at the system: ``t`` (s since ``started``), deliveries sent and accepted so
     far, every process's pid (None while down; a new one is a restart) and RSS in MiB, the
-    durable's backlog (None while NATS cannot say) and each reconciler's :data:`GAUGES`."""
+    durable's backlog (None while NATS cannot say), each reconciler's :data:`GAUGES`, and the
+    CPU seconds used so far by every process on the machine that the soak started (``cpu_s``,
+    with their pids in ``cpu_pids``) and by the machine (``machine_cpu_s``)."""
     t = time.monotonic() - started
     pids = system.pids()
     rss = {name: process_rss(pid) for name, pid in pids.items()}
+    cpu_pids = system.all_pids()
+    cpu = {name: process_cpu_seconds(pid) for name, pid in cpu_pids.items()}
     scraped = [p for p in system.reconcilers if p.metrics_url]
     pages, backlog = await asyncio.gather(
         asyncio.gather(*(scrape(p.metrics_url) for p in scraped if p.metrics_url)),
@@ -81,6 +85,9 @@ async def sample(system: SoakSystem, driver: Driver, started: float) -> dict[str
         "rss_mib": {k: round(v / 2**20, 1) for k, v in rss.items() if v},
         "backlog": backlog,
         "reconcilers": {p.name: gauges(page) for p, page in zip(scraped, pages, strict=True)},
+        "cpu_pids": cpu_pids,
+        "cpu_s": {k: round(v, 2) for k, v in cpu.items() if v is not None},
+        "machine_cpu_s": round(machine_cpu_seconds(), 2),
     }
 
 

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from collections import defaultdict
@@ -294,6 +295,28 @@ def process_rss(pid: int | None) -> int | None:
     except OSError:
         return None
     return None
+
+
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """CPU time (user + system, in seconds) a live process has used so far (None when gone)."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
+
+
+def machine_cpu_seconds() -> float:
+    """CPU time every core of the machine has been busy since boot (all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / _CLOCK_TICKS
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 async def scrape(url: str) -> dict[str, float]:

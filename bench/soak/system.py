@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 import time
 import uuid
@@ -296,6 +297,18 @@ class SoakSystem:
         if self.cluster is not None:
             out |= {f"nats-{node.name}": node.pid for node in self.cluster.nodes}
         return out
+
+    def all_pids(self) -> dict[str, int | None]:
+        """:meth:`pids`, and what else runs on the machine for the soak: kube-apiserver,
+        etcd, the fault proxy, the HTTP sink and the driver (this process), by name."""
+        return {
+            **self.pids(),
+            "kube-apiserver": self.kube.apiserver_pid,
+            "etcd": self.kube.etcd_pid,
+            "fault-proxy": self.proxy.proc.pid,
+            "http-sink": self.sink.proc.pid,
+            "driver": os.getpid(),
+        }
 
     async def backlog(self) -> int | None:
         """Messages of the events stream the reconcilers' durable has not acked yet."""

@@ -27,6 +27,7 @@ RSS can be flat while the backlog grows in NATS.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -120,6 +121,29 @@ def backlog_trend(
         ]
     )
     return asdict(fitted) if fitted is not None else None
+
+
+def cpu_summary(
+    samples: Sequence[dict[str, Any]], window_from: float, window_to: float
+) -> dict[str, float] | None:
+    """Mean CPU over ``[window_from, window_to]`` s, in % of one core: per process (summed
+    over its pids, so a restart does not count its predecessor twice) and for the machine
+    (``machine``; 100 % per core, so a 2-core machine is full at 200 %). None without samples
+    that carry CPU times (older runs)."""
+    inside = [s for s in samples if "cpu_s" in s and window_from <= s["t"] <= window_to]
+    if len(inside) < 2:
+        return None
+    span = inside[-1]["t"] - inside[0]["t"]
+    used: dict[str, float] = {}
+    for before, after in itertools.pairwise(inside):
+        for name, seconds in after["cpu_s"].items():
+            same = before["cpu_pids"].get(name) == after["cpu_pids"].get(name)
+            if same and name in before["cpu_s"]:
+                used[name] = used.get(name, 0.0) + seconds - before["cpu_s"][name]
+    out = {name: round(100 * v / span, 1) for name, v in sorted(used.items())}
+    machine = inside[-1]["machine_cpu_s"] - inside[0]["machine_cpu_s"]
+    out["machine"] = round(100 * machine / span, 1)
+    return out
 
 
 def _process_order(name: str) -> tuple[int, str]:

@@ -40,7 +40,7 @@ import pytest
 from bench.soak.long import run_long
 from bench.soak.plan import LongOptions
 from bench.soak.plotting import plot
-from bench.soak.verdicts import memory_checks, rss_summary
+from bench.soak.verdicts import cpu_summary, memory_checks, rss_summary
 from tests.support.kubeapi import KubeAPI
 
 OPTIONS = LongOptions(
@@ -78,6 +78,10 @@ async def test_one_system_under_load_and_a_fault_keeps_its_books_and_bounds_its_
     processes = [name for name in result["rss"] if not name.startswith("nats")]
     assert processes == ["receiver", "reconciler-0", "reconciler-1"]
     assert result["restarts"] == [], "no process restarts under slow-sink"
+    cpu = result["cpu_percent"]
+    assert cpu is not None
+    for name in (*processes, "kube-apiserver", "etcd", "fault-proxy", "http-sink", "driver"):
+        assert 0 < cpu[name] <= cpu["machine"], (name, cpu)
     for name in processes:
         summary = result["rss"][name]
         assert checks[f"peak RSS {name}"]["passed"], checks[f"peak RSS {name}"]
@@ -136,3 +140,22 @@ def test_a_restart_starts_the_trend_again() -> None:
     assert fitted["samples"] == len(after)
     assert fitted["slope"] == 0.0
     assert rss["reconciler-0"]["peak_mib"] == 200.0
+
+
+def test_cpu_is_counted_per_process_across_a_restart() -> None:
+    """A restarted process's CPU is the sum of its pids' (the new pid starts from zero, which
+    is not negative CPU), and the machine's is read from /proc/stat's busy time."""
+
+    def at(t: float, pid: int, seconds: float, machine: float) -> dict[str, object]:
+        return {
+            "t": t,
+            "cpu_pids": {"reconciler-0": pid},
+            "cpu_s": {"reconciler-0": seconds},
+            "machine_cpu_s": machine,
+        }
+
+    samples = [at(0, 1, 100.0, 1000.0), at(10, 1, 105.0, 1015.0), at(20, 2, 1.0, 1030.0)]
+    samples += [at(30, 2, 6.0, 1045.0)]
+    cpu = cpu_summary(samples, 0.0, 30.0)
+    assert cpu == {"reconciler-0": round(100 * 10 / 30, 1), "machine": 150.0}
+    assert cpu_summary(samples[:1], 0.0, 30.0) is None

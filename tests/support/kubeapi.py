@@ -258,6 +258,11 @@ class KubeAPI:
     def apiserver_pid(self) -> int | None:
         return self._apiserver.pid if self.apiserver_running and self._apiserver else None
 
+    @property
+    def etcd_pid(self) -> int | None:
+        running = self._etcd is not None and self._etcd.poll() is None
+        return self._etcd.pid if running and self._etcd else None
+
     # ----------------------------------------------------------------------------- lifecycle
 
     def start(self) -> KubeAPI:
