@@ -347,7 +347,7 @@ class Consumer:
         try:
             env = decode(msg.headers, msg.data)
             stored = Stored(msg.metadata.sequence.stream, env["id"])
-            await self.process(env, msg.metadata.timestamp, held, stored, delivered)
+            await self.process(env, msg.metadata.timestamp, stored, held, delivered)
         except ReconcilerError as e:
             error = e
         except asyncio.CancelledError:
@@ -364,14 +364,14 @@ class Consumer:
         self,
         env: Envelope,
         stored_at: datetime | None,
+        message: Stored,
         held: Held | None = None,
-        message: Stored | None = None,
         delivered: int = 1,
     ) -> None:
         """Received -> targeted -> patched -> reported; raise the error that decides the
-        message's fate (``stored_at``: when JetStream stored the message; ``held``: its
-        bookkeeping, whose body is dropped once targeted; ``message``: its sequence, for the
-        done memory; ``delivered``: its delivery count)."""
+        message's fate (``stored_at``: when JetStream stored the message; ``message``: its
+        stream sequence and envelope id, the done memory's key; ``held``: its bookkeeping,
+        whose body is dropped once targeted; ``delivered``: its delivery count)."""
         try:
             self.reporter.received(env, stored_at)
         except Exception:
@@ -385,7 +385,6 @@ class Consumer:
         if held is not None:
             self._targeted(held)
             self._drop_body(held)
-        message = message or Stored(0, env["id"])
         done = await self.done.recall(message, delivered)
         todo = [ref for ref in targets.refs if ref.key not in done]
 
