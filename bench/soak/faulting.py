@@ -122,13 +122,13 @@ async def _api_down(system: SoakSystem, length: float, notes: Notes) -> None:
 
 
 async def _storm(system: SoakSystem, length: float, notes: Notes) -> None:
-    before = (await system.proxy.counts())["answered"]
+    before = (await system.proxy.counts()).get("status:429", 0)
     await system.proxy.fail(429, retry_after=1)
     try:
         await asyncio.sleep(length)
     finally:
         await system.proxy.clear_faults()
-    notes["answered_429"] = (await system.proxy.counts())["answered"] - before
+    notes["answered_429"] = (await system.proxy.counts()).get("status:429", 0) - before
 
 
 async def _slow_sink(system: SoakSystem, length: float, notes: Notes) -> None:

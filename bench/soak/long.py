@@ -10,7 +10,9 @@ the schedule of the faults are in ``plan.py``; this module is the run and its co
 
 Every 5 s (``memory.sample``): each process's pid and RSS (receiver, reconcilers, the three
 nats-servers; a new pid is a restart, whose RSS starts again), the durable's backlog
-(``num_pending + num_ack_pending``) and the reconcilers' gauges of in-memory state.
+(``num_pending + num_ack_pending``), the reconcilers' gauges of in-memory state, and the CPU
+time used so far by every process the soak started (kube-apiserver, etcd, the fault proxy,
+the HTTP sink and the driver too) and by the machine.
 
 After the load: the driver's retries end, the system settles (all acked, no patch for 5 s,
 outboxes empty; at most 600 s), every object must become *current* (``currency.py``), every
@@ -23,12 +25,12 @@ would land during it) and the books' ``lost`` counts what was not reconciled yet
 and the RSS arithmetic are in ``verdicts.py``.
 
 Written: ``results-long.json`` (commit and whether the tree was dirty, options, schedule,
-samples, restarts, peaks and slopes, books, checks) and ``results-long.png`` (``plotting.py``)
-beside this file, or in ``--out``. Samples also go to ``<workdir>/samples.jsonl`` as they are
-taken. Loopback only, stops by itself; after the load come the drain, the resend (~1,500/s
-here) and the CDEvents read back (~16,000/s), so a full run takes well over the 30 minutes of
-load. The NATS stores take a few GB in the temp folder (three replicas of every event and
-CDEvent).
+samples, restarts, peaks and slopes, mean CPU per process under load, books, checks) and
+``results-long.png`` (``plotting.py``) beside this file, or in ``--out``. Samples also go to
+``<workdir>/samples.jsonl`` as they are taken. Loopback only, stops by itself; after the load
+come the drain, the resend (~1,500/s here) and the CDEvents read back (~16,000/s), so a full
+run takes well over the 30 minutes of load. The NATS stores take a few GB in the temp folder
+(three replicas of every event and CDEvent).
 
     python -m bench.soak.long [--duration 1800] [--rate 500] [--objects 1000]
 """
@@ -260,7 +262,11 @@ async def run_long(kube: KubeAPI, options: LongOptions) -> dict[str, Any]:
             objects=currency(
                 driver.deliveries, states, patches, itertools.chain(nats_events, http_events)
             ),
-            crashes={p.name: p.unexpected_exits for p in system.procs if p.unexpected_exits},
+            crashes={
+                p.name: p.unexpected_exits
+                for p in [*system.procs, *system.helpers]
+                if p.unexpected_exits
+            },
             killed_by_fault={p.name: p.killed_by_us for p in system.procs if p.killed_by_us},
             watch_gaps=system.watcher.gaps,
             samples=samples,

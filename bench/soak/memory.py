@@ -6,7 +6,8 @@ reconciler replicas, the Flux stand-in, the HTTP CDEvents sink) under signed loa
 (:func:`sample`, which ``long.py`` takes every 5 s too): each process's RSS (the NATS
 servers' as well) and pid, the durable's backlog, and per reconciler the gauges that follow
 in-memory state (sink outboxes, CDEvents sent, reconcile requests followed, messages pending,
-unacked and worked on). Written to find where the memory went (it was the sink outboxes:
+unacked and worked on), and the CPU time used so far by every process the soak started and
+by the machine. Written to find where the memory went (it was the sink outboxes:
 ``reconciler.sinks``); the RSS figures in
 ``docs/reliability.md`` come from it::
 

@@ -2,14 +2,15 @@
 
 The books must not trust the reconciler's own word, so this module watches the outcome where
 it lands: a list+watch straight on the real API server (not through the fault proxy) records
-every new ``reconcile.fluxcd.io/requestedAt`` value of every object with the time it was seen;
-an HTTP CDEvents sink (aiohttp, with a "slow" mode for the slow-sink fault) records every event
-POSTed to it; and :func:`read_cdevents_stream` reads back the JetStream stream the reconciler
-publishes CDEvents to. Watches resume from the last resourceVersion so no value is skipped;
-a relist (HTTP 410) is counted as a gap. :func:`reconcile_states` reads where each object
-stands at the end (its last request and the one Flux handled), :func:`consumer_backlog` what
-the reconcilers' durable still has to ack, and :func:`process_rss` and :func:`scrape` what
-the processes hold.
+every new ``reconcile.fluxcd.io/requestedAt`` value of every object with the time it was
+seen; :func:`parse_event` keeps what the books need of a CDEvent that the HTTP sink
+(``sidecars.py``) received; and :func:`read_cdevents_stream` reads back the JetStream stream
+the reconciler publishes CDEvents to. Watches resume from the last resourceVersion so no
+value is skipped; a relist (HTTP 410) is counted as a gap. :func:`reconcile_states` reads
+where each object stands at the end (its last request and the one Flux handled),
+:func:`consumer_backlog` what the reconcilers' durable still has to ack, :func:`process_rss`
+and :func:`scrape` what the processes hold, and :func:`process_cpu_seconds` and
+:func:`machine_cpu_seconds` the CPU time they and the machine have used.
 """
 
 from __future__ import annotations
@@ -310,10 +311,11 @@ def process_cpu_seconds(pid: int | None) -> float | None:
 
 
 def machine_cpu_seconds() -> float:
-    """CPU time every core of the machine has been busy since boot (all but idle and iowait)."""
+    """CPU time the machine's cores have been busy since boot: user, nice, system, irq and
+    softirq (not idle, iowait or steal; guest time is already inside user and nice)."""
     with open("/proc/stat") as f:
-        ticks = [int(v) for v in f.readline().split()[1:]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / _CLOCK_TICKS
+        user, nice, system, _idle, _iowait, irq, softirq = map(int, f.readline().split()[1:8])
+    return (user + nice + system + irq + softirq) / _CLOCK_TICKS
 
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

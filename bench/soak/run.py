@@ -122,7 +122,7 @@ async def run_segment(kube: KubeAPI, fault: Fault, options: SoakOptions) -> dict
             stop_sampling.set()
             await sampler
             system.check_processes()
-            procs = [*([system.receiver] if system.receiver else []), *system.reconcilers]
+            procs = [*system.procs, *system.helpers]
             result.update(
                 fault_seconds=round(fault_end - fault_start, 1),
                 notes=notes,
@@ -142,7 +142,7 @@ async def run_segment(kube: KubeAPI, fault: Fault, options: SoakOptions) -> dict
                 crashes={p.name: p.unexpected_exits for p in procs if p.unexpected_exits},
                 killed_by_fault={p.name: p.killed_by_us for p in procs if p.killed_by_us},
                 watch_gaps=system.watcher.gaps,
-                proxy_requests=(await system.proxy.counts())["requests"],
+                proxy_requests=sum((await system.proxy.counts()).values()),
             )
     return result
 

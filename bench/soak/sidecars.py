@@ -9,8 +9,9 @@ harness, not fluxrelay, so each of the two now has a process (and an event loop)
 
 Each serves a small control API on loopback that the driver's handles below call: the proxy's
 faults (down, up, a status fault, clear) and counts, the sink's slow mode. The sink appends
-what it received to a JSON-lines file (one :class:`~bench.soak.observing.SeenEvent` as a row
-per event) that the driver reads after a flush, so no event list crosses the control API.
+what it received to a JSON-lines file (one :class:`~bench.soak.observing.SeenEvent` per line)
+that the driver reads up to the size the sink reports after a flush, so no event list crosses
+the control API and a line being written meanwhile is not read half.
 
 Run as ``python -m bench.soak.sidecars proxy|sink ...``; the soak starts them itself.
 """
@@ -25,6 +26,7 @@ import json
 import signal
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import IO, Any
 
@@ -38,6 +40,8 @@ from tests.support.faultproxy import FaultProxy
 from tests.support.natsd import free_port
 
 # ------------------------------------------------------------------------- the driver's side
+
+CONTROL_ATTEMPTS = 5
 
 
 class _Sidecar:
@@ -63,12 +67,24 @@ class _Sidecar:
         await asyncio.to_thread(self.proc.stop)
 
     async def _call(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session,
-            session.post(f"{self._control}{path}", json=body or {}) as rsp,
-        ):
-            rsp.raise_for_status()
-            return await rsp.json()
+        """POST to the control API, tried a few times: a heal (up, clear, fast again) that
+        did not arrive would leave its fault on for the rest of the run."""
+        for attempt in range(CONTROL_ATTEMPTS):
+            try:
+                async with (
+                    aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
+                    session.post(f"{self._control}{path}", json=body or {}) as rsp,
+                ):
+                    rsp.raise_for_status()
+                    return await rsp.json()
+            except (aiohttp.ClientError, TimeoutError) as e:
+                self.proc.check()
+                if attempt + 1 == CONTROL_ATTEMPTS or self.proc.pid is None:
+                    raise RuntimeError(
+                        f"{self.proc.name} control {path}: {e!r}; see {self.proc.log_path}"
+                    ) from e
+                await asyncio.sleep(1.0)
+        raise AssertionError("unreachable")
 
 
 class ProxyProcess(_Sidecar):
@@ -98,7 +114,8 @@ class ProxyProcess(_Sidecar):
         await self._call("/clear")
 
     async def counts(self) -> dict[str, int]:
-        """Requests received, and how many of them the proxy answered itself (a fault)."""
+        """Requests received so far by what became of them: ``forwarded``, or the fault that
+        answered them (``status:429``, ``down``, ``upstream-unreachable``)."""
         counts: dict[str, int] = await self._call("/counts")
         return counts
 
@@ -119,23 +136,26 @@ class SinkProcess(_Sidecar):
         await self._call("/slow", {"seconds": seconds})
 
     async def events(self) -> list[SeenEvent]:
-        """Every event the sink has received so far, in arrival order."""
-        await self._call("/flush")
-        return await asyncio.to_thread(_read_events, self.events_file)
+        """Every event the sink had received when asked, in arrival order (the file up to
+        the size the sink reports after its flush: it may go on receiving meanwhile)."""
+        size = int((await self._call("/flush"))["bytes"])
+        return await asyncio.to_thread(_read_events, self.events_file, size)
 
 
-def _read_events(path: Path) -> list[SeenEvent]:
+def _read_events(path: Path, size: int) -> list[SeenEvent]:
+    with path.open("rb") as f:
+        data = f.read(size)
     out: list[SeenEvent] = []
-    if not path.exists():
-        return out
-    with path.open() as rows:
-        for line in rows:
-            row = json.loads(line)
-            row[1] = sys.intern(row[1])  # type, pipeline, outcome: few distinct strings
-            row[5] = sys.intern(row[5]) if row[5] is not None else None
-            row[6] = sys.intern(row[6]) if row[6] is not None else None
-            out.append(SeenEvent(*row))
+    for line in data.splitlines():
+        row = json.loads(line)
+        for name in _INTERNED:  # few distinct strings, millions of events
+            if row[name] is not None:
+                row[name] = sys.intern(row[name])
+        out.append(SeenEvent(**row))
     return out
+
+
+_INTERNED = ("type", "pipeline", "outcome")
 
 
 # ------------------------------------------------------------------------ the sidecar's side
@@ -162,9 +182,7 @@ async def _serve_proxy(args: argparse.Namespace, stop: asyncio.Event) -> None:
         return web.json_response({})
 
     async def counts(_: web.Request) -> web.Response:
-        records = proxy.requests
-        answered = sum(1 for r in records if r.fault is not None)
-        return web.json_response({"requests": len(records), "answered": answered})
+        return web.json_response(dict(Counter(r.fault or "forwarded" for r in proxy.requests)))
 
     control = [
         web.post("/down", down),
@@ -193,7 +211,7 @@ class _Sink:
         except ValueError:
             return web.Response(status=400)
         event = parse_event(doc, time.monotonic())  # CLOCK_MONOTONIC: the driver's clock too
-        self.out.write(json.dumps(dataclasses.astuple(event)) + "\n")
+        self.out.write(json.dumps(dataclasses.asdict(event)) + "\n")
         return web.Response(status=202)
 
 
@@ -207,7 +225,7 @@ async def _serve_sink(args: argparse.Namespace, stop: asyncio.Event) -> None:
 
     async def flush(_: web.Request) -> web.Response:
         out.flush()
-        return web.json_response({})
+        return web.json_response({"bytes": out.tell()})
 
     app = web.Application(client_max_size=8 * 1024 * 1024)
     app.router.add_post("/events", sink.receive)
@@ -256,8 +274,8 @@ def main(argv: list[str] | None = None) -> None:
     sink.add_argument(
         "--events",
         required=True,
-        type=argparse.FileType("a", bufsize=1 << 20),
-        help="JSON-lines file to append what was received to",
+        type=argparse.FileType("w", bufsize=1 << 20),
+        help="JSON-lines file of what was received (emptied first)",
     )
     for role in (proxy, sink):
         role.add_argument("--port", type=int, required=True)

@@ -5,7 +5,9 @@ the shared real kube-apiserver, a fresh NATS (one ``nats-server``, or a 3-node c
 streams), the fault proxy in front of the API server (the reconcilers' kubeconfig points at it;
 the Flux stand-in and the soak's own watch talk to the server directly, so the proxy's faults
 hit only fluxrelay), the receiver and two reconciler replicas as subprocesses (``python -m``,
-sharing one durable, so killing one leaves the other), and an HTTP CDEvents sink. It owns
+sharing one durable, so killing one leaves the other), and an HTTP CDEvents sink. The proxy
+and the sink are processes of their own too (``sidecars.py``), so the driver's event loop
+carries only the load, the stand-in and the watch. It owns
 starting all of that, the handles the faults act on, what the soak asks of it while it runs
 (process ids, the durable's backlog, settling, the objects' reconcile state) and stopping
 everything it started.
@@ -14,12 +16,12 @@ everything it started.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import sys
 import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -161,24 +163,23 @@ class SoakSystem:
         ).start()
 
     async def stop(self) -> None:
+        """Stop everything that was started, each step whatever became of the others (a
+        failing step is logged): the processes and servers would outlive the soak."""
         if self.watcher is not None:
-            await self.watcher.stop()
+            await _step("patch watch", self.watcher.stop())
         if self._standin is not None:
-            await self._standin.stop()
+            await _step("Flux stand-in", self._standin.stop())
             self._standin = None
-        for proc in [*self.reconcilers, *([self.receiver] if self.receiver else [])]:
-            await asyncio.to_thread(proc.stop)
-        await self.sink.stop()
-        await self.proxy.stop()
+        for proc in [*self.procs, *self.helpers]:
+            await _step(proc.name, asyncio.to_thread(proc.stop))
         if self._api is not None:
-            await self._api.close()
+            await _step("API client", self._api.close())
             self._api = None
         if self.cluster is not None:
-            await asyncio.to_thread(self.cluster.cleanup)
+            await _step("NATS cluster", asyncio.to_thread(self.cluster.cleanup))
         if self.single is not None:
-            await asyncio.to_thread(self.single.cleanup)
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(self.kube.delete_namespace, self.namespace)
+            await _step("nats-server", asyncio.to_thread(self.single.cleanup))
+        await _step("namespace", asyncio.to_thread(self.kube.delete_namespace, self.namespace))
 
     def _create_objects(self) -> None:
         self.kube.create_namespace(self.namespace)
@@ -276,8 +277,14 @@ class SoakSystem:
         )
 
     def check_processes(self) -> None:
-        for proc in [*self.reconcilers, *([self.receiver] if self.receiver else [])]:
+        for proc in [*self.procs, *self.helpers]:
             proc.check()
+
+    @property
+    def helpers(self) -> list[Proc]:
+        """The soak's own processes: the fault proxy and the HTTP sink (a crash of either
+        spoils the run as much as a crash of fluxrelay's)."""
+        return [self.proxy.proc, self.sink.proc]
 
     @property
     def procs(self) -> list[Proc]:
@@ -348,6 +355,13 @@ class SoakSystem:
             GIT_REPOSITORY.plural,
             GIT_REPOSITORY.kind,
         )
+
+
+async def _step(what: str, stopping: Awaitable[object]) -> None:
+    try:
+        await stopping
+    except Exception:
+        log.exception("stopping %s failed", what)
 
 
 def _flag(name: str, value: object) -> list[str]:

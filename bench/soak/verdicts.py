@@ -126,20 +126,20 @@ def backlog_trend(
 def cpu_summary(
     samples: Sequence[dict[str, Any]], window_from: float, window_to: float
 ) -> dict[str, float] | None:
-    """Mean CPU over ``[window_from, window_to]`` s, in % of one core: per process (summed
-    over its pids, so a restart does not count its predecessor twice) and for the machine
-    (``machine``; 100 % per core, so a 2-core machine is full at 200 %). None without samples
-    that carry CPU times (older runs)."""
+    """Mean CPU over ``[window_from, window_to]`` s, in % of one core: per process, summed
+    over its pids (a pid first seen between two samples started there, so all its CPU time
+    is counted; its predecessor's last moments are not), and for the machine (``machine``;
+    a 2-core machine is full at 200 %). None without two samples that carry CPU times."""
     inside = [s for s in samples if "cpu_s" in s and window_from <= s["t"] <= window_to]
-    if len(inside) < 2:
+    span = inside[-1]["t"] - inside[0]["t"] if len(inside) >= 2 else 0.0
+    if span <= 0:
         return None
-    span = inside[-1]["t"] - inside[0]["t"]
     used: dict[str, float] = {}
     for before, after in itertools.pairwise(inside):
         for name, seconds in after["cpu_s"].items():
             same = before["cpu_pids"].get(name) == after["cpu_pids"].get(name)
-            if same and name in before["cpu_s"]:
-                used[name] = used.get(name, 0.0) + seconds - before["cpu_s"][name]
+            spent = seconds - before["cpu_s"][name] if same and name in before["cpu_s"] else seconds
+            used[name] = used.get(name, 0.0) + max(spent, 0.0)  # < 0: a reused pid
     out = {name: round(100 * v / span, 1) for name, v in sorted(used.items())}
     machine = inside[-1]["machine_cpu_s"] - inside[0]["machine_cpu_s"]
     out["machine"] = round(100 * machine / span, 1)

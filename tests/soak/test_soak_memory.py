@@ -23,10 +23,13 @@ is bounded yet steeper than any fixed slope bound could allow. Asserts:
    gross-leak bound: 15 MiB/min at 100/s is 2.6 KB kept per delivery, less than one decoded
    envelope, and the old outbox growth (~3 KB per queued event, ~4.6 events per delivery)
    broke it five times over. No standard-error escape here, unlike the long run's verdict:
-   with 12 samples it would let nearly anything pass.
+   with 12 samples it would let nearly anything pass;
+3. CPU: every process the soak started (fluxrelay's, kube-apiserver, etcd, the fault proxy,
+   the HTTP sink and the driver) shows CPU time under load, none more than the machine's.
 
 ``test_the_memory_verdict_can_fail`` shows the verdict's arithmetic failing a leak and a
-budget overrun on made-up samples, so that a pass above means something.
+budget overrun on made-up samples, so that a pass above means something;
+``test_cpu_is_counted_per_process_across_a_restart`` the CPU arithmetic.
 """
 
 from __future__ import annotations
@@ -143,8 +146,8 @@ def test_a_restart_starts_the_trend_again() -> None:
 
 
 def test_cpu_is_counted_per_process_across_a_restart() -> None:
-    """A restarted process's CPU is the sum of its pids' (the new pid starts from zero, which
-    is not negative CPU), and the machine's is read from /proc/stat's busy time."""
+    """A restarted process's CPU is summed over its pids: the new pid's CPU time was all
+    spent after the last sample of the old one (never a negative share)."""
 
     def at(t: float, pid: int, seconds: float, machine: float) -> dict[str, object]:
         return {
@@ -157,5 +160,5 @@ def test_cpu_is_counted_per_process_across_a_restart() -> None:
     samples = [at(0, 1, 100.0, 1000.0), at(10, 1, 105.0, 1015.0), at(20, 2, 1.0, 1030.0)]
     samples += [at(30, 2, 6.0, 1045.0)]
     cpu = cpu_summary(samples, 0.0, 30.0)
-    assert cpu == {"reconciler-0": round(100 * 10 / 30, 1), "machine": 150.0}
+    assert cpu == {"reconciler-0": round(100 * 11 / 30, 1), "machine": 150.0}
     assert cpu_summary(samples[:1], 0.0, 30.0) is None
