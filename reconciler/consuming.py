@@ -20,8 +20,11 @@ cannot be stored the message is nak'ed, so nothing is dropped silently.
 
 Replicas of one shard share one durable (the server spreads messages between them); a
 crashed replica's unacked messages come back after ``ack_wait``. Long work is kept alive with
-``in_progress`` (one sweep over the messages held, not a task per message). Targets patched
-for a message are remembered (``reconciler.done``: by this replica, and shared through a
+``in_progress`` (one sweep over the messages held, not a task per message). The server can
+still hand back a message this replica is working on (the long soak saw it after a NATS
+node loss, with the keep-alive running): that delivery joins the attempt under way, which
+settles through it, instead of patching its targets again. Targets patched for a message
+are remembered (``reconciler.done``: by this replica, and shared through a
 key-value bucket when the message goes back), so a redelivery after a partial failure
 patches only what is still missing, whichever replica takes it.
 
@@ -187,6 +190,7 @@ class Consumer:
         self._sub: BoundedPull | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._held: dict[int, Held] = {}
+        self._by_sequence: dict[int, Held] = {}  # stream sequence -> the attempt under way
         bucket = settings.done_bucket
         self.done = DoneMemory(
             metrics,
@@ -307,10 +311,15 @@ class Consumer:
                 await asyncio.wait_for(stop.wait(), 0.5)
 
     def _start(self, msg: Msg) -> None:
+        sequence = msg.metadata.sequence.stream
+        if (running := self._by_sequence.get(sequence)) is not None:
+            self._join(running, msg)
+            return
         held = Held(msg, _stored_size(msg))
         self.backpressure.hold(held.charge)
         self._targeting += 1
         self._held[id(held)] = held
+        self._by_sequence[sequence] = held
         task = asyncio.create_task(self.handle(msg, held), name="reconcile-message")
         self._tasks.add(task)
 
@@ -318,9 +327,24 @@ class Consumer:
             self._targeted(held)
             self._tasks.discard(task)
             del self._held[id(held)]
+            del self._by_sequence[sequence]
             self.backpressure.release(held.charge)
 
         task.add_done_callback(done)
+
+    def _join(self, running: Held, msg: Msg) -> None:
+        """A redelivery of a message this replica is still working on: the attempt under way
+        settles through the newest delivery (the one the server now waits for) and keeps it
+        alive, and nothing is patched twice. A second attempt would find none of the targets
+        done (they are remembered as each patch lands) and request them again."""
+        self.metrics.redeliveries.inc()
+        msg.data = b""  # the attempt under way has decoded its own copy
+        msg.headers = None
+        running.msg = msg
+        log.info(
+            "redelivered while being worked on: joined to the attempt under way",
+            extra={"sequence": msg.metadata.sequence.stream, "attempt": msg.metadata.num_delivered},
+        )
 
     async def drain(self, grace: float) -> None:
         """Wait for messages in flight; nak what is still running after ``grace`` seconds."""
@@ -352,13 +376,15 @@ class Consumer:
             error = e
         except asyncio.CancelledError:
             with contextlib.suppress(NatsError, JetStreamError, TimeoutError):
-                await msg.nak()  # let another replica take it now rather than after ack_wait
+                # Let another replica take it now rather than after ack_wait.
+                await (held.msg if held is not None else msg).nak()
             self.metrics.messages.labels("nak").inc()
             raise
         except Exception as e:  # a bug must not lose the message: retry, then dead-letter
             log.exception("unexpected error handling a message")
             error = TemporaryError(f"internal error: {type(e).__name__}", reason="internal")
-        await self.settle(msg, env, error)
+        # Through the newest delivery of the message (``_join``): the one the server waits for.
+        await self.settle(held.msg if held is not None else msg, env, error)
 
     async def process(
         self,

@@ -370,3 +370,72 @@ async def test_a_redelivery_after_a_lost_ack_patches_nothing_again(
         await running
         await consumer.drain(5)
     assert dropped and patches == [ref.key]  # one patch for two deliveries of the message
+
+
+async def test_a_redelivery_while_being_worked_on_joins_the_attempt_under_way(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 30-minute soak at 1,000 objects (daf7265) counted 159 double requests: after the
+    NATS stream leader was killed, the server redelivered messages a replica was still
+    patching (the API was down), with its keep-alive running. The redelivery started a second
+    attempt, which found no target done yet and requested them again as soon as the first
+    patch landed. Here the keep-alive is switched off so the server redelivers after ack_wait
+    while the patch is held: the redelivery must join the attempt under way (one patch), and
+    the message must be acked through it."""
+    from nats.aio.msg import Msg
+    from prometheus_client import CollectorRegistry
+
+    from reconciler.coalescing import Coalescer
+    from reconciler.consuming import Unreported
+    from reconciler.metrics import ReconcilerMetrics
+    from reconciler.targeting import Targets
+    from reconciler.throttling import Ticket
+
+    metrics = ReconcilerMetrics(CollectorRegistry())
+    ref = ObjectRef.of("GitRepository", "ns", "app")
+    patches: list[str] = []
+    release = asyncio.Event()
+
+    async def patch(
+        ref: ObjectRef, envelopes: Sequence[Envelope], *, ticket: Ticket | None = None
+    ) -> Patched:
+        patches.append(ref.key)
+        await release.wait()  # the API server is unreachable until the test says so
+        return Patched(ref, f"t{len(patches)}", tuple(e["id"] for e in envelopes))
+
+    class OneTarget:
+        async def targets(self, env: Envelope) -> Targets:
+            return Targets([ref])
+
+    async def no_keep_alive(self: Msg) -> None:
+        return None
+
+    monkeypatch.setattr(Msg, "in_progress", no_keep_alive)
+    settings = bus.consumer_settings(ack_wait=1.0)
+    consumer = Consumer(
+        bus.nc, settings, "joined", OneTarget(), Coalescer(patch, 0.0, metrics), metrics,
+        reporter=Unreported(),
+    )  # fmt: skip
+    await bus.publish(make_envelope("ns", "hook"))
+    stop = asyncio.Event()
+    running = asyncio.create_task(consumer.run(stop))
+
+    async def redelivered_twice() -> bool:
+        return bool(metrics.redeliveries._value.get() >= 2)
+
+    async def acked() -> bool:
+        info = await bus.js.consumer_info(settings.stream, "joined")
+        return bool(info.num_ack_pending == 0 and info.num_pending == 0)
+
+    try:
+        await wait_for(redelivered_twice, "redelivered while the patch is held")
+        release.set()
+        await wait_for(acked, "acknowledged through the newest delivery")
+        await asyncio.sleep(1.5)  # past ack_wait: nothing comes back, nothing is patched again
+        assert await acked()
+    finally:
+        stop.set()
+        await running
+        await consumer.drain(5)
+    assert patches == [ref.key]
+    assert metrics.messages.labels("ack")._value.get() == 1
