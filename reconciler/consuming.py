@@ -114,10 +114,13 @@ class Held:
     """One pulled message while this replica works on it, with what it is charged."""
 
     msg: Msg
+    """The newest delivery of the message: the attempt settles through it (``Consumer._join``)."""
     charge: int
     since: float = field(default_factory=time.monotonic)
     targeting: bool = True
     """Not targeted yet: counted as an object waiting (``Consumer.objects_waiting``)."""
+    first: Msg | None = None
+    """The delivery the attempt decoded, when a newer one has joined (its body is dropped too)."""
 
 
 def decode(headers: Mapping[str, str] | None, data: bytes) -> Envelope:
@@ -190,7 +193,10 @@ class Consumer:
         self._sub: BoundedPull | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._held: dict[int, Held] = {}
-        self._by_sequence: dict[int, Held] = {}  # stream sequence -> the attempt under way
+        # The attempt under way for a message, by stream sequence and stored time (sequences
+        # start again at 1 in a stream created anew; the stored time tells such a message
+        # from the one held).
+        self._by_message: dict[tuple[int, datetime], Held] = {}
         bucket = settings.done_bucket
         self.done = DoneMemory(
             metrics,
@@ -311,15 +317,15 @@ class Consumer:
                 await asyncio.wait_for(stop.wait(), 0.5)
 
     def _start(self, msg: Msg) -> None:
-        sequence = msg.metadata.sequence.stream
-        if (running := self._by_sequence.get(sequence)) is not None:
+        key = (msg.metadata.sequence.stream, msg.metadata.timestamp)
+        if (running := self._by_message.get(key)) is not None:
             self._join(running, msg)
             return
         held = Held(msg, _stored_size(msg))
         self.backpressure.hold(held.charge)
         self._targeting += 1
         self._held[id(held)] = held
-        self._by_sequence[sequence] = held
+        self._by_message[key] = held
         task = asyncio.create_task(self.handle(msg, held), name="reconcile-message")
         self._tasks.add(task)
 
@@ -327,19 +333,24 @@ class Consumer:
             self._targeted(held)
             self._tasks.discard(task)
             del self._held[id(held)]
-            del self._by_sequence[sequence]
+            if self._by_message.get(key) is held:  # handle() lets go of it before settling
+                del self._by_message[key]
             self.backpressure.release(held.charge)
 
         task.add_done_callback(done)
 
     def _join(self, running: Held, msg: Msg) -> None:
-        """A redelivery of a message this replica is still working on: the attempt under way
-        settles through the newest delivery (the one the server now waits for) and keeps it
-        alive, and nothing is patched twice. A second attempt would find none of the targets
-        done (they are remembered as each patch lands) and request them again."""
+        """A redelivery of a message this replica is still working on joins the attempt under
+        way, which settles through the newest delivery: the server may ignore a nak through an
+        older one, and the newest carries the delivery count ``max_deliver`` and the backoff
+        go by. A second attempt here would find none of the targets done (they are remembered
+        as each patch lands) and request them again. (A redelivery to another replica while
+        this one works on the message is not seen here: that one still patches again.)"""
         self.metrics.redeliveries.inc()
         msg.data = b""  # the attempt under way has decoded its own copy
         msg.headers = None
+        if running.first is None:
+            running.first = running.msg
         running.msg = msg
         log.info(
             "redelivered while being worked on: joined to the attempt under way",
@@ -383,7 +394,13 @@ class Consumer:
         except Exception as e:  # a bug must not lose the message: retry, then dead-letter
             log.exception("unexpected error handling a message")
             error = TemporaryError(f"internal error: {type(e).__name__}", reason="internal")
-        # Through the newest delivery of the message (``_join``): the one the server waits for.
+        if held is not None:
+            # From here a redelivery starts an attempt of its own (which the done memory
+            # keeps from patching again) rather than joining one that has settled. No await
+            # between letting go and reading the newest delivery.
+            key = (msg.metadata.sequence.stream, msg.metadata.timestamp)
+            if self._by_message.get(key) is held:
+                del self._by_message[key]
         await self.settle(held.msg if held is not None else msg, env, error)
 
     async def process(
@@ -486,9 +503,10 @@ class Consumer:
 
     def _drop_body(self, held: Held) -> None:
         """Keep routing fields only: the stored bytes go, the stream keeps its copy."""
-        msg = held.msg
-        msg.data = b""
-        msg.headers = None
+        for msg in (held.msg, held.first):
+            if msg is not None:
+                msg.data = b""
+                msg.headers = None
         self.backpressure.recharge(held.charge, ROUTED_BYTES)
         held.charge = ROUTED_BYTES
 

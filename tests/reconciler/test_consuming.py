@@ -380,8 +380,8 @@ async def test_a_redelivery_while_being_worked_on_joins_the_attempt_under_way(
     patching (the API was down), with its keep-alive running. The redelivery started a second
     attempt, which found no target done yet and requested them again as soon as the first
     patch landed. Here the keep-alive is switched off so the server redelivers after ack_wait
-    while the patch is held: the redelivery must join the attempt under way (one patch), and
-    the message must be acked through it."""
+    while the patch is held: the redeliveries must join the attempt under way (one patch),
+    which then acks through the newest of them."""
     from nats.aio.msg import Msg
     from prometheus_client import CollectorRegistry
 
@@ -410,7 +410,15 @@ async def test_a_redelivery_while_being_worked_on_joins_the_attempt_under_way(
     async def no_keep_alive(self: Msg) -> None:
         return None
 
+    real_ack = Msg.ack
+    acks: list[int] = []  # the delivery count of each delivery acked through
+
+    async def recorded_ack(self: Msg) -> None:
+        acks.append(self.metadata.num_delivered)
+        await real_ack(self)
+
     monkeypatch.setattr(Msg, "in_progress", no_keep_alive)
+    monkeypatch.setattr(Msg, "ack", recorded_ack)
     settings = bus.consumer_settings(ack_wait=1.0)
     consumer = Consumer(
         bus.nc, settings, "joined", OneTarget(), Coalescer(patch, 0.0, metrics), metrics,
@@ -429,13 +437,73 @@ async def test_a_redelivery_while_being_worked_on_joins_the_attempt_under_way(
 
     try:
         await wait_for(redelivered_twice, "redelivered while the patch is held")
+        newest = 1 + int(metrics.redeliveries._value.get())
         release.set()
-        await wait_for(acked, "acknowledged through the newest delivery")
-        await asyncio.sleep(1.5)  # past ack_wait: nothing comes back, nothing is patched again
-        assert await acked()
+        await wait_for(acked, "acknowledged")
+        await asyncio.sleep(1.5)  # past ack_wait: nothing is patched again
     finally:
         stop.set()
         await running
         await consumer.drain(5)
     assert patches == [ref.key]
-    assert metrics.messages.labels("ack")._value.get() == 1
+    # Settled through a delivery at least as new as the last one joined before the release
+    # (one more may have joined meanwhile), not through the first.
+    assert acks and acks[0] >= newest >= 3, (acks, newest)
+
+
+async def test_a_redelivery_after_the_attempt_let_go_starts_an_attempt_of_its_own(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once an attempt is settling, a redelivery of its message must not join it: the attempt
+    has read the delivery it settles through, and the joined one would never be settled (a
+    dead letter's store can take seconds). It starts an attempt of its own; a different
+    message that only shares the stream sequence (a stream created anew) never joins."""
+    from nats.aio.msg import Msg
+    from prometheus_client import CollectorRegistry
+
+    from reconciler.coalescing import Coalescer
+    from reconciler.consuming import Unreported
+    from reconciler.metrics import ReconcilerMetrics
+    from reconciler.targeting import Targets
+
+    metrics = ReconcilerMetrics(CollectorRegistry())
+
+    async def never(*_: Any, **__: Any) -> Patched:
+        raise AssertionError("nothing here is patched")
+
+    class NoTarget:
+        async def targets(self, env: Envelope) -> Targets:
+            return Targets([])
+
+    consumer = Consumer(
+        bus.nc, bus.consumer_settings(), "let-go", NoTarget(), Coalescer(never, 0.0, metrics),
+        metrics, reporter=Unreported(),
+    )  # fmt: skip
+    release = asyncio.Event()
+    both_settling = asyncio.Event()
+    settled: list[int] = []
+
+    async def slow_settle(msg: Msg, env: Envelope | None, error: object) -> None:
+        settled.append(msg.metadata.num_delivered)
+        if len(settled) == 2:
+            both_settling.set()
+        await release.wait()
+
+    monkeypatch.setattr(consumer, "settle", slow_settle)
+
+    def delivery(count: int, stored_ns: int = 1_700_000_000_000_000_000) -> Msg:
+        # Not an envelope: the attempt goes straight to settling (a dead letter).
+        reply = f"$JS.ACK.{bus.consumer_settings().stream}.let-go.{count}.7.{count}.{stored_ns}.0"
+        return Msg(_client=bus.nc, subject="x", reply=reply, data=b"junk", headers=None)
+
+    consumer._start(delivery(1))
+    consumer._start(delivery(1, stored_ns=1_800_000_000_000_000_000))  # another message
+    consumer._start(delivery(2))  # redelivered while the first attempt is under way: joins
+    await asyncio.wait_for(both_settling.wait(), 5)
+    consumer._start(delivery(3))  # redelivered while the first attempt settles
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*consumer._tasks), 5)
+    # The first attempt settled through delivery 2, the other message through its own, and
+    # delivery 3 had an attempt of its own.
+    assert sorted(settled) == [1, 2, 3]
+    assert not consumer._by_message
