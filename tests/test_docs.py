@@ -3,8 +3,9 @@ scripts/reference.py renders from the CLIs' option tables, every flag a document
 exists, the README's two commands exist, the functions its hop-by-hop path names exist, its
 module map names the packages there are, its "Differences from notification-controller"
 table holds every difference the Flux handler cases rely on, every relative link in the
-documents resolves (anchors included), and docs/performance.md names the commit of every
-results file that records one."""
+documents resolves (anchors included), docs/performance.md names the commit of every
+results file that records one, and the README or docs/reliability.md the commit of every
+long soak kept."""
 
 from __future__ import annotations
 
@@ -234,6 +235,20 @@ def test_the_performance_figures_name_the_commit_they_were_measured_at(results: 
         data = data[key]
     performance = (ROOT / "docs" / "performance.md").read_text()
     assert f"`{str(data)[:7]}`" in performance, f"docs/performance.md lacks {results}'s commit"
+
+
+@pytest.mark.parametrize(
+    "results", sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("bench/soak/results-long*.json"))
+)
+def test_the_soak_figures_name_the_commit_they_were_measured_at(results: str) -> None:
+    """A long soak's results are quoted in the README and docs/reliability.md with the commit
+    they were measured at: a new run committed without the text following it fails here."""
+    commit = json.loads((ROOT / results).read_text())["git"]["commit"][:7]
+    quoted = README + (ROOT / "docs" / "reliability.md").read_text()
+    assert commit in quoted, f"neither the README nor docs/reliability.md names {commit}"
+    assert commit in results or results.endswith("results-long.json"), (
+        f"{results}: a kept older run is named by its commit"
+    )
 
 
 def test_the_instruction_counts_are_the_recorded_ones() -> None:
