@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
 import pytest
 
+from reconciler.coalescing import Patch
 from reconciler.consuming import Consumer
 from reconciler.decisions import Decisions
 from reconciler.kinds import DELIVERY_ANNOTATION, REQUESTED_AT, SHARD_LABEL, ObjectRef
@@ -84,6 +85,42 @@ async def acked_all(reconciler: Reconciler) -> bool:
         reconciler.consumer.settings.stream, reconciler.consumer.durable
     )
     return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+
+def bare_consumer(
+    bus: Bus, durable: str, refs: Sequence[ObjectRef], patch: Patch, **settings: Any
+) -> Consumer:
+    """A consumer of the bus's stream whose every message targets ``refs``, patched through
+    ``patch`` (no API server) and reported nowhere; its metrics are ``consumer.metrics``."""
+    from prometheus_client import CollectorRegistry
+
+    from reconciler.coalescing import Coalescer
+    from reconciler.consuming import Unreported
+    from reconciler.metrics import ReconcilerMetrics
+    from reconciler.targeting import Targets
+
+    class Fixed:
+        async def targets(self, env: Envelope) -> Targets:
+            return Targets(list(refs))
+
+    metrics = ReconcilerMetrics(CollectorRegistry())
+    return Consumer(
+        bus.nc, bus.consumer_settings(**settings), durable, Fixed(),
+        Coalescer(patch, 0.0, metrics), metrics, reporter=Unreported(),
+    )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def consuming(consumer: Consumer) -> AsyncIterator[None]:
+    """The consumer's loop running, stopped and drained on the way out."""
+    stop = asyncio.Event()
+    running = asyncio.create_task(consumer.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await running
+        await consumer.drain(5)
 
 
 async def test_a_named_target_is_patched_and_the_message_acked(
@@ -315,28 +352,17 @@ async def test_a_redelivery_after_a_lost_ack_patches_nothing_again(
     redelivers after ack_wait. The done memory must still know the delivery's targets then
     (it was dropped at the ack, and the long soak counted hundreds of such double patches)."""
     from nats.aio.msg import Msg
-    from prometheus_client import CollectorRegistry
 
-    from reconciler.coalescing import Coalescer
-    from reconciler.consuming import Unreported
-    from reconciler.metrics import ReconcilerMetrics
-    from reconciler.targeting import Targets
     from reconciler.throttling import Ticket
 
-    metrics = ReconcilerMetrics(CollectorRegistry())
     ref = ObjectRef.of("GitRepository", "ns", "app")
     patches: list[str] = []
 
     async def patch(
         ref: ObjectRef, envelopes: Sequence[Envelope], *, ticket: Ticket | None = None
     ) -> Patched:
-        target = ref
-        patches.append(target.key)
-        return Patched(target, f"t{len(patches)}", tuple(e["id"] for e in envelopes))
-
-    class OneTarget:
-        async def targets(self, env: Envelope) -> Targets:
-            return Targets([ref])
+        patches.append(ref.key)
+        return Patched(ref, f"t{len(patches)}", tuple(e["id"] for e in envelopes))
 
     real_ack = Msg.ack
     dropped: list[int] = []
@@ -348,27 +374,17 @@ async def test_a_redelivery_after_a_lost_ack_patches_nothing_again(
         await real_ack(self)
 
     monkeypatch.setattr(Msg, "ack", lossy_ack)
-    settings = bus.consumer_settings(ack_wait=1.0)
-    consumer = Consumer(
-        bus.nc, settings, "lost-ack", OneTarget(), Coalescer(patch, 0.0, metrics), metrics,
-        reporter=Unreported(),
-    )  # fmt: skip
+    consumer = bare_consumer(bus, "lost-ack", [ref], patch, ack_wait=1.0)
     await bus.publish(make_envelope("ns", "hook"))
-    stop = asyncio.Event()
-    running = asyncio.create_task(consumer.run(stop))
 
     async def settled() -> bool:
-        if not consumer.ready.is_set() or metrics.redeliveries._value.get() != 1:
+        if not consumer.ready.is_set() or consumer.metrics.redeliveries._value.get() != 1:
             return False
-        info = await bus.js.consumer_info(settings.stream, "lost-ack")
+        info = await bus.js.consumer_info(consumer.settings.stream, "lost-ack")
         return bool(info.num_ack_pending == 0)
 
-    try:
+    async with consuming(consumer):
         await wait_for(settled, "redelivered once, then acknowledged")
-    finally:
-        stop.set()
-        await running
-        await consumer.drain(5)
     assert dropped and patches == [ref.key]  # one patch for two deliveries of the message
 
 
@@ -383,15 +399,9 @@ async def test_a_redelivery_while_being_worked_on_joins_the_attempt_under_way(
     while the patch is held: the redeliveries must join the attempt under way (one patch),
     which then acks through the newest of them."""
     from nats.aio.msg import Msg
-    from prometheus_client import CollectorRegistry
 
-    from reconciler.coalescing import Coalescer
-    from reconciler.consuming import Unreported
-    from reconciler.metrics import ReconcilerMetrics
-    from reconciler.targeting import Targets
     from reconciler.throttling import Ticket
 
-    metrics = ReconcilerMetrics(CollectorRegistry())
     ref = ObjectRef.of("GitRepository", "ns", "app")
     patches: list[str] = []
     release = asyncio.Event()
@@ -402,10 +412,6 @@ async def test_a_redelivery_while_being_worked_on_joins_the_attempt_under_way(
         patches.append(ref.key)
         await release.wait()  # the API server is unreachable until the test says so
         return Patched(ref, f"t{len(patches)}", tuple(e["id"] for e in envelopes))
-
-    class OneTarget:
-        async def targets(self, env: Envelope) -> Targets:
-            return Targets([ref])
 
     async def no_keep_alive(self: Msg) -> None:
         return None
@@ -419,32 +425,23 @@ async def test_a_redelivery_while_being_worked_on_joins_the_attempt_under_way(
 
     monkeypatch.setattr(Msg, "in_progress", no_keep_alive)
     monkeypatch.setattr(Msg, "ack", recorded_ack)
-    settings = bus.consumer_settings(ack_wait=1.0)
-    consumer = Consumer(
-        bus.nc, settings, "joined", OneTarget(), Coalescer(patch, 0.0, metrics), metrics,
-        reporter=Unreported(),
-    )  # fmt: skip
+    consumer = bare_consumer(bus, "joined", [ref], patch, ack_wait=1.0)
+    metrics = consumer.metrics
     await bus.publish(make_envelope("ns", "hook"))
-    stop = asyncio.Event()
-    running = asyncio.create_task(consumer.run(stop))
 
     async def redelivered_twice() -> bool:
         return bool(metrics.redeliveries._value.get() >= 2)
 
     async def acked() -> bool:
-        info = await bus.js.consumer_info(settings.stream, "joined")
+        info = await bus.js.consumer_info(consumer.settings.stream, "joined")
         return bool(info.num_ack_pending == 0 and info.num_pending == 0)
 
-    try:
+    async with consuming(consumer):
         await wait_for(redelivered_twice, "redelivered while the patch is held")
         newest = 1 + int(metrics.redeliveries._value.get())
         release.set()
         await wait_for(acked, "acknowledged")
         await asyncio.sleep(1.5)  # past ack_wait: nothing is patched again
-    finally:
-        stop.set()
-        await running
-        await consumer.drain(5)
     assert patches == [ref.key]
     # Settled through a delivery at least as new as the last one joined before the release
     # (one more may have joined meanwhile), not through the first.
@@ -459,26 +456,11 @@ async def test_a_redelivery_after_the_attempt_let_go_starts_an_attempt_of_its_ow
     dead letter's store can take seconds). It starts an attempt of its own; a different
     message that only shares the stream sequence (a stream created anew) never joins."""
     from nats.aio.msg import Msg
-    from prometheus_client import CollectorRegistry
-
-    from reconciler.coalescing import Coalescer
-    from reconciler.consuming import Unreported
-    from reconciler.metrics import ReconcilerMetrics
-    from reconciler.targeting import Targets
-
-    metrics = ReconcilerMetrics(CollectorRegistry())
 
     async def never(*_: Any, **__: Any) -> Patched:
         raise AssertionError("nothing here is patched")
 
-    class NoTarget:
-        async def targets(self, env: Envelope) -> Targets:
-            return Targets([])
-
-    consumer = Consumer(
-        bus.nc, bus.consumer_settings(), "let-go", NoTarget(), Coalescer(never, 0.0, metrics),
-        metrics, reporter=Unreported(),
-    )  # fmt: skip
+    consumer = bare_consumer(bus, "let-go", [], never)
     release = asyncio.Event()
     both_settling = asyncio.Event()
     settled: list[int] = []
