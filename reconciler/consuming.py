@@ -143,6 +143,12 @@ def decode(headers: Mapping[str, str] | None, data: bytes) -> Envelope:
         raise PermanentError(f"invalid envelope: {e}", reason="invalid_envelope") from e
 
 
+def _message_key(msg: Msg) -> tuple[int, datetime]:
+    """A message across its deliveries: stream sequence and stored time (sequences start
+    again at 1 in a stream created anew; the stored time tells such a message apart)."""
+    return (msg.metadata.sequence.stream, msg.metadata.timestamp)
+
+
 def _stored_size(msg: Msg) -> int:
     """What a pulled message is charged while its body is held: its bytes and headers as
     they decode, plus the routing size it keeps afterwards (``reconciler.backpressure``)."""
@@ -193,9 +199,7 @@ class Consumer:
         self._sub: BoundedPull | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._held: dict[int, Held] = {}
-        # The attempt under way for a message, by stream sequence and stored time (sequences
-        # start again at 1 in a stream created anew; the stored time tells such a message
-        # from the one held).
+        # The attempt under way for a message, by _message_key.
         self._by_message: dict[tuple[int, datetime], Held] = {}
         bucket = settings.done_bucket
         self.done = DoneMemory(
@@ -317,7 +321,7 @@ class Consumer:
                 await asyncio.wait_for(stop.wait(), 0.5)
 
     def _start(self, msg: Msg) -> None:
-        key = (msg.metadata.sequence.stream, msg.metadata.timestamp)
+        key = _message_key(msg)
         if (running := self._by_message.get(key)) is not None:
             self._join(running, msg)
             return
@@ -333,8 +337,7 @@ class Consumer:
             self._targeted(held)
             self._tasks.discard(task)
             del self._held[id(held)]
-            if self._by_message.get(key) is held:  # handle() lets go of it before settling
-                del self._by_message[key]
+            self._let_go(held)  # handle() has, unless it was cancelled
             self.backpressure.release(held.charge)
 
         task.add_done_callback(done)
@@ -356,6 +359,12 @@ class Consumer:
             "redelivered while being worked on: joined to the attempt under way",
             extra={"sequence": msg.metadata.sequence.stream, "attempt": msg.metadata.num_delivered},
         )
+
+    def _let_go(self, held: Held) -> None:
+        """A redelivery of ``held``'s message no longer joins its attempt."""
+        key = _message_key(held.msg)
+        if self._by_message.get(key) is held:
+            del self._by_message[key]
 
     async def drain(self, grace: float) -> None:
         """Wait for messages in flight; nak what is still running after ``grace`` seconds."""
@@ -398,9 +407,7 @@ class Consumer:
             # From here a redelivery starts an attempt of its own (which the done memory
             # keeps from patching again) rather than joining one that has settled. No await
             # between letting go and reading the newest delivery.
-            key = (msg.metadata.sequence.stream, msg.metadata.timestamp)
-            if self._by_message.get(key) is held:
-                del self._by_message[key]
+            self._let_go(held)
         await self.settle(held.msg if held is not None else msg, env, error)
 
     async def process(
