@@ -21,20 +21,34 @@ API rate limit: the admission ticket it gets is handed to the patch, which spend
 of waiting for a token again, so under a saturated budget an object's pending patch carries
 every delivery that arrived before it could be sent.
 
-With ``requested_at`` (``MetadataCache.requested_at``) a delivery in a batch is not patched
-for when the object's ``reconcile.fluxcd.io/requestedAt``, as the watch last showed it, was
-set after that delivery was stored: that request (another replica's, as replicas of one
-durable each get deliveries for every object, or a ``flux reconcile``) already makes Flux
-fetch after its push, and a second one would only make it reconcile again. It leaves the
-batch with that request's value (``Patched.covered``), so its outcome is followed as if it had
-been its own; a batch left empty sends nothing. The case that matters most is a redelivery
-(a message nak'd because another of its targets failed, taken by the other replica, whose
-done memory does not know it). It is checked before waiting for the rate limit and again once
-admitted (a token no longer needed is refunded). Stored times are JetStream's and request
-times the requester's clock, so a request must be ``COVER_MARGIN`` newer than the delivery,
-and not from the future by more than that: clocks within a second of each other (any
-NTP-synced cluster) never skip a needed patch; worse skew only loses the saving or, past the
-margin, can skip one.
+With ``last_request`` (``MetadataCache.last_request``) a delivery in a batch is not patched
+for when the object's last reconcile request, as the watch last showed it, was made after
+that delivery was stored: that request (another replica's, as replicas of one durable each
+get deliveries for every object, or a ``flux reconcile``) already makes Flux fetch after its
+push, and a second one would only make it reconcile again. It leaves the batch with that
+request's value (``Patched.covered``), so its outcome is followed as if it had been its own;
+a batch left empty sends nothing. The case that matters most is a redelivery: a message
+nak'd because another of its targets failed, or acked with an ack the server lost (a NATS
+node killed), taken by a replica whose done memory does not know it. It is checked before
+waiting for the rate limit and again once admitted (a token no longer needed is refunded).
+
+Two facts say a request was made after a delivery was stored:
+
+- **its stream position**: fluxrelay's own requests carry the newest message they were
+  made for (``fluxrelay.io/stored-through``, :class:`~reconciler.patching.Position`). A
+  delivery stored at or before it in the same stream is covered, whatever the clocks say:
+  the stream stores in sequence order, and the request was made after that message was
+  stored. "The same stream" is checked by the stored times: a message of a stream created
+  anew (sequences start again) is stored long after the annotation's, and must be stored
+  no later than ``COVER_MARGIN`` after it (the stream leader's clock may change with its
+  leader). This is exact for a redelivery of a message a patch carried, which the request
+  time alone cannot cover when the patch came within the margin of the store (the long soak
+  counted 7 double requests after a whole-cluster restart lost acks).
+- **its time**, for any other request (``flux reconcile``, notification-controller, an
+  older fluxrelay): stored times are JetStream's and request times the requester's clock,
+  so a request must be ``COVER_MARGIN`` newer than the delivery, and not from the future by
+  more than that: clocks within a second of each other (any NTP-synced cluster) never skip
+  a needed patch; worse skew only loses the saving or, past the margin, can skip one.
 """
 
 from __future__ import annotations
@@ -48,9 +62,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from reconciler.errors import Conflict
 from reconciler.kinds import ObjectRef
 from reconciler.metrics import ReconcilerMetrics
-from reconciler.patching import Patched, parse_rfc3339
+from reconciler.patching import LastRequest, Patched, Position, parse_rfc3339
 from reconciler.throttling import Ticket
 from schemas.envelope import Envelope
 
@@ -58,18 +73,29 @@ log = logging.getLogger(__name__)
 
 
 class Patch(Protocol):
-    """Sends one batch's patch (``Patcher.patch``), spending ``ticket`` when it has one."""
+    """Sends one batch's patch (``Patcher.patch``), spending ``ticket`` when it has one,
+    recording ``through``, the newest message it carries, when known, and on condition the
+    object still has resource version ``expect`` (else :class:`Conflict`) when given."""
 
     async def __call__(
-        self, ref: ObjectRef, envelopes: Sequence[Envelope], *, ticket: Ticket | None = None
+        self,
+        ref: ObjectRef,
+        envelopes: Sequence[Envelope],
+        *,
+        ticket: Ticket | None = None,
+        through: Position | None = None,
+        expect: str | None = None,
     ) -> Patched: ...
 
 
 Admit = Callable[[], Awaitable[Ticket]]
 """Waits for the API rate limit and returns the admission (``ApiGate.admit``)."""
-RequestedAt = Callable[[ObjectRef], str | None]
-"""The object's ``requestedAt`` annotation as last seen, ``None`` when not known."""
+LastRequestOf = Callable[[ObjectRef], LastRequest | None]
+"""The object's last reconcile request as last seen, ``None`` when not known."""
 
+MAX_CONFLICTS = 5
+"""Conflicts one batch's patch goes through (each read the object anew and checked again)
+before its deliveries are nak'd: an object changing that often is settled by a later try."""
 COVER_MARGIN = 1.0
 """Seconds a request must postdate a batch's newest stored delivery to cover it (clock skew
 between the NATS servers and the replicas), and may lie in the future."""
@@ -83,6 +109,18 @@ class _Batch:
     """Per envelope id (a delivery submitted twice waits twice)."""
     stored: dict[str, float] = field(default_factory=dict)
     """Unix time each delivery was stored, where known (only those can be covered)."""
+    seq: dict[str, int] = field(default_factory=dict)
+    """Stream sequence of each delivery, where known (a delivery submitted twice, as two
+    messages: the newer)."""
+    expect: str | None = None
+    """The object's resource version when the batch was last checked against its request:
+    the patch is sent on condition it still has it."""
+
+    def through(self) -> Position | None:
+        """The newest message the batch's patch carries, when its position is known."""
+        known = [Position(seq, self.stored[i]) for i, seq in self.seq.items() if i in self.stored]
+        return max(known, default=None)
+
     closed: bool = False
 
     def futures(self) -> list[asyncio.Future[Patched]]:
@@ -99,11 +137,11 @@ class Coalescer:
         metrics: ReconcilerMetrics,
         *,
         admit: Admit | None = None,
-        requested_at: RequestedAt | None = None,
+        last_request: LastRequestOf | None = None,
     ) -> None:
         self._patch = patch
         self._admit = admit
-        self._requested_at = requested_at
+        self._last_request = last_request
         """The batch keeps gathering until it returns (see the module docstring); without
         it the patch waits for the rate limit itself, with the batch already closed."""
         self.window = window
@@ -127,11 +165,16 @@ class Coalescer:
         return len(self._flushing)
 
     async def submit(
-        self, ref: ObjectRef, envelope: Envelope, stored_at: float | None = None
+        self,
+        ref: ObjectRef,
+        envelope: Envelope,
+        stored_at: float | None = None,
+        seq: int | None = None,
     ) -> Patched:
         """Wait until a patch covering ``envelope`` is done; raise its error if it failed.
 
-        ``stored_at``: Unix time JetStream stored it (lets a newer request cover it)."""
+        ``stored_at``: Unix time JetStream stored it (lets a newer request cover it);
+        ``seq``: its stream sequence (lets a request made for a later message cover it)."""
         batch = self._open.get(ref.key)
         if batch is None or batch.closed:
             batch = _Batch(ref)
@@ -145,7 +188,10 @@ class Coalescer:
             self._metrics.coalesced.inc()
         batch.envelopes[envelope["id"]] = envelope
         if stored_at is not None:
-            batch.stored[envelope["id"]] = stored_at
+            known = batch.stored.get(envelope["id"])
+            batch.stored[envelope["id"]] = stored_at if known is None else max(known, stored_at)
+            if seq is not None:
+                batch.seq[envelope["id"]] = max(seq, batch.seq.get(envelope["id"], 0))
         waiter: asyncio.Future[Patched] = asyncio.get_running_loop().create_future()
         batch.waiters.setdefault(envelope["id"], []).append(waiter)
         # Each delivery has its own waiter, so a cancelled delivery cancels only its own
@@ -197,37 +243,84 @@ class Coalescer:
             self._locks.pop(key, None)
 
     async def _send(self, batch: _Batch, ticket: Ticket | None) -> None:
-        """Patch for the deliveries left in ``batch`` and settle each with the result."""
-        try:
-            result = await self._patch(batch.ref, list(batch.envelopes.values()), ticket=ticket)
-        except asyncio.CancelledError:
-            for waiter in batch.futures():
-                waiter.cancel()
-            raise
-        except Exception as e:
-            for waiter in batch.futures():
-                if not waiter.done():
-                    waiter.set_exception(e)
-        else:
-            for waiter in batch.futures():
-                if not waiter.done():
-                    waiter.set_result(result)
+        """Patch for the deliveries left in ``batch`` and settle each with the result; on a
+        conflict (the object changed since the batch was checked), check again against the
+        object as it is now and send for what is still not covered."""
+        conflicts = 0
+        while True:
+            try:
+                result = await self._patch(
+                    batch.ref,
+                    list(batch.envelopes.values()),
+                    ticket=ticket,
+                    through=batch.through(),
+                    expect=batch.expect,
+                )
+            except asyncio.CancelledError:
+                for waiter in batch.futures():
+                    waiter.cancel()
+                raise
+            except Conflict as e:
+                conflicts += 1
+                ticket = None
+                self._metrics.conflicts.inc()
+                self._cover(batch, LastRequest.of(e.current or {}))
+                if not batch.envelopes:  # the request that changed it covers them all
+                    return
+                if conflicts < MAX_CONFLICTS and batch.expect is not None:
+                    continue
+                self._settle(batch, e)
+            except Exception as e:
+                self._settle(batch, e)
+            else:
+                self._settle(batch, result)
+            return
 
-    def _cover(self, batch: _Batch) -> None:
+    @staticmethod
+    def _settle(batch: _Batch, outcome: Patched | Exception) -> None:
+        for waiter in batch.futures():
+            if waiter.done():
+                continue
+            if isinstance(outcome, Exception):
+                waiter.set_exception(outcome)
+            else:
+                waiter.set_result(outcome)
+
+    def _cover(self, batch: _Batch, last: LastRequest | None = None) -> None:
         """Settle, and take out of ``batch``, the deliveries the object's current request
-        (made by anyone) postdates; see the module docstring."""
-        if self._requested_at is None or not batch.stored:
+        (made by anyone) postdates; see the module docstring. ``last``: the object as just
+        read (else as the watch last showed it); its version is what the patch expects."""
+        if last is None:
+            if self._last_request is None:
+                return
+            last = self._last_request(batch.ref)
+        batch.expect = last.resource_version if last is not None else None
+        if last is None or last.requested_at is None or not batch.stored:
             return
-        value = self._requested_at(batch.ref)
-        at = parse_rfc3339(value) if value else None
-        if value is None or at is None or at > time.time() + COVER_MARGIN:
-            return
-        covered = tuple(i for i, stored in batch.stored.items() if stored + COVER_MARGIN <= at)
+        value = last.requested_at
+        at = parse_rfc3339(value)
+        if at is not None and at > time.time() + COVER_MARGIN:
+            at = None  # from the future: no clock to trust
+        through = Position.parse(last.through)
+
+        def postdates(envelope_id: str, stored: float) -> bool:
+            if at is not None and stored + COVER_MARGIN <= at:
+                return True
+            seq = batch.seq.get(envelope_id)
+            return (
+                through is not None
+                and seq is not None
+                and seq <= through.seq
+                and stored <= through.stored + COVER_MARGIN
+            )
+
+        covered = tuple(i for i, stored in batch.stored.items() if postdates(i, stored))
         if not covered:
             return
         result = Patched(batch.ref, value, covered, covered=True)
         for envelope_id in covered:
             del batch.envelopes[envelope_id], batch.stored[envelope_id]
+            batch.seq.pop(envelope_id, None)
             for waiter in batch.waiters.pop(envelope_id):
                 if not waiter.done():
                     waiter.set_result(result)

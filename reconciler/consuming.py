@@ -443,7 +443,7 @@ class Consumer:
         async def patch_and_report(ref: ObjectRef) -> Patched:
             # Reported as soon as this target is patched, not after the message's slowest
             # target: the stage latencies and the outcome's patch time are this patch's.
-            patched = await self.coalescer.submit(ref, env, stored)
+            patched = await self.coalescer.submit(ref, env, stored, message.seq)
             try:
                 self.reporter.patched(patched, env, targets.decisions)
             except Exception:

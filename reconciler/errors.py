@@ -8,6 +8,8 @@ comes back later), a :class:`PermanentError` becomes ``term`` plus a dead letter
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ReconcilerError(Exception):
     """Base of the reconciler's own errors."""
@@ -27,6 +29,16 @@ class TemporaryError(ReconcilerError):
         super().__init__(message, reason=reason)
         self.delay = delay
         """Seconds before the message should be tried again (from ``Retry-After`` when given)."""
+
+
+class Conflict(TemporaryError):
+    """409 for a request made on condition of a resource version the object no longer has:
+    someone changed it since it was last seen. ``current``: its metadata as read since, when
+    the caller read it (``reconciler.patching``), to decide again from."""
+
+    def __init__(self, message: str, *, current: dict[str, Any] | None = None) -> None:
+        super().__init__(message, reason="conflict", delay=0.0)
+        self.current = current
 
 
 class PermanentError(ReconcilerError):

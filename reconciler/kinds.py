@@ -95,6 +95,10 @@ REQUESTED_AT = "reconcile.fluxcd.io/requestedAt"
 """The annotation Flux compares with ``status.lastHandledReconcileAt``."""
 DELIVERY_ANNOTATION = "fluxrelay.io/delivery"
 """Records which delivery (envelope id) caused the last requested reconcile."""
+THROUGH_ANNOTATION = "fluxrelay.io/stored-through"
+"""The newest stored message (stream sequence and stored time) fluxrelay's last request for
+this object carried: every message stored up to it is covered by that request
+(``reconciler.coalescing``)."""
 
 
 @dataclass(frozen=True, slots=True, order=True)

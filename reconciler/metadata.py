@@ -30,8 +30,9 @@ from typing import Any
 
 from kubernetes_asyncio import client as k8s
 
-from reconciler.kinds import REQUESTED_AT, ObjectRef, shard_selector
+from reconciler.kinds import ObjectRef, shard_selector
 from reconciler.metrics import ReconcilerMetrics
+from reconciler.patching import LastRequest
 from runtime.informer import Informer, InformerSettings, custom_objects
 
 log = logging.getLogger(__name__)
@@ -136,18 +137,24 @@ class MetadataCache:
             return None
         return collection.get(ref.namespace, ref.name)
 
-    def requested_at(self, ref: ObjectRef) -> str | None:
-        """The object's ``reconcile.fluxcd.io/requestedAt`` as last seen, when its kind is kept
-        already (this never starts keeping one: the coalescer asks about every object it
-        patches, explicit targeting decides which kinds are kept)."""
+    def last_request(self, ref: ObjectRef) -> LastRequest | None:
+        """The object's last reconcile request as last seen (``requestedAt``, fluxrelay's
+        ``stored-through``, the resource version), when its kind is kept already (this never
+        starts keeping one: the coalescer asks about every object it patches, explicit
+        targeting decides which kinds are kept)."""
         collection = self._collections.get((ref.group, ref.version, ref.plural))
         if collection is None or not collection.listed.is_set():
             return None
         obj = collection.get(ref.namespace, ref.name)
-        if obj is None:
-            return None
-        value = (obj["metadata"].get("annotations") or {}).get(REQUESTED_AT)
-        return value if isinstance(value, str) else None
+        return None if obj is None else LastRequest.of(obj["metadata"])
+
+    def saw(self, ref: ObjectRef, obj: Mapping[str, Any]) -> None:
+        """``obj`` as a request for it just answered (``Patcher``): kept in place of what the
+        watch showed, if held (the watch's own event for it follows; one older than it may
+        come first and put an older version back, which costs a conflict, no more)."""
+        collection = self._collections.get((ref.group, ref.version, ref.plural))
+        if collection is not None and collection.get(ref.namespace, ref.name) is not None:
+            collection.put(obj)
 
     def select(self, probe: ObjectRef, match_labels: Mapping[str, Any]) -> list[JSON] | None:
         """The objects in ``probe``'s namespace whose labels include ``match_labels`` (as a

@@ -89,6 +89,11 @@ class ReconcilerMetrics(MetricSet):
             "Deliveries not patched: the object's requestedAt was set after they were stored "
             "(by another replica, or anyone), so that request covers them.",
         )
+        self.conflicts = self.counter(
+            "fluxrelay_reconciler_patch_conflicts",
+            "Reconcile requests refused with 409: the object changed since the version they "
+            "were sent on condition of, so they were checked again against it.",
+        )
         self.untargeted = self.counter(
             "fluxrelay_reconciler_untargeted",
             "Deliveries that reconciled no object, by Receiver and the first reason (see "

@@ -173,14 +173,14 @@ class Reconciler:
             self._spawn(files.run(), "receivers")
         if self.reporter is None:
             self.reporter = await self._start_reporting()
-        patcher = Patcher(self.api, gate, self.metrics)
         metadata = MetadataCache(self.api, self.metrics, namespace=s.namespace, shard=s.shard)
+        patcher = Patcher(self.api, gate, self.metrics, seen=metadata.saw)
         self.coalescer = Coalescer(
             patcher.patch,
             s.coalesce_window,
             self.metrics,
             admit=gate.admit,
-            requested_at=metadata.requested_at,
+            last_request=metadata.last_request,
         )
         self.targeter = Targeter(
             self.api,

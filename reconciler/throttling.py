@@ -8,7 +8,8 @@ allowed in flight (once per "round", so a burst of 429s for requests sent togeth
 once) and stops everyone until the server's ``Retry-After`` has passed; every success grows
 the limit back by ``1/limit`` (additive increase, one slot per round of successes). 409, 429,
 500/502/503/504, timeouts and connection failures are retried with jittered backoff
-(``runtime.backoff``). What the answers mean for the message is decided here and nowhere
+(``runtime.backoff``), except a 409 for a request made on condition of a resource version,
+which would fail again: that is the caller's :class:`~reconciler.errors.Conflict`. What the answers mean for the message is decided here and nowhere
 else: those, and 401/403 (RBAC or a token being rolled out), are temporary; 404 and every
 other answer permanent.
 
@@ -30,7 +31,7 @@ from typing import Any, TypeVar
 import aiohttp
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from reconciler.errors import PermanentError, TemporaryError
+from reconciler.errors import Conflict, PermanentError, TemporaryError
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.settings import PatchSettings
 from runtime import backoff
@@ -219,10 +220,13 @@ class ApiGate:
         request: Callable[[], Awaitable[T]],
         *,
         ticket: Ticket | None = None,
+        conditional: bool = False,
     ) -> T:
         """Run ``request`` with retries; raise TemporaryError/PermanentError when it fails.
 
-        ``ticket`` (from :meth:`admit`) pays the first attempt's token.
+        ``ticket`` (from :meth:`admit`) pays the first attempt's token. ``conditional``: the
+        request names a resource version, so a 409 is final (the same request would fail
+        again): :class:`Conflict` is raised at once for the caller to decide again.
         """
         if ticket is not None:
             ticket.spend()
@@ -236,6 +240,8 @@ class ApiGate:
             except ApiException as e:
                 await self.limiter.release()
                 self.metrics.api_requests.labels(verb, str(e.status)).inc()
+                if conditional and e.status == 409:
+                    raise Conflict(f"{what}: changed since last seen") from e
                 delay = self._failed(e, epoch, what, attempt, attempts)
             except (aiohttp.ClientError, OSError, TimeoutError) as e:
                 await self.limiter.release()

@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
-from reconciler.coalescing import COVER_MARGIN, Coalescer
-from reconciler.errors import TemporaryError
-from reconciler.kinds import ObjectRef
+from reconciler.coalescing import COVER_MARGIN, MAX_CONFLICTS, Coalescer
+from reconciler.errors import Conflict, TemporaryError
+from reconciler.kinds import REQUESTED_AT, THROUGH_ANNOTATION, ObjectRef
 from reconciler.metrics import ReconcilerMetrics
-from reconciler.patching import Patched, rfc3339_nano
+from reconciler.patching import LastRequest, Patched, Position, rfc3339_nano
 from reconciler.throttling import Ticket
 from runtime.tokenbucket import TokenBucket
 from schemas.envelope import Envelope, validate
@@ -31,6 +32,7 @@ class Recording:
     def __init__(self, fail: Exception | None = None, hold: asyncio.Event | None = None) -> None:
         self.calls: list[tuple[ObjectRef, list[str]]] = []
         self.tickets: list[Ticket | None] = []
+        self.throughs: list[Position | None] = []
         self.fail = fail
         self.hold = hold
         self.active = 0
@@ -38,13 +40,20 @@ class Recording:
         self.started = asyncio.Event()
 
     async def __call__(
-        self, ref: ObjectRef, envelopes: Sequence[Envelope], *, ticket: Ticket | None = None
+        self,
+        ref: ObjectRef,
+        envelopes: Sequence[Envelope],
+        *,
+        ticket: Ticket | None = None,
+        through: Position | None = None,
+        expect: str | None = None,
     ) -> Patched:
         self.active += 1
         self.peak = max(self.peak, self.active)
         try:
             self.calls.append((ref, [e["id"] for e in envelopes]))
             self.tickets.append(ticket)
+            self.throughs.append(through)
             self.started.set()
             if self.hold is not None:
                 await self.hold.wait()
@@ -183,13 +192,20 @@ def stamp(unix: float) -> str:
 
 
 class Requests:
-    """What ``MetadataCache.requested_at`` would answer, per object."""
+    """What ``MetadataCache.last_request`` would answer, per object: ``values`` the
+    ``requestedAt``, ``through`` fluxrelay's ``stored-through``, ``versions`` the resource
+    version."""
 
     def __init__(self) -> None:
         self.values: dict[str, str] = {}
+        self.through: dict[str, str] = {}
+        self.versions: dict[str, str] = {}
 
-    def __call__(self, ref: ObjectRef) -> str | None:
-        return self.values.get(ref.key)
+    def __call__(self, ref: ObjectRef) -> LastRequest | None:
+        if ref.key not in self.values:
+            return None
+        key = ref.key
+        return LastRequest(self.values[key], self.through.get(key), self.versions.get(key))
 
 
 @pytest.mark.parametrize(
@@ -205,7 +221,7 @@ async def test_a_newer_request_covers_a_batch(request_after_store: float, covere
     patch = Recording()
     requests = Requests()
     metrics = ReconcilerMetrics()
-    coalescer = Coalescer(patch, 0.0, metrics, requested_at=requests)
+    coalescer = Coalescer(patch, 0.0, metrics, last_request=requests)
     stored = time.time() - 10.0
     docs = envs(3)
     requests.values[A.key] = stamp(stored + request_after_store)
@@ -226,7 +242,7 @@ async def test_a_request_that_is_not_an_rfc3339_time_covers_nothing(value: str) 
     patch = Recording()
     requests = Requests()
     requests.values[A.key] = value
-    coalescer = Coalescer(patch, 0.0, ReconcilerMetrics(), requested_at=requests)
+    coalescer = Coalescer(patch, 0.0, ReconcilerMetrics(), last_request=requests)
     await coalescer.submit(A, envs(1)[0], time.time() - 10.0)
     assert len(patch.calls) == 1
 
@@ -240,7 +256,7 @@ async def test_only_the_deliveries_a_request_postdates_leave_the_batch() -> None
     now = time.time()
     requests.values[A.key] = stamp(now - 5.0)
     metrics = ReconcilerMetrics()
-    coalescer = Coalescer(patch, 0.0, metrics, requested_at=requests)
+    coalescer = Coalescer(patch, 0.0, metrics, last_request=requests)
     old, fresh, unknown = envs(3)
     results = await asyncio.gather(
         coalescer.submit(A, old, now - 60.0),
@@ -269,7 +285,164 @@ async def test_a_request_landing_while_the_batch_waits_for_the_rate_limit_refund
         requests.values[A.key] = stamp(stored + 5.0)  # the other replica's patch, meanwhile
         return Ticket(bucket)
 
-    coalescer = Coalescer(patch, 0.0, ReconcilerMetrics(), admit=admit, requested_at=requests)
+    coalescer = Coalescer(patch, 0.0, ReconcilerMetrics(), admit=admit, last_request=requests)
     result = await coalescer.submit(A, envs(1)[0], stored)
     assert result.covered and patch.calls == []
     assert bucket.take() == 0.0, "the refunded token is there for the next request"
+
+
+@pytest.mark.parametrize(
+    ("seq", "stored_after_through", "covered"),
+    [
+        pytest.param(7, 0.0, True, id="the-message-the-request-carried"),
+        pytest.param(5, -3.0, True, id="an-older-message"),
+        pytest.param(8, 0.5, False, id="a-newer-message"),
+        pytest.param(3, 3600.0, False, id="a-stream-created-anew-since"),
+        pytest.param(None, 0.0, False, id="sequence-not-known"),
+    ],
+)
+async def test_a_request_covers_the_messages_stored_up_to_the_one_it_carried(
+    seq: int | None, stored_after_through: float, covered: bool
+) -> None:
+    """The redelivery the request time cannot cover: its patch came within the clock margin
+    of the store (here 0.2 s after), then its ack was lost (the long soak's whole-cluster
+    restart). The request's stream position covers it exactly; a later message, or one of a
+    stream created anew (sequences start again), it does not."""
+    patch = Recording()
+    requests = Requests()
+    through = Position(7, time.time() - 10.0)
+    requests.values[A.key] = stamp(through.stored + 0.2)
+    requests.through[A.key] = through.annotation()
+    metrics = ReconcilerMetrics()
+    coalescer = Coalescer(patch, 0.0, metrics, last_request=requests)
+    result = await coalescer.submit(A, envs(1)[0], through.stored + stored_after_through, seq)
+    assert result.covered is covered
+    assert len(patch.calls) == (0 if covered else 1)
+    assert metrics.covered._value.get() == (1 if covered else 0)
+
+
+@pytest.mark.parametrize(
+    "through", ["", "7", "7@", "@2026-12-06T10:00:00Z", "-7@2026-12-06T10:00:00Z",
+                "7@yesterday", "x" * 65, "\u0667@2026-12-06T10:00:00Z"],
+)  # fmt: skip
+async def test_a_stored_through_that_is_not_a_position_covers_nothing(through: str) -> None:
+    """Anyone who may edit the object may write the annotation: what is not a position is
+    ignored (the request's time still counts, here made before the store)."""
+    patch = Recording()
+    requests = Requests()
+    stored = time.time() - 10.0
+    requests.values[A.key] = stamp(stored - 5.0)
+    requests.through[A.key] = through
+    coalescer = Coalescer(patch, 0.0, ReconcilerMetrics(), last_request=requests)
+    result = await coalescer.submit(A, envs(1)[0], stored, 1)
+    assert not result.covered and len(patch.calls) == 1
+
+
+async def test_a_patch_records_the_newest_message_it_carries() -> None:
+    patch = Recording()
+    coalescer = Coalescer(patch, 0.0, ReconcilerMetrics())
+    now = time.time()
+    older, newest, unplaced = envs(3)
+    await asyncio.gather(
+        coalescer.submit(A, older, now - 2.0, 40),
+        coalescer.submit(A, newest, now - 1.0, 41),
+        coalescer.submit(A, unplaced),
+    )
+    assert patch.calls == [(A, [older["id"], newest["id"], unplaced["id"]])]
+    assert patch.throughs == [Position(41, now - 1.0)]
+    await coalescer.submit(A, envs(1)[0])  # no position known: none recorded
+    assert patch.throughs[-1] is None
+
+
+@pytest.mark.parametrize(
+    "position",
+    [Position(1, 0.0), Position(123456789, 1765000000.123456), Position(2**63, 4102444800.5)],
+)
+def test_a_position_reads_back_from_its_annotation(position: Position) -> None:
+    parsed = Position.parse(position.annotation())
+    assert parsed is not None and parsed.seq == position.seq
+    assert parsed.stored == pytest.approx(position.stored, abs=1e-6)
+
+
+class Conflicting(Recording):
+    """A patch refused with 409 while the object is not at the version it expects; the
+    object as read after the refusal is ``current`` (another replica's request landed)."""
+
+    def __init__(self, version: str, current: dict[str, Any]) -> None:
+        super().__init__()
+        self.version = version
+        self.current = current
+        self.expected: list[str | None] = []
+
+    async def __call__(
+        self,
+        ref: ObjectRef,
+        envelopes: Sequence[Envelope],
+        *,
+        ticket: Ticket | None = None,
+        through: Position | None = None,
+        expect: str | None = None,
+    ) -> Patched:
+        self.expected.append(expect)
+        if expect is not None and expect != self.version:
+            raise Conflict("changed", current=self.current)
+        return await super().__call__(ref, envelopes, ticket=ticket, through=through)
+
+
+def metadata(version: str, requested: str, through: Position | None = None) -> dict[str, Any]:
+    annotations = {REQUESTED_AT: requested}
+    if through is not None:
+        annotations[THROUGH_ANNOTATION] = through.annotation()
+    return {"resourceVersion": version, "annotations": annotations}
+
+
+async def test_a_patch_refused_because_another_request_landed_is_covered_by_it() -> None:
+    """Two replicas sending for one redelivered message at once (the long soak, after a
+    stream leader change with the API server down): both send on condition of the version
+    their watch showed; the one that lands second is refused, reads the object, and finds
+    the first's request covers its deliveries."""
+    requests = Requests()
+    stored = time.time() - 60.0
+    requests.values[A.key] = stamp(stored - 30.0)  # the request before the message was stored
+    requests.versions[A.key] = "10"
+    other = metadata("11", stamp(time.time()), Position(5, stored))
+    patch = Conflicting("11", other)
+    metrics = ReconcilerMetrics()
+    coalescer = Coalescer(patch, 0.0, metrics, last_request=requests)
+    result = await coalescer.submit(A, envs(1)[0], stored, 5)
+    assert patch.expected == ["10"] and patch.calls == []
+    assert result.covered and result.requested_at == other["annotations"][REQUESTED_AT]
+    assert metrics.conflicts._value.get() == 1
+
+
+async def test_a_patch_refused_by_a_change_covering_nothing_goes_again_on_the_new_version() -> None:
+    """The object changed for another reason (Flux wrote its status, or a request made before
+    this delivery was stored): the patch goes again, on condition of the version read."""
+    requests = Requests()
+    stored = time.time() - 60.0
+    requests.values[A.key] = stamp(stored - 30.0)
+    requests.versions[A.key] = "10"
+    patch = Conflicting("11", metadata("11", stamp(stored - 30.0)))
+    coalescer = Coalescer(patch, 0.0, ReconcilerMetrics(), last_request=requests)
+    result = await coalescer.submit(A, envs(1)[0], stored, 5)
+    assert patch.expected == ["10", "11"]
+    assert not result.covered and len(patch.calls) == 1
+
+
+async def test_an_object_that_keeps_changing_fails_the_batch_after_max_conflicts() -> None:
+    requests = Requests()
+    stored = time.time() - 60.0
+    requests.values[A.key] = stamp(stored - 30.0)
+    requests.versions[A.key] = "10"
+    patch = Conflicting("never", metadata("12", stamp(stored - 30.0)))
+    coalescer = Coalescer(patch, 0.0, ReconcilerMetrics(), last_request=requests)
+    with pytest.raises(Conflict):
+        await coalescer.submit(A, envs(1)[0], stored, 5)
+    assert len(patch.expected) == MAX_CONFLICTS and patch.calls == []
+
+
+async def test_without_a_version_seen_the_patch_is_sent_unconditionally() -> None:
+    patch = Conflicting("11", {})
+    coalescer = Coalescer(patch, 0.0, ReconcilerMetrics(), last_request=Requests())
+    await coalescer.submit(A, envs(1)[0], time.time(), 1)
+    assert patch.expected == [None] and len(patch.calls) == 1

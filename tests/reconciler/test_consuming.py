@@ -23,8 +23,14 @@ import pytest
 from reconciler.coalescing import Patch
 from reconciler.consuming import Consumer
 from reconciler.decisions import Decisions
-from reconciler.kinds import DELIVERY_ANNOTATION, REQUESTED_AT, SHARD_LABEL, ObjectRef
-from reconciler.patching import Patched
+from reconciler.kinds import (
+    DELIVERY_ANNOTATION,
+    REQUESTED_AT,
+    SHARD_LABEL,
+    THROUGH_ANNOTATION,
+    ObjectRef,
+)
+from reconciler.patching import Patched, Position
 from reconciler.running import Reconciler
 from schemas.envelope import Envelope
 from tests.reconciler.conftest import (
@@ -143,6 +149,55 @@ async def test_a_named_target_is_patched_and_the_message_acked(
     assert ids == [doc["id"]]
     assert requested_at(kube, kube_namespace, "Kustomization", "other") is None
     assert await bus.dead() == []
+
+
+@pytest.mark.parametrize("position", [True, False], ids=["stored-through", "control-without"])
+async def test_a_message_whose_ack_was_lost_is_not_patched_again_by_the_other_replica(
+    kube: KubeAPI,
+    kube_namespace: str,
+    fleet: Fleet,
+    bus: Bus,
+    monkeypatch: pytest.MonkeyPatch,
+    position: bool,
+) -> None:
+    """The long soak's 7 double requests after a whole-cluster restart: replica one patched
+    and acked, the server lost the ack, and the message came back after ``ack_wait`` to
+    replica two, which has no memory of it, and whose watch shows a request made within the
+    clock margin of the store (so its time covers nothing). The request's stream position
+    (``fluxrelay.io/stored-through``) covers it; the control writes none and patches twice."""
+    ns = kube_namespace
+    kube.apply(flux_object("Kustomization", "apps"), namespace=ns)
+    receivers = fleet.write_receivers([hook_naming(ns, "apps")])
+    settings = fleet.settings(receivers, consumer={"ack_wait": 6.0})
+    if not position:
+        monkeypatch.setattr("reconciler.coalescing._Batch.through", lambda self: None)
+    with monkeypatch.context() as lost:
+        lost.setattr("nats.aio.msg.Msg.ack", _ack_lost)
+        one = await fleet.start(settings, reporter=Recorder())
+        await bus.publish(make_envelope(ns, "hook"))
+        await wait_for(lambda: one.metrics.messages.labels("ack")._value.get() == 1, "acked")
+        await one.stop()
+        fleet.started.remove(one)
+    first = annotations_of(kube, ns, "Kustomization", "apps")
+    assert (THROUGH_ANNOTATION in first) is position
+
+    two = await fleet.start(settings, reporter=Recorder())
+    assert two.targeter is not None and two.targeter.metadata is not None
+    await two.targeter.metadata.listed(ObjectRef.of("Kustomization", ns, "apps"))
+    assert two.metrics.redeliveries._value.get() == 0, "the watch listed before it came back"
+    await wait_for(lambda: acked_all(two), "the redelivery acked", limit=30)
+    assert two.metrics.redeliveries._value.get() == 1
+    then = annotations_of(kube, ns, "Kustomization", "apps")
+    if position:
+        assert then[REQUESTED_AT] == first[REQUESTED_AT], "no second request"
+        assert two.metrics.covered._value.get() == 1
+    else:
+        assert then[REQUESTED_AT] != first[REQUESTED_AT]
+        assert two.metrics.covered._value.get() == 0
+
+
+async def _ack_lost(self: object) -> None:
+    """An ack the server never got (published into a connection that then died)."""
 
 
 async def test_invalid_messages_are_dead_lettered_with_their_reason(
@@ -359,7 +414,12 @@ async def test_a_redelivery_after_a_lost_ack_patches_nothing_again(
     patches: list[str] = []
 
     async def patch(
-        ref: ObjectRef, envelopes: Sequence[Envelope], *, ticket: Ticket | None = None
+        ref: ObjectRef,
+        envelopes: Sequence[Envelope],
+        *,
+        ticket: Ticket | None = None,
+        through: Position | None = None,
+        expect: str | None = None,
     ) -> Patched:
         patches.append(ref.key)
         return Patched(ref, f"t{len(patches)}", tuple(e["id"] for e in envelopes))
@@ -407,7 +467,12 @@ async def test_a_redelivery_while_being_worked_on_joins_the_attempt_under_way(
     release = asyncio.Event()
 
     async def patch(
-        ref: ObjectRef, envelopes: Sequence[Envelope], *, ticket: Ticket | None = None
+        ref: ObjectRef,
+        envelopes: Sequence[Envelope],
+        *,
+        ticket: Ticket | None = None,
+        through: Position | None = None,
+        expect: str | None = None,
     ) -> Patched:
         patches.append(ref.key)
         await release.wait()  # the API server is unreachable until the test says so

@@ -30,7 +30,7 @@ from reconciler.done import DoneMemory, Stored
 from reconciler.errors import TemporaryError
 from reconciler.kinds import ObjectRef
 from reconciler.metrics import ReconcilerMetrics
-from reconciler.patching import Patched
+from reconciler.patching import Patched, Position
 from reconciler.targeting import Targets
 from reconciler.throttling import Ticket
 from schemas.envelope import Envelope
@@ -62,7 +62,12 @@ async def test_a_held_delivery_costs_less_than_its_routing_charge(bus: Bus) -> N
     release = asyncio.Event()
 
     async def blocked_patch(
-        ref: ObjectRef, envelopes: Sequence[Envelope], *, ticket: Ticket | None = None
+        ref: ObjectRef,
+        envelopes: Sequence[Envelope],
+        *,
+        ticket: Ticket | None = None,
+        through: Position | None = None,
+        expect: str | None = None,
     ) -> Patched:
         await release.wait()
         raise TemporaryError("released", reason="test")

@@ -7,7 +7,8 @@ These tests hold fluxrelay's cache to the same: the server sends metadata only, 
 follows creations, label changes and deletions, keeps to its shard, lets a version the server
 does not serve fall back to reads, and a burst of deliveries for a Receiver naming many
 objects reads nothing from the API. The coalescer reads the same cache to let another
-replica's request cover deliveries stored before it.
+replica's request cover deliveries stored before it, and sends its patch on condition of the
+resource version it decided on.
 """
 
 from __future__ import annotations
@@ -16,20 +17,27 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
 from kubernetes_asyncio import client as k8s_client
 
 from reconciler.coalescing import Coalescer
-from reconciler.kinds import KINDS, SHARD_LABEL, ObjectRef
+from reconciler.kinds import KINDS, REQUESTED_AT, SHARD_LABEL, ObjectRef
 from reconciler.metadata import MetadataCache
 from reconciler.metrics import ReconcilerMetrics
-from reconciler.patching import Patcher
+from reconciler.patching import LastRequest, Patcher, Position
 from reconciler.receivers import ReceiverBook
 from reconciler.settings import PatchSettings
 from reconciler.throttling import ApiGate
 from runtime.informer import custom_objects, read_events, read_json
 from schemas.envelope import validate
 from schemas.receivers import parse_receiver
-from tests.reconciler.conftest import flux_object, make_envelope, receiver_manifest, wait_for
+from tests.reconciler.conftest import (
+    annotations_of,
+    flux_object,
+    make_envelope,
+    receiver_manifest,
+    wait_for,
+)
 from tests.reconciler.test_targeting import api_reads, targeter
 from tests.support.kubeapi import KubeAPI
 
@@ -187,7 +195,7 @@ async def test_another_replicas_request_seen_by_the_watch_covers_older_deliverie
     gate = ApiGate(PatchSettings(), metrics)
     patcher = Patcher(kube_client, gate, metrics)
     coalescer = Coalescer(
-        patcher.patch, 0.0, metrics, admit=gate.admit, requested_at=cache.requested_at
+        patcher.patch, 0.0, metrics, admit=gate.admit, last_request=cache.last_request
     )
     try:
         async with asyncio.timeout(30):
@@ -196,7 +204,13 @@ async def test_another_replicas_request_seen_by_the_watch_covers_older_deliverie
         other = await Patcher(kube_client, gate, ReconcilerMetrics()).patch(
             ref, [validate(make_envelope(ns, "hook"))]
         )
-        await wait_for(lambda: cache.requested_at(ref) == other.requested_at, "B's request")
+        await wait_for(
+            lambda: (
+                (cache.last_request(ref) or LastRequest(None, None)).requested_at
+                == other.requested_at
+            ),
+            "B's request",
+        )
         covered = await coalescer.submit(ref, validate(make_envelope(ns, "hook")), before)
         assert covered.covered and covered.requested_at == other.requested_at
         assert (
@@ -260,3 +274,44 @@ def test_a_label_selection_looks_at_one_namespace_only() -> None:
         collection.drop(obj("apps", name, "red"))
     assert cache.select(probe, {"team": "red"}) == [] and len(cache) == 20_000
     assert "apps" not in collection.namespaces
+
+
+@pytest.mark.parametrize("conditional", [True, False], ids=["on-condition", "control-without"])
+async def test_two_replicas_requesting_for_one_message_at_once_make_one_request(
+    kube: KubeAPI, kube_namespace: str, kube_client: k8s_client.ApiClient, conditional: bool
+) -> None:
+    """The long soak's other double request: replica A works on a message (its patch waiting
+    out an API outage) while the server, after a stream leader change, hands it to replica B
+    as well. Both decide on what their watch showed before either request landed. B's lands
+    first; A's, sent on condition of the version it decided on, is refused (409), and A reads
+    the object and finds B's request covers the message. The control sends A's without the
+    condition: two requests."""
+    ns = kube_namespace
+    kube.apply(flux_object("Kustomization", "apps"), namespace=ns)
+    ref = ObjectRef.of("Kustomization", ns, "apps")
+    metrics = ReconcilerMetrics()
+    cache = MetadataCache(kube_client, metrics, namespace=ns)
+    gate = ApiGate(PatchSettings(), metrics)
+    try:
+        async with asyncio.timeout(30):
+            await cache.listed(ref)
+        seen_before = cache.last_request(ref)
+        assert seen_before is not None and seen_before.resource_version is not None
+        frozen = seen_before if conditional else seen_before._replace(resource_version=None)
+        patcher = Patcher(kube_client, gate, metrics)
+        coalescer = Coalescer(patcher.patch, 0.0, metrics, last_request=lambda _: frozen)
+        stored, seq = time.time() - 40.0, 17  # the message, stored before the outage
+        message = validate(make_envelope(ns, "hook"))
+        b = await Patcher(kube_client, gate, ReconcilerMetrics()).patch(
+            ref, [message], through=Position(seq, stored)
+        )
+        a = await coalescer.submit(ref, message, stored, seq)
+        now = annotations_of(kube, ns, "Kustomization", "apps")[REQUESTED_AT]
+        if conditional:
+            assert a.covered and a.requested_at == b.requested_at == now
+            assert metrics.conflicts._value.get() == 1
+        else:
+            assert not a.covered and now == a.requested_at != b.requested_at
+            assert metrics.conflicts._value.get() == 0
+    finally:
+        await cache.close()

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from reconciler.errors import Conflict, TemporaryError
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.patching import RequestClock, rfc3339_nano
 from reconciler.settings import PatchSettings
@@ -143,3 +144,31 @@ def test_requested_at_values_never_repeat_or_go_back() -> None:
     assert len(set(values)) == len(values)
     assert values == sorted(values)
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", v) for v in values)
+
+
+@pytest.mark.parametrize("conditional", [True, False])
+async def test_a_conditional_requests_409_is_final_and_any_others_retried(
+    conditional: bool,
+) -> None:
+    """A request sent on condition of a resource version fails the same way every time once
+    the object has changed: the caller must decide again (``Conflict``), not the gate retry."""
+    gate = ApiGate(
+        PatchSettings(retry_base=0.001, retry_max=0.002, attempts=3), ReconcilerMetrics()
+    )
+    sent = 0
+
+    async def request() -> str:
+        nonlocal sent
+        sent += 1
+        if sent == 1:
+            raise ApiException(status=409, reason="Conflict")
+        return "ok"
+
+    if conditional:
+        with pytest.raises(Conflict) as raised:
+            await gate.call("patch", "Kustomization/ns/a", request, conditional=True)
+        assert raised.value.current is None and isinstance(raised.value, TemporaryError)
+        assert sent == 1
+    else:
+        assert await gate.call("patch", "Kustomization/ns/a", request) == "ok"
+        assert sent == 2
