@@ -141,7 +141,8 @@ OPTIONS: tuple[Option, ...] = (
            "floor of the adaptive concurrency (default 1)",
            _patch("min_concurrency", positive(int)), metavar="N"),
     Option("--api-attempts", "FLUXRELAY_API_ATTEMPTS",
-           "tries of one API request on 409/429/5xx before the message is retried (default 4)",
+           "tries of one API request on 409 (not a conditional patch's)/429/5xx before the "
+           "message is retried (default 4)",
            _patch("attempts", positive(int)), metavar="N"),
     Option("--api-timeout", "FLUXRELAY_API_TIMEOUT",
            "seconds one API request may take (default 10)",

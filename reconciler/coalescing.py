@@ -38,17 +38,29 @@ Two facts say a request was made after a delivery was stored:
   made for (``fluxrelay.io/stored-through``, :class:`~reconciler.patching.Position`). A
   delivery stored at or before it in the same stream is covered, whatever the clocks say:
   the stream stores in sequence order, and the request was made after that message was
-  stored. "The same stream" is checked by the stored times: a message of a stream created
-  anew (sequences start again) is stored long after the annotation's, and must be stored
-  no later than ``COVER_MARGIN`` after it (the stream leader's clock may change with its
-  leader). This is exact for a redelivery of a message a patch carried, which the request
-  time alone cannot cover when the patch came within the margin of the store (the long soak
-  counted 7 double requests after a whole-cluster restart lost acks).
+  stored. The stream is named by its creation time, so a stream created anew (sequences
+  start again at 1) or another installation's stream never matches. This is exact for a
+  redelivery of a message a patch carried, which the request time alone cannot cover when
+  the patch came within the margin of the store (the long soak counted 7 double requests
+  after a whole-cluster restart lost acks).
 - **its time**, for any other request (``flux reconcile``, notification-controller, an
   older fluxrelay): stored times are JetStream's and request times the requester's clock,
   so a request must be ``COVER_MARGIN`` newer than the delivery, and not from the future by
   more than that: clocks within a second of each other (any NTP-synced cluster) never skip
   a needed patch; worse skew only loses the saving or, past the margin, can skip one.
+
+Both read the object as the metadata watch showed it (``MetadataCache``: the kinds a
+Receiver names, or filters with ``resourceFilter``); an object it does not hold is patched
+for without either, and unconditionally.
+
+The patch is sent on condition of the resource version the batch was last checked against.
+Two replicas can hold one message at once (the server hands it out again after a stream
+leader change while the first replica's patch waits out an API outage): both decide on
+what their watch showed, one request lands, and the other is refused (409). The refused one
+reads the object and checks its batch again, which the landed request now covers, and sends
+for what it does not, up to ``MAX_CONFLICTS`` sends before the deliveries are nak'd. Any
+change to the object refuses it (Flux writing its status, too): that costs a read and
+another send, never a skipped request.
 """
 
 from __future__ import annotations
@@ -109,8 +121,8 @@ class _Batch:
     """Per envelope id (a delivery submitted twice waits twice)."""
     stored: dict[str, float] = field(default_factory=dict)
     """Unix time each delivery was stored, where known (only those can be covered)."""
-    seq: dict[str, int] = field(default_factory=dict)
-    """Stream sequence of each delivery, where known (a delivery submitted twice, as two
+    positions: dict[str, Position] = field(default_factory=dict)
+    """Stream position of each delivery, where known (a delivery submitted twice, as two
     messages: the newer)."""
     expect: str | None = None
     """The object's resource version when the batch was last checked against its request:
@@ -118,8 +130,7 @@ class _Batch:
 
     def through(self) -> Position | None:
         """The newest message the batch's patch carries, when its position is known."""
-        known = [Position(seq, self.stored[i]) for i, seq in self.seq.items() if i in self.stored]
-        return max(known, default=None)
+        return max(self.positions.values(), key=lambda p: p.seq, default=None)
 
     closed: bool = False
 
@@ -169,12 +180,13 @@ class Coalescer:
         ref: ObjectRef,
         envelope: Envelope,
         stored_at: float | None = None,
-        seq: int | None = None,
+        position: Position | None = None,
     ) -> Patched:
         """Wait until a patch covering ``envelope`` is done; raise its error if it failed.
 
         ``stored_at``: Unix time JetStream stored it (lets a newer request cover it);
-        ``seq``: its stream sequence (lets a request made for a later message cover it)."""
+        ``position``: where it is in the stream (lets a request made for a later message
+        cover it)."""
         batch = self._open.get(ref.key)
         if batch is None or batch.closed:
             batch = _Batch(ref)
@@ -190,8 +202,10 @@ class Coalescer:
         if stored_at is not None:
             known = batch.stored.get(envelope["id"])
             batch.stored[envelope["id"]] = stored_at if known is None else max(known, stored_at)
-            if seq is not None:
-                batch.seq[envelope["id"]] = max(seq, batch.seq.get(envelope["id"], 0))
+        if position is not None:
+            held = batch.positions.get(envelope["id"])
+            if held is None or held.stream != position.stream or position.seq > held.seq:
+                batch.positions[envelope["id"]] = position
         waiter: asyncio.Future[Patched] = asyncio.get_running_loop().create_future()
         batch.waiters.setdefault(envelope["id"], []).append(waiter)
         # Each delivery has its own waiter, so a cancelled delivery cancels only its own
@@ -263,8 +277,13 @@ class Coalescer:
             except Conflict as e:
                 conflicts += 1
                 ticket = None
-                self._metrics.conflicts.inc()
-                self._cover(batch, LastRequest.of(e.current or {}))
+                try:
+                    self._metrics.conflicts.inc()
+                    self._cover(batch, LastRequest.of(e.current or {}))
+                except Exception as failed:  # a bug must not leave the deliveries waiting
+                    log.exception("checking a batch again after a conflict failed")
+                    self._settle(batch, failed)
+                    return
                 if not batch.envelopes:  # the request that changed it covers them all
                     return
                 if conflicts < MAX_CONFLICTS and batch.expect is not None:
@@ -306,13 +325,8 @@ class Coalescer:
         def postdates(envelope_id: str, stored: float) -> bool:
             if at is not None and stored + COVER_MARGIN <= at:
                 return True
-            seq = batch.seq.get(envelope_id)
-            return (
-                through is not None
-                and seq is not None
-                and seq <= through.seq
-                and stored <= through.stored + COVER_MARGIN
-            )
+            position = batch.positions.get(envelope_id)
+            return through is not None and position is not None and through.covers(position)
 
         covered = tuple(i for i, stored in batch.stored.items() if postdates(i, stored))
         if not covered:
@@ -320,7 +334,7 @@ class Coalescer:
         result = Patched(batch.ref, value, covered, covered=True)
         for envelope_id in covered:
             del batch.envelopes[envelope_id], batch.stored[envelope_id]
-            batch.seq.pop(envelope_id, None)
+            batch.positions.pop(envelope_id, None)
             for waiter in batch.waiters.pop(envelope_id):
                 if not waiter.done():
                     waiter.set_result(result)

@@ -60,7 +60,7 @@ from reconciler.done import DoneMemory, Stored, open_bucket
 from reconciler.errors import PermanentError, ReconcilerError, TemporaryError
 from reconciler.kinds import ObjectRef
 from reconciler.metrics import ReconcilerMetrics
-from reconciler.patching import Patched
+from reconciler.patching import Patched, Position, stream_identity
 from reconciler.pulling import BoundedPull, NoRoom, message_size
 from reconciler.settings import ConsumerSettings
 from reconciler.targeting import Targets
@@ -219,6 +219,9 @@ class Consumer:
             lambda: self.objects_waiting,
         )
         self._targeting = 0
+        self.stream_id: str | None = None
+        """The events stream's identity (``patching.stream_identity``) once bound: with a
+        message's sequence, its position, which a request for a later message covers."""
 
     # ------------------------------------------------------------------------------- setup
 
@@ -226,6 +229,10 @@ class Consumer:
         """Create or update the durable, then bind a pull subscription to it."""
         config = consumer_config(self.settings, self.durable)
         await self.js.add_consumer(self.settings.stream, config)
+        created = (await self.js.stream_info(self.settings.stream)).created
+        # Read again whenever the consumer is (re)created: a stream created anew takes its
+        # consumers with it, so no message of it arrives before this names it.
+        self.stream_id = stream_identity(created) if created is not None else None
         await self.done.bind()  # at start, so a missing permission shows at once
         self.backpressure.max_message = self.nc.max_payload
         if self._sub is None:
@@ -439,11 +446,12 @@ class Consumer:
         todo = [ref for ref in targets.refs if ref.key not in done]
 
         stored = stored_at.timestamp() if stored_at is not None else None
+        position = Position(message.seq, self.stream_id) if self.stream_id else None
 
         async def patch_and_report(ref: ObjectRef) -> Patched:
             # Reported as soon as this target is patched, not after the message's slowest
             # target: the stage latencies and the outcome's patch time are this patch's.
-            patched = await self.coalescer.submit(ref, env, stored, message.seq)
+            patched = await self.coalescer.submit(ref, env, stored, position)
             try:
                 self.reporter.patched(patched, env, targets.decisions)
             except Exception:

@@ -8,7 +8,7 @@ would otherwise send a json-patch content type the API server refuses for a dict
 second annotation records the envelope id that caused the request, and a third the newest
 message it carried (:class:`Position`, ``fluxrelay.io/stored-through``): every message the
 stream stored up to that one is older than the request, which lets any replica tell a
-redelivery its request already covers without a clock (``reconciler.coalescing``).
+redelivery its request already covers without comparing clocks (``reconciler.coalescing``).
 
 The :class:`Patched` result goes back to the caller (through the coalescer to each delivery
 it covered); the consumer hands it to the reporter, so nothing here knows who reports.
@@ -76,19 +76,18 @@ def parse_rfc3339(value: str) -> float | None:
     return stamp.timestamp() + (int(fraction) / 10 ** len(fraction) if fraction else 0.0)
 
 
-@dataclass(frozen=True, slots=True, order=True)
+@dataclass(frozen=True, slots=True)
 class Position:
-    """Where a message sits in the events stream: its sequence, then the Unix time JetStream
-    stored it (the time tells a stream created anew, whose sequences start again at 1, apart
-    from the one an annotation was written for)."""
+    """Where a message sits: its sequence in the events stream, and which stream that is (the
+    stream's creation time, :func:`stream_identity`: a stream created anew starts its
+    sequences at 1 again, and another installation's stream has sequences of its own)."""
 
     seq: int
-    stored: float
+    stream: str
 
     def annotation(self) -> str:
-        """``<seq>@<RFC 3339 stored time, microseconds>`` (JetStream's times, as nats-py
-        decodes them, have microseconds)."""
-        return f"{self.seq}@{rfc3339_nano(round(self.stored * 1e6) * 1000)}"
+        """``<seq>@<stream identity>``."""
+        return f"{self.seq}@{self.stream}"
 
     @classmethod
     def parse(cls, value: object) -> Position | None:
@@ -96,9 +95,21 @@ class Position:
         the object may write there: a value that is not one covers nothing)."""
         if not isinstance(value, str) or len(value) > 64:
             return None
-        seq, at, stamp = value.partition("@")
-        stored = parse_rfc3339(stamp) if at and seq.isascii() and seq.isdigit() else None
-        return None if stored is None else cls(int(seq), stored)
+        seq, at, stream = value.partition("@")
+        if not (at and seq.isascii() and seq.isdigit() and parse_rfc3339(stream) is not None):
+            return None
+        return cls(int(seq), stream)
+
+    def covers(self, other: Position) -> bool:
+        """``other`` was stored no later than this message, in the same stream."""
+        return other.stream == self.stream and other.seq <= self.seq
+
+
+def stream_identity(created: datetime) -> str:
+    """A stream's identity in :class:`Position`: its creation time as JetStream reports it
+    (RFC 3339, microseconds as nats-py decodes it; the same for every replica)."""
+    micros = round(created.timestamp() * 1e6)
+    return rfc3339_nano(micros * 1000)
 
 
 class LastRequest(NamedTuple):

@@ -9,9 +9,9 @@ once) and stops everyone until the server's ``Retry-After`` has passed; every su
 the limit back by ``1/limit`` (additive increase, one slot per round of successes). 409, 429,
 500/502/503/504, timeouts and connection failures are retried with jittered backoff
 (``runtime.backoff``), except a 409 for a request made on condition of a resource version,
-which would fail again: that is the caller's :class:`~reconciler.errors.Conflict`. What the answers mean for the message is decided here and nowhere
-else: those, and 401/403 (RBAC or a token being rolled out), are temporary; 404 and every
-other answer permanent.
+which would fail again: that is the caller's :class:`~reconciler.errors.Conflict`. What the
+answers mean for the message is decided here and nowhere else: those, and 401/403 (RBAC or
+a token being rolled out), are temporary; 404 and every other answer permanent.
 
 A caller that must know it may send before it commits to what it sends (the coalescer keeps
 a batch open while it waits) asks :meth:`ApiGate.admit` for a :class:`Ticket`: the rate-limit

@@ -24,7 +24,7 @@ from reconciler.coalescing import Coalescer
 from reconciler.kinds import KINDS, REQUESTED_AT, SHARD_LABEL, ObjectRef
 from reconciler.metadata import MetadataCache
 from reconciler.metrics import ReconcilerMetrics
-from reconciler.patching import LastRequest, Patcher, Position
+from reconciler.patching import LastRequest, Patcher, Position, rfc3339_nano
 from reconciler.receivers import ReceiverBook
 from reconciler.settings import PatchSettings
 from reconciler.throttling import ApiGate
@@ -300,12 +300,13 @@ async def test_two_replicas_requesting_for_one_message_at_once_make_one_request(
         frozen = seen_before if conditional else seen_before._replace(resource_version=None)
         patcher = Patcher(kube_client, gate, metrics)
         coalescer = Coalescer(patcher.patch, 0.0, metrics, last_request=lambda _: frozen)
-        stored, seq = time.time() - 40.0, 17  # the message, stored before the outage
+        stored = time.time() - 40.0  # the message, stored before the outage
+        position = Position(17, rfc3339_nano(time.time_ns()))
         message = validate(make_envelope(ns, "hook"))
         b = await Patcher(kube_client, gate, ReconcilerMetrics()).patch(
-            ref, [message], through=Position(seq, stored)
+            ref, [message], through=position
         )
-        a = await coalescer.submit(ref, message, stored, seq)
+        a = await coalescer.submit(ref, message, stored, position)
         now = annotations_of(kube, ns, "Kustomization", "apps")[REQUESTED_AT]
         if conditional:
             assert a.covered and a.requested_at == b.requested_at == now
@@ -313,5 +314,32 @@ async def test_two_replicas_requesting_for_one_message_at_once_make_one_request(
         else:
             assert not a.covered and now == a.requested_at != b.requested_at
             assert metrics.conflicts._value.get() == 0
+    finally:
+        await cache.close()
+
+
+async def test_a_request_s_answer_replaces_what_the_cache_holds_and_adds_nothing(
+    kube: KubeAPI, kube_namespace: str, kube_client: k8s_client.ApiClient
+) -> None:
+    """``MetadataCache.saw``: the object as a patch answered is held at once (the next patch
+    is conditioned on the version this one made), but an object the cache does not hold (in
+    another shard, deleted) is not added by it."""
+    ns = kube_namespace
+    kube.apply(flux_object("Kustomization", "apps"), namespace=ns)
+    ref = ObjectRef.of("Kustomization", ns, "apps")
+    metrics = ReconcilerMetrics()
+    cache = MetadataCache(kube_client, metrics, namespace=ns)
+    try:
+        async with asyncio.timeout(30):
+            await cache.listed(ref)
+        before = cache.last_request(ref)
+        assert before is not None
+        answer = {"metadata": {"name": "apps", "namespace": ns, "resourceVersion": "999999",
+                               "annotations": {REQUESTED_AT: "now"}}}  # fmt: skip
+        cache.saw(ref, answer)
+        assert cache.last_request(ref) == LastRequest("now", None, "999999")
+        elsewhere = ObjectRef.of("Kustomization", ns, "not-held")
+        cache.saw(elsewhere, dict(answer, metadata=dict(answer["metadata"], name="not-held")))
+        assert cache.get(elsewhere) is None and cache.last_request(elsewhere) is None
     finally:
         await cache.close()

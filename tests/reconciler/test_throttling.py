@@ -169,6 +169,7 @@ async def test_a_conditional_requests_409_is_final_and_any_others_retried(
             await gate.call("patch", "Kustomization/ns/a", request, conditional=True)
         assert raised.value.current is None and isinstance(raised.value, TemporaryError)
         assert sent == 1
+        assert gate.limiter.in_flight == 0, "its concurrency slot is given back"
     else:
         assert await gate.call("patch", "Kustomization/ns/a", request) == "ok"
         assert sent == 2
