@@ -48,6 +48,10 @@ GAUGES = (
     # newer reconcilers only (a name the page lacks is simply absent from the sample).
     "in_flight",
     "paused",
+    # Deliveries another request covered, and conditional patches refused (409) because the
+    # object changed since they were decided on: counters, per process (a restart resets).
+    "covered_deliveries_total",
+    "patch_conflicts_total",
 )
 """Prefixes (after ``fluxrelay_reconciler_``) of the reconciler metrics a sample keeps."""
 
