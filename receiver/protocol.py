@@ -17,13 +17,13 @@ in ``tests/security/test_parser_refusals.py`` fail if a new aiohttp changes them
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from aiohttp import http_exceptions, web
 from aiohttp.web_protocol import RequestHandler
 
 from receiver.state import IngressState
+from runtime.ratelog import Spaced, since_last
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,7 @@ class IngressServer(web.Server):
     def __init__(self, handler: Any, state: IngressState, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self.state = state
-        self.suppressed = 0
-        self.last_logged = float("-inf")
+        self.malformed = Spaced(LOG_EVERY)
 
     def __call__(self) -> RequestHandler:
         return IngressProtocol(self, loop=self._loop, **self._kwargs)
@@ -97,15 +96,12 @@ class IngressProtocol(RequestHandler):
 
 def note(server: IngressServer, remote: str | None, exc: BaseException | None) -> None:
     """One short line now and then: the error's kind and the peer, never request bytes."""
-    now = time.monotonic()
-    if now - server.last_logged < LOG_EVERY:
-        server.suppressed += 1
+    skipped = server.malformed.due()
+    if skipped is None:
         return
     log.warning(
         "refused a malformed HTTP request from %s (%s)%s",
         remote,
         type(exc).__name__,
-        f"; {server.suppressed} more since the last such line" if server.suppressed else "",
+        since_last(skipped, "refused"),
     )
-    server.last_logged = now
-    server.suppressed = 0

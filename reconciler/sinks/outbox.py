@@ -3,7 +3,8 @@ and an account of every event that does not arrive.
 
 ``offer`` encodes the event into the message its sink sends (:meth:`OutboxSink.encode`),
 queues it and returns at once; when the outbox is full the event is dropped, counted
-(``fluxrelay_reconciler_sink_dropped{reason="overflow"}``) and logged with its id. Encoding
+(``fluxrelay_reconciler_sink_dropped{reason="overflow"}``) and logged with its id, at most
+one line per :data:`LOG_EVERY` seconds with the count of the others (``runtime.ratelog``). Encoding
 happens once, here, and every try sends the same bytes: the outbox used to hold compact JSON
 that each try decoded and encoded again, three or four JSON passes per HTTP send (about 30% of
 the sink's CPU per event, ``python -m bench.sinks``). The queued message is bytes and header
@@ -41,9 +42,13 @@ from reconciler.outcome_metrics import OutcomeMetrics
 from reconciler.settings import CDEventsSettings
 from reconciler.sinks.base import Rejected, Retry
 from runtime.backoff import Backoff
+from runtime.ratelog import Spaced, since_last
 from schemas.cdevents import Event, SpecRelease
 
 log = logging.getLogger(__name__)
+
+LOG_EVERY = 10.0
+"""Seconds between two log lines about dropped events (the rest are counted)."""
 
 M = TypeVar("M")
 """What one sink sends for one event: its bytes and headers, ready for every try."""
@@ -124,6 +129,7 @@ class OutboxSink(ABC, Generic[M]):
         self._closing = asyncio.Event()
         self._gauge = metrics.outbox.labels(name)
         self._gauge.set(0)
+        self._drops = Spaced(LOG_EVERY)
 
     @abstractmethod
     def encode(self, event: Event, extensions: Mapping[str, str]) -> M:
@@ -165,13 +171,19 @@ class OutboxSink(ABC, Generic[M]):
         return True
 
     def _drop(self, event_id: str, reason: str) -> None:
+        """Counted each time; logged at most every :data:`LOG_EVERY` seconds (a full outbox
+        drops at the delivery rate)."""
         self._metrics.sink_dropped.labels(self.name, reason).inc()
+        skipped = self._drops.due()
+        if skipped is None:
+            return
         log.warning(
-            "sink %s dropped CDEvent %s (%s): outbox holds %d",
+            "sink %s dropped CDEvent %s (%s): outbox holds %d%s",
             self.name,
             event_id,
             reason,
             self._outbox.qsize(),
+            since_last(skipped, "dropped"),
         )
 
     async def start(self) -> None:

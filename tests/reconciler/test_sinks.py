@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
 import tracemalloc
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -241,6 +242,26 @@ async def test_a_sink_that_is_down_loses_nothing_that_fits_the_outbox(
     assert metrics.sink_sent.labels("peer")._value.get() == 21
     assert metrics.sink_failed.labels("peer", "expired")._value.get() == 0
     assert metrics.outbox.labels("peer")._value.get() == 0
+
+
+async def test_an_overflowing_outbox_logs_a_line_now_and_then_not_one_per_event(
+    peer: Peer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The long soak's full outboxes dropped at the delivery rate and logged each drop: 710,962
+    warnings (140 MB) from one replica in nine minutes. Each is counted; one line says it is
+    happening."""
+    metrics = OutcomeMetrics(CollectorRegistry())
+    peer.hang = True
+    sink = http_sink(peer, metrics, replace(FAST, outbox_size=10, request_timeout=30.0))
+    await sink.start()
+    with caplog.at_level(logging.WARNING, logger="reconciler.sinks.outbox"):
+        for i in range(5_000):
+            sink.offer(event(i), {})
+    assert metrics.sink_dropped.labels("peer", "overflow")._value.get() == 4_990
+    lines = [r.getMessage() for r in caplog.records if "dropped CDEvent" in r.getMessage()]
+    assert len(lines) == 1 and "outbox holds 10" in lines[0]
+    await wait_for(lambda: peer.waiting == 10, "the worker stuck on its first window of POSTs")
+    await sink.close(0.2)
 
 
 async def test_offering_never_waits_for_a_sink_that_hangs(peer: Peer) -> None:
