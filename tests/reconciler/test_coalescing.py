@@ -30,10 +30,21 @@ B = ObjectRef.of("GitRepository", "ns", "b")
 
 
 class Recording:
-    def __init__(self, fail: Exception | None = None, hold: asyncio.Event | None = None) -> None:
+    """A patch function that records what it was asked; ``conflict``: the resource version
+    the object has, and what reading it after a 409 answers (a patch expecting another one
+    is refused)."""
+
+    def __init__(
+        self,
+        fail: Exception | None = None,
+        hold: asyncio.Event | None = None,
+        conflict: tuple[str, dict[str, Any]] | None = None,
+    ) -> None:
         self.calls: list[tuple[ObjectRef, list[str]]] = []
         self.tickets: list[Ticket | None] = []
         self.throughs: list[Position | None] = []
+        self.expected: list[str | None] = []
+        self.conflict = conflict
         self.fail = fail
         self.hold = hold
         self.active = 0
@@ -49,6 +60,9 @@ class Recording:
         through: Position | None = None,
         expect: str | None = None,
     ) -> Patched:
+        self.expected.append(expect)
+        if self.conflict is not None and expect is not None and expect != self.conflict[0]:
+            raise Conflict("changed", current=self.conflict[1])
         self.active += 1
         self.peak = max(self.peak, self.active)
         try:
@@ -371,29 +385,10 @@ def test_a_position_reads_back_from_its_annotation(seq: int) -> None:
     assert len(position.annotation()) <= 64
 
 
-class Conflicting(Recording):
+def conflicting(version: str, current: dict[str, Any]) -> Recording:
     """A patch refused with 409 while the object is not at the version it expects; the
     object as read after the refusal is ``current`` (another replica's request landed)."""
-
-    def __init__(self, version: str, current: dict[str, Any]) -> None:
-        super().__init__()
-        self.version = version
-        self.current = current
-        self.expected: list[str | None] = []
-
-    async def __call__(
-        self,
-        ref: ObjectRef,
-        envelopes: Sequence[Envelope],
-        *,
-        ticket: Ticket | None = None,
-        through: Position | None = None,
-        expect: str | None = None,
-    ) -> Patched:
-        self.expected.append(expect)
-        if expect is not None and expect != self.version:
-            raise Conflict("changed", current=self.current)
-        return await super().__call__(ref, envelopes, ticket=ticket, through=through)
+    return Recording(conflict=(version, current))
 
 
 def metadata(version: str, requested: str, through: Position | None = None) -> dict[str, Any]:
@@ -413,7 +408,7 @@ async def test_a_patch_refused_because_another_request_landed_is_covered_by_it()
     requests.values[A.key] = stamp(stored - 30.0)  # the request before the message was stored
     requests.versions[A.key] = "10"
     other = metadata("11", stamp(time.time()), Position(5, STREAM))
-    patch = Conflicting("11", other)
+    patch = conflicting("11", other)
     metrics = ReconcilerMetrics()
     coalescer = Coalescer(patch, 0.0, metrics, last_request=requests)
     result = await coalescer.submit(A, envs(1)[0], stored, Position(5, STREAM))
@@ -429,7 +424,7 @@ async def test_a_patch_refused_by_a_change_covering_nothing_goes_again_on_the_ne
     stored = time.time() - 60.0
     requests.values[A.key] = stamp(stored - 30.0)
     requests.versions[A.key] = "10"
-    patch = Conflicting("11", metadata("11", stamp(stored - 30.0)))
+    patch = conflicting("11", metadata("11", stamp(stored - 30.0)))
     coalescer = Coalescer(patch, 0.0, ReconcilerMetrics(), last_request=requests)
     result = await coalescer.submit(A, envs(1)[0], stored, Position(5, STREAM))
     assert patch.expected == ["10", "11"]
@@ -441,7 +436,7 @@ async def test_an_object_that_keeps_changing_fails_the_batch_after_max_conflicts
     stored = time.time() - 60.0
     requests.values[A.key] = stamp(stored - 30.0)
     requests.versions[A.key] = "10"
-    patch = Conflicting("never", metadata("12", stamp(stored - 30.0)))
+    patch = conflicting("never", metadata("12", stamp(stored - 30.0)))
     coalescer = Coalescer(patch, 0.0, ReconcilerMetrics(), last_request=requests)
     with pytest.raises(Conflict):
         await coalescer.submit(A, envs(1)[0], stored, Position(5, STREAM))
@@ -449,7 +444,7 @@ async def test_an_object_that_keeps_changing_fails_the_batch_after_max_conflicts
 
 
 async def test_without_a_version_seen_the_patch_is_sent_unconditionally() -> None:
-    patch = Conflicting("11", {})
+    patch = conflicting("11", {})
     coalescer = Coalescer(patch, 0.0, ReconcilerMetrics(), last_request=Requests())
     await coalescer.submit(A, envs(1)[0], time.time(), Position(1, STREAM))
     assert patch.expected == [None] and len(patch.calls) == 1

@@ -30,7 +30,7 @@ from reconciler.kinds import (
     THROUGH_ANNOTATION,
     ObjectRef,
 )
-from reconciler.patching import Patched, Position
+from reconciler.patching import Patched
 from reconciler.running import Reconciler
 from schemas.envelope import Envelope
 from tests.reconciler.conftest import (
@@ -421,8 +421,7 @@ async def test_a_redelivery_after_a_lost_ack_patches_nothing_again(
         envelopes: Sequence[Envelope],
         *,
         ticket: Ticket | None = None,
-        through: Position | None = None,
-        expect: str | None = None,
+        **_: object,
     ) -> Patched:
         patches.append(ref.key)
         return Patched(ref, f"t{len(patches)}", tuple(e["id"] for e in envelopes))
@@ -474,8 +473,7 @@ async def test_a_redelivery_while_being_worked_on_joins_the_attempt_under_way(
         envelopes: Sequence[Envelope],
         *,
         ticket: Ticket | None = None,
-        through: Position | None = None,
-        expect: str | None = None,
+        **_: object,
     ) -> Patched:
         patches.append(ref.key)
         await release.wait()  # the API server is unreachable until the test says so

@@ -25,7 +25,7 @@ from reconciler.done import SHARED_MAX_BYTES, SHARED_TTL, DoneMemory, Stored, op
 from reconciler.errors import TemporaryError
 from reconciler.kinds import ObjectRef
 from reconciler.metrics import ReconcilerMetrics
-from reconciler.patching import Patched, Position
+from reconciler.patching import Patched
 from reconciler.settings import ConsumerSettings
 from reconciler.targeting import Targets
 from reconciler.throttling import Ticket
@@ -49,8 +49,7 @@ class Replica:
             envelopes: Sequence[Envelope],
             *,
             ticket: Ticket | None = None,
-            through: Position | None = None,
-            expect: str | None = None,
+            **_: object,
         ) -> Patched:
             if ref == self.fail:
                 raise TemporaryError("API server unreachable", reason="unreachable", delay=0.2)

@@ -30,7 +30,7 @@ from reconciler.done import DoneMemory, Stored
 from reconciler.errors import TemporaryError
 from reconciler.kinds import ObjectRef
 from reconciler.metrics import ReconcilerMetrics
-from reconciler.patching import Patched, Position
+from reconciler.patching import Patched
 from reconciler.targeting import Targets
 from reconciler.throttling import Ticket
 from schemas.envelope import Envelope
@@ -66,8 +66,7 @@ async def test_a_held_delivery_costs_less_than_its_routing_charge(bus: Bus) -> N
         envelopes: Sequence[Envelope],
         *,
         ticket: Ticket | None = None,
-        through: Position | None = None,
-        expect: str | None = None,
+        **_: object,
     ) -> Patched:
         await release.wait()
         raise TemporaryError("released", reason="test")
