@@ -127,12 +127,11 @@ class _Batch:
     expect: str | None = None
     """The object's resource version when the batch was last checked against its request:
     the patch is sent on condition it still has it."""
+    closed: bool = False
 
     def through(self) -> Position | None:
         """The newest message the batch's patch carries, when its position is known."""
         return max(self.positions.values(), key=lambda p: p.seq, default=None)
-
-    closed: bool = False
 
     def futures(self) -> list[asyncio.Future[Patched]]:
         return [w for waiting in self.waiters.values() for w in waiting]

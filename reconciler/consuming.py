@@ -355,7 +355,8 @@ class Consumer:
         older one, and the newest carries the delivery count ``max_deliver`` and the backoff
         go by. A second attempt here would find none of the targets done (they are remembered
         as each patch lands) and request them again. (A redelivery to another replica while
-        this one works on the message is not seen here: that one still patches again.)"""
+        this one works on the message is not seen here: the API server refuses the second of
+        the two conditional requests, ``reconciler.coalescing``.)"""
         self.metrics.redeliveries.inc()
         msg.data = b""  # the attempt under way has decoded its own copy
         msg.headers = None

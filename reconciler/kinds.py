@@ -96,9 +96,9 @@ REQUESTED_AT = "reconcile.fluxcd.io/requestedAt"
 DELIVERY_ANNOTATION = "fluxrelay.io/delivery"
 """Records which delivery (envelope id) caused the last requested reconcile."""
 THROUGH_ANNOTATION = "fluxrelay.io/stored-through"
-"""The newest stored message (stream sequence and stored time) fluxrelay's last request for
-this object carried: every message stored up to it is covered by that request
-(``reconciler.coalescing``)."""
+"""The newest stored message (stream sequence and the stream's creation time) fluxrelay's last
+request for this object carried: every message of that stream stored up to it is covered by
+that request (``reconciler.coalescing``)."""
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -4,12 +4,12 @@ and an account of every event that does not arrive.
 ``offer`` encodes the event into the message its sink sends (:meth:`OutboxSink.encode`),
 queues it and returns at once; when the outbox is full the event is dropped, counted
 (``fluxrelay_reconciler_sink_dropped{reason="overflow"}``) and logged with its id, at most
-one line per :data:`LOG_EVERY` seconds with the count of the others (``runtime.ratelog``). Encoding
-happens once, here, and every try sends the same bytes: the outbox used to hold compact JSON
-that each try decoded and encoded again, three or four JSON passes per HTTP send (about 30% of
-the sink's CPU per event, ``python -m bench.sinks``). The queued message is bytes and header
-strings, not the built event, because a sink that is down for minutes holds up to
-``outbox_size`` of them: a queued ``pipelinerun`` event costs about 1 KB (the compact JSON
+one line per :data:`LOG_EVERY` seconds with the count of the others (``runtime.ratelog``).
+Encoding happens once, here, and every try sends the same bytes: the outbox used to hold
+compact JSON that each try decoded and encoded again, three or four JSON passes per HTTP send
+(about 30% of the sink's CPU per event, ``python -m bench.sinks``). The queued message is
+bytes and header strings, not the built event, because a sink that is down for minutes holds
+up to ``outbox_size`` of them: a queued ``pipelinerun`` event costs about 1 KB (the compact JSON
 alone was about 0.5 KB; headers made once are the price of not making them per try), where
 the built event is ~4 KB of nested dicts and strings.
 

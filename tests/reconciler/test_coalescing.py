@@ -391,6 +391,15 @@ def conflicting(version: str, current: dict[str, Any]) -> Recording:
     return Recording(conflict=(version, current))
 
 
+def seen_at_version_10(stored: float) -> Requests:
+    """The watch's view when a batch is decided: the object at resource version 10, its last
+    request made 30 s before the batch's message was stored (covering nothing)."""
+    requests = Requests()
+    requests.values[A.key] = stamp(stored - 30.0)
+    requests.versions[A.key] = "10"
+    return requests
+
+
 def metadata(version: str, requested: str, through: Position | None = None) -> dict[str, Any]:
     annotations = {REQUESTED_AT: requested}
     if through is not None:
@@ -403,10 +412,8 @@ async def test_a_patch_refused_because_another_request_landed_is_covered_by_it()
     stream leader change with the API server down): both send on condition of the version
     their watch showed; the one that lands second is refused, reads the object, and finds
     the first's request covers its deliveries."""
-    requests = Requests()
     stored = time.time() - 60.0
-    requests.values[A.key] = stamp(stored - 30.0)  # the request before the message was stored
-    requests.versions[A.key] = "10"
+    requests = seen_at_version_10(stored)
     other = metadata("11", stamp(time.time()), Position(5, STREAM))
     patch = conflicting("11", other)
     metrics = ReconcilerMetrics()
@@ -420,10 +427,8 @@ async def test_a_patch_refused_because_another_request_landed_is_covered_by_it()
 async def test_a_patch_refused_by_a_change_covering_nothing_goes_again_on_the_new_version() -> None:
     """The object changed for another reason (Flux wrote its status, or a request made before
     this delivery was stored): the patch goes again, on condition of the version read."""
-    requests = Requests()
     stored = time.time() - 60.0
-    requests.values[A.key] = stamp(stored - 30.0)
-    requests.versions[A.key] = "10"
+    requests = seen_at_version_10(stored)
     patch = conflicting("11", metadata("11", stamp(stored - 30.0)))
     coalescer = Coalescer(patch, 0.0, ReconcilerMetrics(), last_request=requests)
     result = await coalescer.submit(A, envs(1)[0], stored, Position(5, STREAM))
@@ -432,10 +437,8 @@ async def test_a_patch_refused_by_a_change_covering_nothing_goes_again_on_the_ne
 
 
 async def test_an_object_that_keeps_changing_fails_the_batch_after_max_conflicts() -> None:
-    requests = Requests()
     stored = time.time() - 60.0
-    requests.values[A.key] = stamp(stored - 30.0)
-    requests.versions[A.key] = "10"
+    requests = seen_at_version_10(stored)
     patch = conflicting("never", metadata("12", stamp(stored - 30.0)))
     coalescer = Coalescer(patch, 0.0, ReconcilerMetrics(), last_request=requests)
     with pytest.raises(Conflict):

@@ -14,7 +14,9 @@ resource version it decided on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -180,6 +182,23 @@ async def test_a_burst_for_a_receiver_naming_many_objects_reads_no_api(
     assert api_reads(metrics, "list") == 0
 
 
+@contextlib.asynccontextmanager
+async def apps_kept(
+    kube: KubeAPI, namespace: str, client: k8s_client.ApiClient, metrics: ReconcilerMetrics
+) -> AsyncIterator[tuple[ObjectRef, MetadataCache]]:
+    """The Kustomization ``apps`` in ``namespace``, and a metadata cache that has listed it
+    (closed on the way out)."""
+    kube.apply(flux_object("Kustomization", "apps"), namespace=namespace)
+    ref = ObjectRef.of("Kustomization", namespace, "apps")
+    cache = MetadataCache(client, metrics, namespace=namespace)
+    try:
+        async with asyncio.timeout(30):
+            await cache.listed(ref)
+        yield ref, cache
+    finally:
+        await cache.close()
+
+
 async def test_another_replicas_request_seen_by_the_watch_covers_older_deliveries(
     kube: KubeAPI, kube_namespace: str, kube_client: k8s_client.ApiClient
 ) -> None:
@@ -188,44 +207,39 @@ async def test_another_replicas_request_seen_by_the_watch_covers_older_deliverie
     watch, and A's batch of deliveries stored before it is not patched again; a delivery
     stored after it is."""
     ns = kube_namespace
-    kube.apply(flux_object("Kustomization", "apps"), namespace=ns)
-    ref = ObjectRef.of("Kustomization", ns, "apps")
     metrics = ReconcilerMetrics()
-    cache = MetadataCache(kube_client, metrics, namespace=ns)
     gate = ApiGate(PatchSettings(), metrics)
-    patcher = Patcher(kube_client, gate, metrics)
-    coalescer = Coalescer(
-        patcher.patch, 0.0, metrics, admit=gate.admit, last_request=cache.last_request
-    )
-    try:
-        async with asyncio.timeout(30):
-            await cache.listed(ref)
-        before = time.time() - 2.0  # stored, then replica B requested a reconcile:
-        other = await Patcher(kube_client, gate, ReconcilerMetrics()).patch(
-            ref, [validate(make_envelope(ns, "hook"))]
+    async with apps_kept(kube, ns, kube_client, metrics) as (ref, cache):
+        patcher = Patcher(kube_client, gate, metrics)
+        coalescer = Coalescer(
+            patcher.patch, 0.0, metrics, admit=gate.admit, last_request=cache.last_request
         )
-        await wait_for(
-            lambda: (
-                (cache.last_request(ref) or LastRequest(None, None)).requested_at
-                == other.requested_at
-            ),
-            "B's request",
-        )
-        covered = await coalescer.submit(ref, validate(make_envelope(ns, "hook")), before)
-        assert covered.covered and covered.requested_at == other.requested_at
-        assert (
-            metrics.registry.get_sample_value(
-                "fluxrelay_reconciler_patches_total", {"kind": "Kustomization", "result": "ok"}
+        try:
+            before = time.time() - 2.0  # stored, then replica B requested a reconcile:
+            other = await Patcher(kube_client, gate, ReconcilerMetrics()).patch(
+                ref, [validate(make_envelope(ns, "hook"))]
             )
-            is None
-        )
+            await wait_for(
+                lambda: (
+                    (cache.last_request(ref) or LastRequest(None, None)).requested_at
+                    == other.requested_at
+                ),
+                "B's request",
+            )
+            covered = await coalescer.submit(ref, validate(make_envelope(ns, "hook")), before)
+            assert covered.covered and covered.requested_at == other.requested_at
+            assert (
+                metrics.registry.get_sample_value(
+                    "fluxrelay_reconciler_patches_total", {"kind": "Kustomization", "result": "ok"}
+                )
+                is None
+            )
 
-        # a delivery stored after B's request (within the clock margin) needs its own
-        own = await coalescer.submit(ref, validate(make_envelope(ns, "hook")), time.time())
-        assert not own.covered and own.requested_at != other.requested_at
-    finally:
-        await coalescer.close()
-        await cache.close()
+            # a delivery stored after B's request (within the clock margin) needs its own
+            own = await coalescer.submit(ref, validate(make_envelope(ns, "hook")), time.time())
+            assert not own.covered and own.requested_at != other.requested_at
+        finally:
+            await coalescer.close()
 
 
 def test_a_label_selection_looks_at_one_namespace_only() -> None:
@@ -287,14 +301,9 @@ async def test_two_replicas_requesting_for_one_message_at_once_make_one_request(
     the object and finds B's request covers the message. The control sends A's without the
     condition: two requests."""
     ns = kube_namespace
-    kube.apply(flux_object("Kustomization", "apps"), namespace=ns)
-    ref = ObjectRef.of("Kustomization", ns, "apps")
     metrics = ReconcilerMetrics()
-    cache = MetadataCache(kube_client, metrics, namespace=ns)
     gate = ApiGate(PatchSettings(), metrics)
-    try:
-        async with asyncio.timeout(30):
-            await cache.listed(ref)
+    async with apps_kept(kube, ns, kube_client, metrics) as (ref, cache):
         seen_before = cache.last_request(ref)
         assert seen_before is not None and seen_before.resource_version is not None
         frozen = seen_before if conditional else seen_before._replace(resource_version=None)
@@ -314,8 +323,6 @@ async def test_two_replicas_requesting_for_one_message_at_once_make_one_request(
         else:
             assert not a.covered and now == a.requested_at != b.requested_at
             assert metrics.conflicts._value.get() == 0
-    finally:
-        await cache.close()
 
 
 async def test_a_request_s_answer_replaces_what_the_cache_holds_and_adds_nothing(
@@ -325,13 +332,7 @@ async def test_a_request_s_answer_replaces_what_the_cache_holds_and_adds_nothing
     is conditioned on the version this one made), but an object the cache does not hold (in
     another shard, deleted) is not added by it."""
     ns = kube_namespace
-    kube.apply(flux_object("Kustomization", "apps"), namespace=ns)
-    ref = ObjectRef.of("Kustomization", ns, "apps")
-    metrics = ReconcilerMetrics()
-    cache = MetadataCache(kube_client, metrics, namespace=ns)
-    try:
-        async with asyncio.timeout(30):
-            await cache.listed(ref)
+    async with apps_kept(kube, ns, kube_client, ReconcilerMetrics()) as (ref, cache):
         before = cache.last_request(ref)
         assert before is not None
         answer = {"metadata": {"name": "apps", "namespace": ns, "resourceVersion": "999999",
@@ -341,5 +342,3 @@ async def test_a_request_s_answer_replaces_what_the_cache_holds_and_adds_nothing
         elsewhere = ObjectRef.of("Kustomization", ns, "not-held")
         cache.saw(elsewhere, dict(answer, metadata=dict(answer["metadata"], name="not-held")))
         assert cache.get(elsewhere) is None and cache.last_request(elsewhere) is None
-    finally:
-        await cache.close()
