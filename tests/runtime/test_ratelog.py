@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 from runtime.ratelog import Spaced, since_last
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.reconciler.test_throttling import FakeClock
 
 
 def test_one_line_per_interval_with_the_count_of_the_rest() -> None:
-    clock = Clock()
+    clock = FakeClock()
     spaced = Spaced(10.0, clock)
     assert spaced.due() == 0  # the first occurrence is logged at once
     assert [spaced.due() for _ in range(999)] == [None] * 999
